@@ -1,0 +1,32 @@
+# moedge: `make demo` runs the main job on the default model, `make test` runs the test suite.
+# Both set up .venv first (pinned by constraints.txt; torch 2.13.0 CPU).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+BUILD := build
+PROMPT ?= The for statement is used to
+TOKENS ?= 48
+
+.PHONY: setup demo test lint clean
+
+$(BIN)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $@
+
+setup: $(BIN)/.installed
+
+demo: setup
+	$(BIN)/python samples/make_default.py $(BUILD)/default-src
+	$(BIN)/moedge export $(BUILD)/default-src -o $(BUILD)/default.moedge --force
+	$(BIN)/moedge run $(BUILD)/default.moedge --prompt "$(PROMPT)" -n $(TOKENS)
+
+lint: setup
+	$(BIN)/ruff check exporter runtime quant cli tests samples
+
+test: lint
+	$(BIN)/pytest -q
+
+clean:
+	rm -rf $(BUILD) $(VENV)

@@ -1,0 +1,200 @@
+"""Write a bundle (see FORMAT.md) from a `Source`, atomically.
+
+Dense tensors go, float32, into `dense.bin` (64-byte aligned), referenced by the ONNX graphs as
+external data; experts are quantized to int8 and written to `experts.bin`, each expert one
+page-aligned span. Everything is written into a temporary folder beside the target and renamed
+into place at the end, so a failed or interrupted export leaves nothing at the target.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+from tqdm import tqdm
+
+from ..quant import quant_error, quantize_int8
+from ..quant.int8 import resolve_group_size
+from ..runtime.bundle import (
+    EXPERT_TENSORS,
+    EXPERTS_HEADER,
+    EXPERTS_MAGIC,
+    FORMAT_VERSION,
+    MANIFEST,
+    PAGE,
+    ExpertsIndex,
+    Manifest,
+    TensorEntry,
+)
+from ..runtime.spec import ModelSpec
+from .onnx_graphs import head_graph, layer_graph
+from .source import ExportError, Source
+from .tensor_names import dense_names, expert_names
+
+DENSE_FILE = "dense.bin"
+EXPERTS_FILE = "experts.bin"
+HEAD_GRAPH = "head.onnx"
+TENSOR_ALIGN = 64
+
+
+def _align(n: int, to: int) -> int:
+    return -(-n // to) * to
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_dense(source: Source, path: Path) -> dict[str, TensorEntry]:
+    entries = {}
+    with open(path, "wb") as f:
+        for name in dense_names(source.spec):
+            array = np.ascontiguousarray(source.get(name), dtype=np.float32)
+            f.write(b"\0" * (_align(f.tell(), TENSOR_ALIGN) - f.tell()))
+            entries[name] = TensorEntry(f.tell(), array.shape, "float32")
+            f.write(array.tobytes())
+    return entries
+
+
+def expert_span_layout(spec: ModelSpec, group_size: int) -> tuple[dict[str, TensorEntry], int]:
+    """Offsets inside one expert's span, and the span's page-rounded size."""
+    d, i = spec.hidden_size, spec.expert_intermediate_size
+    try:
+        g_d, g_i = resolve_group_size(d, group_size), resolve_group_size(i, group_size)
+    except ValueError as exc:
+        raise ExportError(f"cannot quantize experts: {exc}") from None
+    shapes = {"gate": ((i, d), "int8"), "up": ((i, d), "int8"), "down": ((d, i), "int8"),
+              "gate_scale": ((i, d // g_d), "float32"), "up_scale": ((i, d // g_d), "float32"),
+              "down_scale": ((d, i // g_i), "float32")}
+    layout, cursor = {}, 0
+    for name in EXPERT_TENSORS:
+        shape, dtype = shapes[name]
+        cursor = _align(cursor, TENSOR_ALIGN)
+        layout[name] = TensorEntry(cursor, shape, dtype)
+        cursor += layout[name].nbytes
+    return layout, _align(cursor, PAGE)
+
+
+def _write_experts(source: Source, path: Path, group_size: int, layers: list[int], progress: tqdm):
+    spec = source.spec
+    layout, span = expert_span_layout(spec, group_size)
+    offsets, report = {}, {}
+    with open(path, "wb") as f:
+        f.write(EXPERTS_HEADER.pack(EXPERTS_MAGIC, FORMAT_VERSION, PAGE).ljust(PAGE, b"\0"))
+        for layer in layers:
+            quantized, errors = {}, []
+            for part, name in expert_names(layer).items():
+                weight = source.get(name)  # [E, out, in]
+                expected = layout[part].shape
+                if weight.shape != (spec.routing.n_experts, *expected):
+                    raise ExportError(f"{name} has shape {list(weight.shape)}, expected "
+                                      f"{[spec.routing.n_experts, *expected]}")
+                quantized[part] = quantize_int8(weight, group_size)
+                errors += [quant_error(weight[e], _expert_slice(quantized[part], e))
+                           for e in range(weight.shape[0])]
+            offsets[layer] = []
+            for e in range(spec.routing.n_experts):
+                offsets[layer].append(f.tell())
+                f.write(_expert_span(quantized, e, layout, span))
+            report[str(layer)] = {"max_abs": max(x.max_abs for x in errors),
+                                  "rel_fro_max": max(x.rel_fro for x in errors),
+                                  "cosine_min": min(x.cosine for x in errors)}
+            progress.update(1)
+    return ExpertsIndex(EXPERTS_FILE, span, group_size, layout, offsets), report
+
+
+def _expert_slice(t, e):
+    return type(t)(q=t.q[e], scale=t.scale[e], group_size=t.group_size)
+
+
+def _expert_span(quantized, e: int, layout: dict[str, TensorEntry], span: int) -> bytes:
+    buf = bytearray(span)
+    for name, entry in layout.items():
+        part, is_scale = name.removesuffix("_scale"), name.endswith("_scale")
+        array = quantized[part].scale[e] if is_scale else quantized[part].q[e]
+        buf[entry.offset:entry.offset + entry.nbytes] = np.ascontiguousarray(array).tobytes()
+    return bytes(buf)
+
+
+def _write_graphs(spec: ModelSpec, root: Path, dense: dict[str, TensorEntry], progress: tqdm) -> list[str]:
+    def locate(name: str):
+        entry = dense[name]
+        return entry.offset, entry.nbytes, entry.shape
+
+    names = []
+    for i in range(spec.n_layers):
+        names.append(f"layer_{i:03d}.onnx")
+        _save_checked(layer_graph(spec, i, DENSE_FILE, locate), root / names[-1])
+        progress.update(1)
+    _save_checked(head_graph(spec, DENSE_FILE, locate), root / HEAD_GRAPH)
+    return names
+
+
+def _save_checked(model: onnx.ModelProto, path: Path) -> None:
+    onnx.save(model, str(path))
+    onnx.checker.check_model(str(path))
+
+
+def write_bundle_files(source: Source, root: Path, group_size: int | None, show_progress: bool) -> Manifest:
+    """Write every file of a bundle into the (empty) folder `root`; return its manifest."""
+    spec = source.spec
+    moe_layers = [i for i, kind in enumerate(spec.layer_kinds) if kind == "moe"]
+    group = group_size or 0
+    with tqdm(total=spec.n_layers + len(moe_layers), desc="export", unit="layer",
+              disable=not show_progress) as progress:
+        dense = _write_dense(source, root / DENSE_FILE)
+        graphs = _write_graphs(spec, root, dense, progress)
+        experts, report = (None, {})
+        if moe_layers:
+            experts, report = _write_experts(source, root / EXPERTS_FILE, group, moe_layers, progress)
+    tokenizer = None
+    if source.tokenizer_file is not None:
+        tokenizer = "tokenizer.json"
+        shutil.copyfile(source.tokenizer_file, root / tokenizer)
+    files = {p.name: {"size": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(root.iterdir())}
+    manifest = Manifest(spec=spec, quant_scheme="int8" if moe_layers else "none",
+                        layer_graphs=tuple(graphs), head_graph=HEAD_GRAPH, dense_file=DENSE_FILE,
+                        dense_tensors=dense, experts=experts, tokenizer=tokenizer, files=files,
+                        generation=source.generation, quant_report={"layers": report})
+    (root / MANIFEST).write_text(json.dumps(manifest.to_dict(), indent=1))
+    return manifest
+
+
+def write_bundle(source: Source, out: str | Path, group_size: int | None = None, force: bool = False,
+                 show_progress: bool = True) -> Manifest:
+    """Export `source` to the bundle folder `out`; nothing is left at `out` if this fails."""
+    out = Path(out).absolute()
+    if out.exists() and not force:
+        raise ExportError(f"{out} already exists (pass --force to replace it)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        manifest = write_bundle_files(source, tmp, group_size, show_progress)
+        _fsync_tree(tmp)
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.replace(out, old / "bundle")
+            os.replace(tmp, out)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
+
+
+def _fsync_tree(root: Path) -> None:
+    for path in root.iterdir():
+        with open(path, "rb") as f:
+            os.fsync(f.fileno())

@@ -1,0 +1,19 @@
+"""`moedge export`: a checkpoint folder in, a bundle folder out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..quant import GROUP_SIZES
+from ..runtime.bundle import Manifest
+from .bundle_writer import write_bundle
+from .source import ExportError, open_source
+
+
+def export(src: str | Path, out: str | Path, group_size: int | None = None, force: bool = False,
+           show_progress: bool = True) -> Manifest:
+    """Export the checkpoint folder `src` to the bundle `out` (int8 experts, per channel or per group)."""
+    if group_size is not None and group_size not in GROUP_SIZES:
+        raise ExportError(f"--group-size must be one of {GROUP_SIZES} (or omitted for per-channel)")
+    return write_bundle(open_source(src), out, group_size=group_size, force=force,
+                        show_progress=show_progress)

@@ -1,0 +1,190 @@
+"""ONNX graphs for the dense parts of the canonical model: one graph per layer, and the head.
+
+A layer graph takes the residual stream `hidden` [T, D], the token `positions` [T] and the
+runtime's cached `past_k`/`past_v` [P, K, Hd]; it returns the new `k`/`v` rows for the runtime
+to store, and either the finished `hidden_out` (dense layer) or the residual stream after
+attention plus the shared expert, the normed FFN input and the router logits (MoE layer).
+Attention splits scores into the cached part and the new part, so the cache is read, never
+concatenated or copied. Weights are float32 external data in one file shared by all graphs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from ..runtime.spec import ModelSpec
+
+OPSET = 17
+F32 = TensorProto.FLOAT
+
+# tensor name -> (offset, nbytes, shape) in the dense weights file; supplied by the bundle writer.
+WeightLocator = Callable[[str], tuple[int, int, tuple[int, ...]]]
+
+
+class GraphBuilder:
+    """Accumulates nodes and initializers; names every intermediate value uniquely."""
+
+    def __init__(self, weights_file: str, locate: WeightLocator):
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[TensorProto] = []
+        self.weights_file = weights_file
+        self.locate = locate
+        self._seen: set[str] = set()
+        self._count = 0
+
+    def op(self, op_type: str, *inputs: str, outputs: int = 1, name: str | None = None, **attrs):
+        self._count += 1
+        outs = [name or f"{op_type.lower()}_{self._count}"] if outputs == 1 else [
+            f"{op_type.lower()}_{self._count}_{i}" for i in range(outputs)]
+        self.nodes.append(helper.make_node(op_type, list(inputs), outs, **attrs))
+        return outs[0] if outputs == 1 else outs
+
+    def const(self, value, dtype=np.float32) -> str:
+        self._count += 1
+        name = f"const_{self._count}"
+        self.initializers.append(onnx.numpy_helper.from_array(np.asarray(value, dtype=dtype), name))
+        return name
+
+    def weight(self, name: str) -> str:
+        """A float32 initializer stored as external data in the shared weights file."""
+        if name not in self._seen:
+            offset, nbytes, shape = self.locate(name)
+            tensor = TensorProto(name=name, data_type=F32, dims=list(shape))
+            tensor.data_location = TensorProto.EXTERNAL
+            for key, value in (("location", self.weights_file), ("offset", str(offset)),
+                               ("length", str(nbytes))):
+                tensor.external_data.add(key=key, value=value)
+            self.initializers.append(tensor)
+            self._seen.add(name)
+        return name
+
+    def linear(self, x: str, weight_name: str) -> str:
+        """x [T, in] @ W[out, in]^T."""
+        return self.op("Gemm", x, self.weight(weight_name), transB=1)
+
+    def rmsnorm(self, x: str, weight_name: str, eps: float) -> str:
+        mean_sq = self.op("ReduceMean", self.op("Mul", x, x), axes=[-1], keepdims=1)
+        inv = self.op("Reciprocal", self.op("Sqrt", self.op("Add", mean_sq, self.const(eps))))
+        return self.op("Mul", self.op("Mul", x, inv), self.weight(weight_name))
+
+    def swiglu(self, x: str, prefix: str) -> str:
+        gate = self.linear(x, f"{prefix}.gate.weight")
+        act = self.op("Mul", gate, self.op("Sigmoid", gate))
+        return self.linear(self.op("Mul", act, self.linear(x, f"{prefix}.up.weight")), f"{prefix}.down.weight")
+
+    def model(self, inputs, outputs, name: str) -> onnx.ModelProto:
+        graph = helper.make_graph(self.nodes, name, inputs, outputs, self.initializers)
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                                 producer_name="moedge")
+
+
+def _rope(g: GraphBuilder, x: str, cos: str, sin: str) -> str:
+    """Rotate-half RoPE on x [T, heads, Hd] with cos/sin [T, 1, Hd/2]."""
+    x1, x2 = g.op("Split", x, axis=-1, outputs=2)
+    first = g.op("Sub", g.op("Mul", x1, cos), g.op("Mul", x2, sin))
+    second = g.op("Add", g.op("Mul", x2, cos), g.op("Mul", x1, sin))
+    return g.op("Concat", first, second, axis=-1)
+
+
+def _rope_tables(g: GraphBuilder, spec: ModelSpec) -> tuple[str, str]:
+    half = np.arange(0, spec.head_dim, 2, dtype=np.int64).astype(np.float32) / np.float32(spec.head_dim)
+    inv_freq = (1.0 / (np.float32(spec.rope_theta) ** half)).astype(np.float32)
+    pos = g.op("Unsqueeze", g.op("Cast", "positions", to=F32), g.const([1], np.int64))  # [T, 1]
+    angles = g.op("Unsqueeze", g.op("Mul", pos, g.const(inv_freq[None, :])), g.const([1], np.int64))
+    return g.op("Cos", angles), g.op("Sin", angles)  # [T, 1, Hd/2]
+
+
+def _heads(g: GraphBuilder, x: str, n: int, hd: int) -> str:
+    return g.op("Reshape", x, g.const([0, n, hd], np.int64))  # [T, n, Hd]
+
+
+def _attention(g: GraphBuilder, spec: ModelSpec, x: str, prefix: str) -> str:
+    """Causal GQA over [past ‖ new] keys; emits outputs `k` and `v` [T, K, Hd]."""
+    kvh, hd, grp = spec.n_kv_heads, spec.head_dim, spec.n_heads // spec.n_kv_heads
+    cos, sin = _rope_tables(g, spec)
+    q = _rope(g, _heads(g, g.linear(x, f"{prefix}.wq.weight"), spec.n_heads, hd), cos, sin)
+    k = _rope(g, _heads(g, g.linear(x, f"{prefix}.wk.weight"), kvh, hd), cos, sin)
+    g.op("Identity", k, name="k")
+    g.op("Identity", _heads(g, g.linear(x, f"{prefix}.wv.weight"), kvh, hd), name="v")
+    # q [T, H, Hd] → [K, G·T, Hd], rows ordered (group, token); scaled once here.
+    q = g.op("Reshape", q, g.const([0, kvh, grp, hd], np.int64))
+    q = g.op("Transpose", q, perm=[1, 2, 0, 3])
+    q = g.op("Mul", g.op("Reshape", q, g.const([kvh, -1, hd], np.int64)), g.const(spec.scale))
+    keys_t = {src: g.op("Transpose", src, perm=[1, 2, 0]) for src in ("past_k", "k")}  # [K, Hd, *]
+    vals = {src: g.op("Transpose", src, perm=[1, 0, 2]) for src in ("past_v", "v")}  # [K, *, Hd]
+    s_past = g.op("MatMul", q, keys_t["past_k"])  # [K, G·T, P]
+    s_new = g.op("Add", g.op("MatMul", q, keys_t["k"]), _causal_bias(g, grp))  # [K, G·T, T]
+    probs = g.op("Softmax", g.op("Concat", s_past, s_new, axis=-1), axis=-1)
+    past_len = g.op("Shape", "past_k", start=0, end=1)
+    p_past = g.op("Slice", probs, g.const([0], np.int64), past_len, g.const([2], np.int64))
+    p_new = g.op("Slice", probs, past_len, g.const([np.iinfo(np.int64).max], np.int64), g.const([2], np.int64))
+    out = g.op("Add", g.op("MatMul", p_past, vals["past_v"]), g.op("MatMul", p_new, vals["v"]))
+    out = g.op("Reshape", out, g.const([kvh, grp, -1, hd], np.int64))  # [K, G, T, Hd]
+    out = g.op("Transpose", out, perm=[2, 0, 1, 3])  # [T, K, G, Hd]
+    out = g.op("Reshape", out, g.const([0, spec.n_heads * hd], np.int64))
+    return g.linear(out, f"{prefix}.wo.weight")
+
+
+def _causal_bias(g: GraphBuilder, groups: int) -> str:
+    """[G·T, T] additive mask: 0 where key ≤ query, -inf above the diagonal."""
+    t = g.op("Shape", "hidden", start=0, end=1)
+    idx = g.op("Range", g.const(0, np.int64), g.op("Squeeze", t), g.const(1, np.int64))
+    above = g.op("Greater", g.op("Unsqueeze", idx, g.const([0], np.int64)),
+                 g.op("Unsqueeze", idx, g.const([1], np.int64)))  # [T, T]: key > query
+    bias = g.op("Where", above, g.const(-np.inf), g.const(0.0))
+    return g.op("Tile", bias, g.op("Concat", g.const([groups], np.int64), g.const([1], np.int64), axis=0))
+
+
+def _residual(g: GraphBuilder, spec: ModelSpec, x: str, branch: str, name: str | None = None) -> str:
+    if spec.residual_multiplier != 1.0:
+        branch = g.op("Mul", branch, g.const(spec.residual_multiplier))
+    return g.op("Add", x, branch, name=name)
+
+
+def _value(name: str, shape: list) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, F32, shape)
+
+
+def layer_graph(spec: ModelSpec, i: int, weights_file: str, locate: WeightLocator) -> onnx.ModelProto:
+    """The ONNX graph of layer `i` (see module docstring for inputs and outputs)."""
+    g = GraphBuilder(weights_file, locate)
+    prefix = f"layers.{i}"
+    kv = ["P", spec.n_kv_heads, spec.head_dim]
+    inputs = [_value("hidden", ["T", spec.hidden_size]),
+              helper.make_tensor_value_info("positions", TensorProto.INT64, ["T"]),
+              _value("past_k", kv), _value("past_v", kv)]
+    attn = _attention(g, spec, g.rmsnorm("hidden", f"{prefix}.attn_norm.weight", spec.norm_eps), f"{prefix}.attn")
+    h = _residual(g, spec, "hidden", attn)
+    new_kv = [_value(n, ["T", spec.n_kv_heads, spec.head_dim]) for n in ("k", "v")]
+    ffn_in = g.rmsnorm(h, f"{prefix}.ffn_norm.weight", spec.norm_eps)
+    if spec.layer_kinds[i] == "dense":
+        _residual(g, spec, h, g.swiglu(ffn_in, f"{prefix}.ffn"), name="hidden_out")
+        return g.model(inputs, [_value("hidden_out", ["T", spec.hidden_size]), *new_kv], f"layer_{i}")
+    routing = spec.routing
+    g.op("Identity", ffn_in, name="ffn_in")
+    g.op("Identity", g.linear(ffn_in, f"{prefix}.ffn.router.weight"), name="router_logits")
+    if routing.shared_expert_size:
+        shared = g.swiglu(ffn_in, f"{prefix}.ffn.shared")
+        if routing.shared_expert_gate:
+            gate = g.op("Sigmoid", g.linear(ffn_in, f"{prefix}.ffn.shared_gate.weight"))
+            shared = g.op("Mul", shared, gate)
+        h = _residual(g, spec, h, shared)
+    g.op("Identity", h, name="hidden_out")
+    outputs = [_value("hidden_out", ["T", spec.hidden_size]), *new_kv,
+               _value("ffn_in", ["T", spec.hidden_size]), _value("router_logits", ["T", routing.n_experts])]
+    return g.model(inputs, outputs, f"layer_{i}")
+
+
+def head_graph(spec: ModelSpec, weights_file: str, locate: WeightLocator) -> onnx.ModelProto:
+    """Final norm and LM head: hidden [T, D] → logits [T, V]."""
+    g = GraphBuilder(weights_file, locate)
+    x = g.rmsnorm("hidden", "norm.weight", spec.norm_eps)
+    logits = g.linear(x, "embed.weight" if spec.tie_embeddings else "lm_head.weight")
+    if spec.logits_divisor != 1.0:
+        logits = g.op("Div", logits, g.const(spec.logits_divisor))
+    g.op("Identity", logits, name="logits")
+    return g.model([_value("hidden", ["T", spec.hidden_size])], [_value("logits", ["T", spec.vocab_size])], "head")

@@ -1,0 +1,46 @@
+"""The one table of canonical tensor names (the state-dict names of `model.Transformer`).
+
+Every source (our checkpoints, Hugging Face adapters) maps its tensors onto these names.
+Expert tensors are stacked per layer: gate/up [E, I, D], down [E, D, I].
+"""
+
+from __future__ import annotations
+
+from ..runtime.spec import ModelSpec
+
+EXPERT_PARTS = ("gate", "up", "down")
+
+
+def expert_names(layer: int) -> dict[str, str]:
+    """Stacked expert tensors of an MoE layer, by part."""
+    return {part: f"layers.{layer}.ffn.experts.{part}" for part in EXPERT_PARTS}
+
+
+def swiglu_names(prefix: str) -> list[str]:
+    return [f"{prefix}.{part}.weight" for part in EXPERT_PARTS]
+
+
+def layer_dense_names(spec: ModelSpec, layer: int) -> list[str]:
+    """Every non-expert tensor of one layer."""
+    p = f"layers.{layer}"
+    names = [f"{p}.attn_norm.weight", *(f"{p}.attn.{w}.weight" for w in ("wq", "wk", "wv", "wo")),
+             f"{p}.ffn_norm.weight"]
+    if spec.layer_kinds[layer] == "dense":
+        return names + swiglu_names(f"{p}.ffn")
+    names.append(f"{p}.ffn.router.weight")
+    if spec.routing.shared_expert_size:
+        names += swiglu_names(f"{p}.ffn.shared")
+    if spec.routing.shared_expert_gate:
+        names.append(f"{p}.ffn.shared_gate.weight")
+    return names
+
+
+def dense_names(spec: ModelSpec) -> list[str]:
+    """Every non-expert tensor of the model, in file order."""
+    names = ["embed.weight"]
+    for layer in range(spec.n_layers):
+        names += layer_dense_names(spec, layer)
+    names.append("norm.weight")
+    if not spec.tie_embeddings:
+        names.append("lm_head.weight")
+    return names

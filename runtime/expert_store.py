@@ -1,0 +1,65 @@
+"""Lazy access to int8 experts in a read-only memory map, with usage counters.
+
+Opening the store maps the file and reads no expert byte. Readahead is switched off
+(MADV_RANDOM) so a page fault never pulls in a neighbouring expert; the first time an
+expert is routed to, exactly its span is prefetched with MADV_WILLNEED. Residency beyond
+that is left to the OS page cache.
+"""
+
+from __future__ import annotations
+
+import mmap
+from pathlib import Path
+
+import numpy as np
+
+from .bundle import EXPERT_TENSORS, EXPERTS_HEADER, ExpertsIndex, check_experts_header
+
+
+class ExpertStore:
+    """Views over the experts file plus counters: hits, first touches and bytes first touched."""
+
+    def __init__(self, path: str | Path, index: ExpertsIndex, n_layers: int, n_experts: int):
+        with open(path, "rb") as f:
+            self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        self._map.madvise(mmap.MADV_RANDOM)
+        check_experts_header(self._map[:EXPERTS_HEADER.size], Path(path))  # faults in the header page only
+        self.qbuf = np.frombuffer(self._map, dtype=np.int8)
+        self.sbuf = np.frombuffer(self._map, dtype=np.float32)
+        self.span_bytes = index.span_bytes
+        self.layout = np.array([index.tensors[name].offset for name in EXPERT_TENSORS], dtype=np.int64)
+        self.offsets = np.full((n_layers, n_experts), -1, dtype=np.int64)
+        for layer, offsets in index.layers.items():
+            self.offsets[layer] = offsets
+        self.hits = np.zeros((n_layers, n_experts), dtype=np.int64)
+        self.touched = np.zeros((n_layers, n_experts), dtype=bool)
+
+    @property
+    def first_touches(self) -> int:
+        return int(self.touched.sum())
+
+    @property
+    def bytes_touched(self) -> int:
+        return self.first_touches * self.span_bytes
+
+    @property
+    def address(self) -> int:
+        """Start address of the mapping (for residency checks with mincore)."""
+        return self.qbuf.ctypes.data
+
+    @property
+    def size(self) -> int:
+        return len(self.qbuf)
+
+    def touch(self, layer: int, ids: np.ndarray) -> np.ndarray:
+        """Count a routing decision `ids` [T, k] of `layer`; return the experts' byte offsets."""
+        np.add.at(self.hits[layer], ids.ravel(), 1)
+        seen = self.touched[layer]
+        fresh = np.unique(ids[~seen[ids]])
+        for e in fresh:
+            self._map.madvise(mmap.MADV_WILLNEED, int(self.offsets[layer, e]), self.span_bytes)
+        seen[fresh] = True
+        return self.offsets[layer][ids]
+
+    def reset_counters(self) -> None:
+        self.hits[:] = 0

@@ -1,0 +1,77 @@
+"""Sampling and streaming generation on top of a `Session`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .errors import InputError
+
+if TYPE_CHECKING:
+    from .model import Model
+
+
+@dataclass(frozen=True)
+class Token:
+    """One generated token: its id and the text it completes (may be '' mid-character)."""
+
+    id: int
+    text: str
+
+
+def sample(logits: np.ndarray, rng: np.random.Generator, temperature: float = 0.0, top_k: int = 0,
+           top_p: float = 1.0) -> int:
+    """Pick a token id from logits [vocab]: argmax at temperature 0, else top-k/top-p sampling."""
+    if temperature <= 0.0:
+        return int(np.argmax(logits))
+    scaled = logits.astype(np.float64) / temperature
+    order = np.argsort(-scaled, kind="stable")
+    if top_k > 0:
+        order = order[:top_k]
+    probs = np.exp(scaled[order] - scaled[order[0]])
+    probs /= probs.sum()
+    if top_p < 1.0:
+        keep = int(np.searchsorted(np.cumsum(probs), top_p) + 1)
+        order, probs = order[:keep], probs[:keep] / probs[:keep].sum()
+    return int(order[rng.choice(len(order), p=probs)])
+
+
+def _stop_ids(model: Model) -> set[int]:
+    eos = model.manifest.generation.get("eos_token_id")
+    return set(eos if isinstance(eos, list) else [] if eos is None else [eos])
+
+
+def generate(model: Model, prompt: str | list[int], max_new_tokens: int = 64, temperature: float = 0.0,
+             top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
+             stop: list[str] | None = None) -> Iterator[Token]:
+    """Stream up to `max_new_tokens` tokens after `prompt`; ends early at EOS or a stop string."""
+    if not 0.0 < top_p <= 1.0 or temperature < 0 or top_k < 0 or max_new_tokens < 0:
+        raise InputError("need temperature >= 0, top_k >= 0, 0 < top_p <= 1 and max_new_tokens >= 0")
+    ids = model.encode(prompt) if isinstance(prompt, str) else list(prompt)
+    session = model.session()
+    if len(ids) + max_new_tokens > session.remaining:
+        raise InputError(f"prompt of {len(ids)} tokens plus {max_new_tokens} new tokens exceeds the "
+                         f"context length {model.spec.max_seq_len}")
+    rng = np.random.default_rng(seed)
+    eos, stop = _stop_ids(model), stop or []
+    logits = session.prefill(ids, last_only=True)[0]
+    new: list[int] = []
+    text = ""
+    for _ in range(max_new_tokens):
+        token = sample(logits, rng, temperature, top_k, top_p)
+        if token in eos:
+            return
+        new.append(token)
+        piece = ""
+        if model.tokenizer is not None:
+            full = model.decode_text(new)
+            if not full.endswith("\ufffd"):  # wait for the rest of a multi-byte character
+                piece, text = full[len(text):], full
+        yield Token(token, piece)
+        if any(s in text for s in stop):
+            return
+        if len(new) < max_new_tokens:
+            logits = session.decode(token)

@@ -1,0 +1,146 @@
+"""`Model`: a loaded bundle — onnxruntime sessions for the dense graphs, lazy int8 experts.
+
+Loading validates the manifest, maps the dense weights and the experts file read-only and
+creates one onnxruntime session per layer graph plus the head; it reads no expert byte.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numba
+import numpy as np
+import onnxruntime as ort
+from tokenizers import Tokenizer
+
+from .bundle import BundleError, Manifest, read_manifest
+from .errors import InputError
+from .expert_store import ExpertStore
+from .generate import generate
+from .moe import MoELayer
+from .session import Session
+from .spec import ModelSpec
+
+
+@dataclass(frozen=True)
+class LayerOutputs:
+    hidden: np.ndarray  # [T, D]
+    k: np.ndarray  # [T, K, Hd]
+    v: np.ndarray
+    ffn_in: np.ndarray | None = None  # [T, D], MoE layers only
+    router_logits: np.ndarray | None = None  # [T, E]
+
+
+def _session_options(threads: int) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Weights stay in the memory-mapped external-data file instead of a prepacked private copy.
+    options.add_session_config_entry("session.disable_prepacking", "1")
+    # Idle ORT threads must not spin: the numba expert kernels need the cores between graphs.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
+
+class DenseGraph:
+    """One onnxruntime session over a layer or head graph."""
+
+    def __init__(self, path: Path, options: ort.SessionOptions):
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise BundleError(f"{path.name}: onnxruntime cannot load this graph: {exc}") from None
+        self.outputs = [o.name for o in self.session.get_outputs()]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return self.session.run(self.outputs, feeds)
+
+
+class Model:
+    """A bundle ready to run. Use `Model.load(path)`, then `session()` or `generate(...)`."""
+
+    def __init__(self, root: Path, manifest: Manifest, threads: int):
+        self.root = root
+        self.manifest = manifest
+        self.spec: ModelSpec = manifest.spec
+        self.threads = threads
+        options = _session_options(threads)
+        self.layers = [DenseGraph(root / name, options) for name in manifest.layer_graphs]
+        self.head = DenseGraph(root / manifest.head_graph, options)
+        embed = manifest.dense_tensors["embed.weight"]
+        self._dense = np.memmap(root / manifest.dense_file, dtype=np.uint8, mode="r")
+        self.embedding = self._dense[embed.offset:embed.offset + embed.nbytes].view(np.float32).reshape(
+            embed.shape)
+        self.experts: ExpertStore | None = None
+        self.moe: dict[int, MoELayer] = {}
+        if manifest.experts is not None:
+            routing = self.spec.routing
+            self.experts = ExpertStore(root / manifest.experts.file, manifest.experts,
+                                       self.spec.n_layers, routing.n_experts)
+            for i, kind in enumerate(self.spec.layer_kinds):
+                if kind == "moe":
+                    self.moe[i] = MoELayer(i, self.spec, manifest.experts.group_size, self.experts)
+        self.tokenizer = None
+        if manifest.tokenizer is not None:
+            self.tokenizer = Tokenizer.from_file(str(root / manifest.tokenizer))
+
+    @classmethod
+    def load(cls, path: str | Path, threads: int | None = None) -> Model:
+        """Validate and open the bundle at `path`; `threads` defaults to the CPU count."""
+        threads = threads or os.cpu_count() or 1
+        if "NUMBA_THREADING_LAYER" not in os.environ:
+            # The OpenMP layer's waiting threads collapse when onnxruntime shares the cores.
+            numba.config.THREADING_LAYER = "workqueue"
+        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+        root = Path(path)
+        return cls(root, read_manifest(root), threads)
+
+    def session(self, record_routing: bool = False) -> Session:
+        """A decoding session with its own preallocated KV cache."""
+        return Session(self, record_routing=record_routing)
+
+    def embed(self, tokens: np.ndarray) -> np.ndarray:
+        """Embedding rows [T, D] for token ids, scaled by the spec's embedding multiplier."""
+        rows = self.embedding[tokens]
+        mult = self.spec.embedding_multiplier
+        return rows if mult == 1.0 else rows * np.float32(mult)
+
+    def run_layer(self, i: int, hidden: np.ndarray, positions: np.ndarray, past_k: np.ndarray,
+                  past_v: np.ndarray) -> LayerOutputs:
+        out = self.layers[i].run({"hidden": hidden, "positions": positions, "past_k": past_k, "past_v": past_v})
+        return LayerOutputs(*out)
+
+    def logits(self, hidden: np.ndarray) -> np.ndarray:
+        return self.head.run({"hidden": hidden})[0]
+
+    def check_tokens(self, tokens) -> np.ndarray:
+        """Token ids as int64 [T]; raise `InputError` if empty or out of the vocabulary."""
+        ids = np.asarray(tokens, dtype=np.int64).reshape(-1)
+        if ids.size == 0:
+            raise InputError("no tokens given")
+        bad = ids[(ids < 0) | (ids >= self.spec.vocab_size)]
+        if bad.size:
+            raise InputError(f"token id {int(bad[0])} is outside the vocabulary [0, {self.spec.vocab_size})")
+        return ids
+
+    def encode(self, text: str) -> list[int]:
+        if self.tokenizer is None:
+            raise InputError("this bundle has no tokenizer: pass token ids instead of text")
+        return self.tokenizer.encode(text).ids
+
+    def decode_text(self, ids: list[int]) -> str:
+        if self.tokenizer is None:
+            raise InputError("this bundle has no tokenizer")
+        return self.tokenizer.decode(ids)
+
+    def generate(self, prompt: str | list[int], max_new_tokens: int = 64, temperature: float = 0.0,
+                 top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
+                 stop: list[str] | None = None) -> Iterator:
+        """Stream generated tokens (see `generate.generate`); greedy when temperature is 0."""
+        return generate(self, prompt, max_new_tokens=max_new_tokens, temperature=temperature,
+                        top_k=top_k, top_p=top_p, seed=seed, stop=stop)

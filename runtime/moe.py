@@ -1,0 +1,69 @@
+"""One MoE layer on the CPU: route, then run the selected experts with the numba kernels.
+
+Decode (one token) computes its k experts in one kernel call. Prefill groups the tokens by
+expert; an expert chosen by at least `PREFILL_GEMM_MIN_TOKENS` tokens is dequantized once
+and multiplied with BLAS, fewer tokens go through the int8 kernel that reads each row once.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import kernels
+from .expert_store import ExpertStore
+from .routing import route
+from .spec import ModelSpec
+
+PREFILL_GEMM_MIN_TOKENS = 16
+
+
+class MoELayer:
+    """The routed experts of layer `index` (the shared expert runs in the layer's ONNX graph)."""
+
+    def __init__(self, index: int, spec: ModelSpec, group_size: int, store: ExpertStore):
+        self.index = index
+        self.routing = spec.routing
+        self.store = store
+        self.d, self.i = spec.hidden_size, spec.expert_intermediate_size
+        self.gd, self.gi = (group_size, group_size) if group_size else (self.d, self.i)
+        self.scratch = np.empty((self.routing.top_k, self.i), dtype=np.float32)
+
+    def __call__(self, x: np.ndarray, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Routed expert output [T, D] for the normed input x [T, D]; also the chosen ids [T, k]."""
+        ids, weights = route(logits, self.routing)
+        bases = self.store.touch(self.index, ids)  # [T, k]
+        out = np.empty_like(x)
+        if x.shape[0] == 1:
+            kernels.moe_decode(x[0], self.store.qbuf, self.store.sbuf, bases[0], weights[0],
+                               self.store.layout, self.gd, self.gi, self.scratch, out[0])
+            return out, ids
+        out[:] = 0.0
+        flat = ids.ravel()
+        order = np.argsort(flat, kind="stable")
+        _, starts = np.unique(flat[order], return_index=True)
+        for rows in np.split(order, starts[1:]):
+            tokens = rows // self.routing.top_k
+            y = self._expert(int(bases.ravel()[rows[0]]), x[tokens])
+            out[tokens] += weights.ravel()[rows, None] * y
+        return out, ids
+
+    def _expert(self, base: int, x: np.ndarray) -> np.ndarray:
+        """One expert on n tokens x [n, D] → [n, D]."""
+        qbuf, sbuf, lay = self.store.qbuf, self.store.sbuf, self.store.layout
+        if x.shape[0] < PREFILL_GEMM_MIN_TOKENS:
+            hidden = np.empty((x.shape[0], self.i), dtype=np.float32)
+            out = np.empty_like(x)
+            kernels.expert_tokens(x, qbuf, sbuf, base, lay, self.gd, self.gi, hidden, out)
+            return out
+        gate, up, down = (self._dequantize(base, part) for part in range(3))
+        h = x @ gate.T
+        h = h / (1.0 + np.exp(-h)) * (x @ up.T)
+        return h @ down.T
+
+    def _dequantize(self, base: int, part: int) -> np.ndarray:
+        rows, cols, group = (self.d, self.i, self.gi) if part == 2 else (self.i, self.d, self.gd)
+        out = np.empty((rows, cols), dtype=np.float32)
+        lay = self.store.layout
+        kernels.dequantize_rows(self.store.qbuf, self.store.sbuf, base + lay[part], (base + lay[part + 3]) // 4,
+                                rows, cols, group, out)
+        return out

@@ -1,0 +1,67 @@
+"""A decoding session: a preallocated KV cache and the per-token loop over the layers."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .errors import InputError
+
+if TYPE_CHECKING:
+    from .model import Model
+
+
+class Session:
+    """Holds the KV cache of one sequence; `prefill` then `decode` one token at a time.
+
+    The cache is [max_seq_len, kv_heads, head_dim] per layer, allocated once; the graphs read
+    the filled prefix as a view and the new rows are written in place.
+    """
+
+    def __init__(self, model: Model, record_routing: bool = False):
+        self.model = model
+        spec = model.spec
+        shape = (spec.max_seq_len, spec.n_kv_heads, spec.head_dim)
+        self.k_cache = [np.zeros(shape, dtype=np.float32) for _ in range(spec.n_layers)]
+        self.v_cache = [np.zeros(shape, dtype=np.float32) for _ in range(spec.n_layers)]
+        self.pos = 0
+        self.routing_trace: list[tuple[int, np.ndarray]] | None = [] if record_routing else None
+
+    @property
+    def remaining(self) -> int:
+        """How many more tokens fit in the context."""
+        return self.model.spec.max_seq_len - self.pos
+
+    def prefill(self, token_ids, last_only: bool = False) -> np.ndarray:
+        """Run the prompt; logits [T, vocab] (only the last row [1, vocab] if `last_only`)."""
+        return self._forward(self.model.check_tokens(token_ids), last_only)
+
+    def decode(self, token_id: int) -> np.ndarray:
+        """Append one token; the logits [vocab] for the next one."""
+        return self._forward(self.model.check_tokens([token_id]), True)[0]
+
+    def reset(self) -> None:
+        """Forget the sequence (the cache memory is reused)."""
+        self.pos = 0
+
+    def _forward(self, tokens: np.ndarray, last_only: bool) -> np.ndarray:
+        model, t, pos = self.model, len(tokens), self.pos
+        if t > self.remaining:
+            raise InputError(f"{t} tokens at position {pos} exceed the context length "
+                             f"{model.spec.max_seq_len}")
+        hidden = model.embed(tokens)
+        positions = np.arange(pos, pos + t, dtype=np.int64)
+        residual_mult = np.float32(model.spec.residual_multiplier)
+        for i in range(model.spec.n_layers):
+            out = model.run_layer(i, hidden, positions, self.k_cache[i][:pos], self.v_cache[i][:pos])
+            self.k_cache[i][pos:pos + t] = out.k
+            self.v_cache[i][pos:pos + t] = out.v
+            hidden = out.hidden
+            if out.router_logits is not None:
+                routed, ids = model.moe[i](out.ffn_in, out.router_logits)
+                hidden += routed * residual_mult if residual_mult != 1.0 else routed
+                if self.routing_trace is not None:
+                    self.routing_trace.append((i, ids))
+        self.pos += t
+        return model.logits(hidden[-1:] if last_only else hidden)

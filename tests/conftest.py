@@ -1,0 +1,81 @@
+"""Tiny models for the tests: built from a seed, saved as checkpoints, exported once per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from moedge.exporter import export
+from moedge.exporter.checkpoint import save_checkpoint
+from moedge.exporter.model import Transformer
+from moedge.quant import dequantize, quantize_int8
+from moedge.runtime.spec import ModelSpec, RoutingSpec
+
+VOCAB = 203  # not a multiple of 8 on purpose
+
+
+def tiny_moe_spec(**overrides) -> ModelSpec:
+    routing = RoutingSpec(**{"n_experts": 8, "top_k": 2, **overrides.pop("routing", {})})
+    fields = dict(vocab_size=VOCAB, hidden_size=64, n_layers=4, n_heads=4, n_kv_heads=2, head_dim=16,
+                  intermediate_size=96, layer_kinds=("moe",) * 4, max_seq_len=96,
+                  expert_intermediate_size=32, routing=routing)
+    fields.update(overrides)
+    return ModelSpec(**fields)
+
+
+def tiny_dense_spec(**overrides) -> ModelSpec:
+    fields = dict(vocab_size=VOCAB, hidden_size=64, n_layers=3, n_heads=4, n_kv_heads=4, head_dim=16,
+                  intermediate_size=96, layer_kinds=("dense",) * 3, max_seq_len=96, tie_embeddings=True)
+    fields.update(overrides)
+    return ModelSpec(**fields)
+
+
+def build_model(spec: ModelSpec, seed: int = 0) -> Transformer:
+    torch.manual_seed(seed)
+    model = Transformer(spec)
+    with torch.no_grad():  # non-trivial norm weights so a wrong norm shows
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+def dequantized_reference(model: Transformer, group_size: int | None) -> Transformer:
+    """The float model whose expert weights are replaced by their int8 round trip."""
+    with torch.no_grad():
+        for moe in model.moe_layers():
+            for w in (moe.experts.gate, moe.experts.up, moe.experts.down):
+                w.copy_(torch.from_numpy(dequantize(quantize_int8(w.numpy(), group_size))))
+    return model
+
+
+class Exported:
+    def __init__(self, spec: ModelSpec, root: Path, group_size: int | None = None, seed: int = 0):
+        self.spec = spec
+        model = build_model(spec, seed)
+        self.checkpoint = save_checkpoint(model, root / "ckpt")
+        self.bundle = root / "model.moedge"
+        export(self.checkpoint, self.bundle, group_size=group_size, show_progress=False)
+        self.reference = dequantized_reference(model, group_size)
+
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory):
+    """exported(name, spec, group_size=None) → an `Exported`, built once per session and name."""
+    cache: dict[str, Exported] = {}
+
+    def get(name: str, spec: ModelSpec, group_size: int | None = None) -> Exported:
+        if name not in cache:
+            cache[name] = Exported(spec, tmp_path_factory.mktemp(name), group_size)
+        return cache[name]
+
+    return get
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _single_thread_torch():
+    torch.set_num_threads(1)
+    os.environ.setdefault("TQDM_DISABLE", "1")
