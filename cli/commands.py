@@ -8,11 +8,12 @@ import time
 import numpy as np
 
 
-def export(src: str, out: str, group_size: int | None = None, force: bool = False) -> None:
+def export(src: str, out: str, group_size: int | None = None, force: bool = False,
+           float_experts: bool = False) -> None:
     """Export a checkpoint folder (moedge or Hugging Face) to a bundle."""
     from moedge.exporter import export as export_bundle  # torch is only needed here
 
-    manifest = export_bundle(src, out, group_size=group_size, force=force)
+    manifest = export_bundle(src, out, group_size=group_size, force=force, float_experts=float_experts)
     sizes = manifest.files
     experts = sizes.get(manifest.experts.file, {}).get("size", 0) if manifest.experts else 0
     dense = sum(v["size"] for k, v in sizes.items() if k.endswith((".bin", ".onnx"))) - experts

@@ -17,6 +17,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--out", required=True, help="bundle folder to write")
     p.add_argument("--group-size", type=int, default=None, help="int8 group size 32/64/128 (default: per channel)")
     p.add_argument("--force", action="store_true", help="replace an existing bundle")
+    p.add_argument("--float-experts", action="store_true", help="keep experts float32 (no quantization)")
 
     p = sub.add_parser("run", help="generate text from a prompt", description=commands.run.__doc__)
     p.add_argument("bundle")

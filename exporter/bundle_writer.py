@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 from tqdm import tqdm
 
-from ..quant import quant_error, quantize_int8
+from ..quant import QuantizedTensor, quant_error, quantize_int8
 from ..quant.int8 import resolve_group_size
 from ..runtime.bundle import (
     EXPERT_TENSORS,
@@ -66,14 +66,14 @@ def _write_dense(source: Source, path: Path) -> dict[str, TensorEntry]:
     return entries
 
 
-def expert_span_layout(spec: ModelSpec, group_size: int) -> tuple[dict[str, TensorEntry], int]:
-    """Offsets inside one expert's span, and the span's page-rounded size."""
+def expert_span_layout(spec: ModelSpec, group_size: int, dtype: str) -> tuple[dict[str, TensorEntry], int]:
+    """Offsets inside one expert's span (weights of `dtype`), and the span's page-rounded size."""
     d, i = spec.hidden_size, spec.expert_intermediate_size
     try:
         g_d, g_i = resolve_group_size(d, group_size), resolve_group_size(i, group_size)
     except ValueError as exc:
         raise ExportError(f"cannot quantize experts: {exc}") from None
-    shapes = {"gate": ((i, d), "int8"), "up": ((i, d), "int8"), "down": ((d, i), "int8"),
+    shapes = {"gate": ((i, d), dtype), "up": ((i, d), dtype), "down": ((d, i), dtype),
               "gate_scale": ((i, d // g_d), "float32"), "up_scale": ((i, d // g_d), "float32"),
               "down_scale": ((d, i // g_i), "float32")}
     layout, cursor = {}, 0
@@ -85,9 +85,16 @@ def expert_span_layout(spec: ModelSpec, group_size: int) -> tuple[dict[str, Tens
     return layout, _align(cursor, PAGE)
 
 
-def _write_experts(source: Source, path: Path, group_size: int, layers: list[int], progress: tqdm):
+def _unquantized(weight: np.ndarray) -> QuantizedTensor:
+    """Float experts in the same layout: the weights themselves, a unit scale per row."""
+    return QuantizedTensor(q=weight.astype(np.float32), scale=np.ones((*weight.shape[:-1], 1), np.float32),
+                           group_size=weight.shape[-1])
+
+
+def _write_experts(source: Source, path: Path, group_size: int, layers: list[int], progress: tqdm,
+                   quantize: bool):
     spec = source.spec
-    layout, span = expert_span_layout(spec, group_size)
+    layout, span = expert_span_layout(spec, group_size, "int8" if quantize else "float32")
     offsets, report = {}, {}
     with open(path, "wb") as f:
         f.write(EXPERTS_HEADER.pack(EXPERTS_MAGIC, FORMAT_VERSION, PAGE).ljust(PAGE, b"\0"))
@@ -99,7 +106,7 @@ def _write_experts(source: Source, path: Path, group_size: int, layers: list[int
                 if weight.shape != (spec.routing.n_experts, *expected):
                     raise ExportError(f"{name} has shape {list(weight.shape)}, expected "
                                       f"{[spec.routing.n_experts, *expected]}")
-                quantized[part] = quantize_int8(weight, group_size)
+                quantized[part] = quantize_int8(weight, group_size) if quantize else _unquantized(weight)
                 errors += [quant_error(weight[e], _expert_slice(quantized[part], e))
                            for e in range(weight.shape[0])]
             offsets[layer] = []
@@ -113,8 +120,8 @@ def _write_experts(source: Source, path: Path, group_size: int, layers: list[int
     return ExpertsIndex(EXPERTS_FILE, span, group_size, layout, offsets), report
 
 
-def _expert_slice(t, e):
-    return type(t)(q=t.q[e], scale=t.scale[e], group_size=t.group_size)
+def _expert_slice(t: QuantizedTensor, e: int) -> QuantizedTensor:
+    return QuantizedTensor(q=t.q[e], scale=t.scale[e], group_size=t.group_size)
 
 
 def _expert_span(quantized, e: int, layout: dict[str, TensorEntry], span: int) -> bytes:
@@ -145,10 +152,13 @@ def _save_checked(model: onnx.ModelProto, path: Path) -> None:
     onnx.checker.check_model(str(path))
 
 
-def write_bundle_files(source: Source, root: Path, group_size: int | None, show_progress: bool) -> Manifest:
+def write_bundle_files(source: Source, root: Path, group_size: int | None, show_progress: bool,
+                       quantize: bool = True) -> Manifest:
     """Write every file of a bundle into the (empty) folder `root`; return its manifest."""
     spec = source.spec
     moe_layers = [i for i, kind in enumerate(spec.layer_kinds) if kind == "moe"]
+    if not quantize and group_size:
+        raise ExportError("a group size applies to int8 experts only")
     group = group_size or 0
     with tqdm(total=spec.n_layers + len(moe_layers), desc="export", unit="layer",
               disable=not show_progress) as progress:
@@ -156,13 +166,14 @@ def write_bundle_files(source: Source, root: Path, group_size: int | None, show_
         graphs = _write_graphs(spec, root, dense, progress)
         experts, report = (None, {})
         if moe_layers:
-            experts, report = _write_experts(source, root / EXPERTS_FILE, group, moe_layers, progress)
+            experts, report = _write_experts(source, root / EXPERTS_FILE, group, moe_layers, progress, quantize)
     tokenizer = None
     if source.tokenizer_file is not None:
         tokenizer = "tokenizer.json"
         shutil.copyfile(source.tokenizer_file, root / tokenizer)
     files = {p.name: {"size": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(root.iterdir())}
-    manifest = Manifest(spec=spec, quant_scheme="int8" if moe_layers else "none",
+    scheme = ("int8" if quantize else "float32") if moe_layers else "none"
+    manifest = Manifest(spec=spec, quant_scheme=scheme,
                         layer_graphs=tuple(graphs), head_graph=HEAD_GRAPH, dense_file=DENSE_FILE,
                         dense_tensors=dense, experts=experts, tokenizer=tokenizer, files=files,
                         generation=source.generation, quant_report={"layers": report})
@@ -171,7 +182,7 @@ def write_bundle_files(source: Source, root: Path, group_size: int | None, show_
 
 
 def write_bundle(source: Source, out: str | Path, group_size: int | None = None, force: bool = False,
-                 show_progress: bool = True) -> Manifest:
+                 show_progress: bool = True, quantize: bool = True) -> Manifest:
     """Export `source` to the bundle folder `out`; nothing is left at `out` if this fails."""
     out = Path(out).absolute()
     if out.exists() and not force:
@@ -179,7 +190,7 @@ def write_bundle(source: Source, out: str | Path, group_size: int | None = None,
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
-        manifest = write_bundle_files(source, tmp, group_size, show_progress)
+        manifest = write_bundle_files(source, tmp, group_size, show_progress, quantize)
         _fsync_tree(tmp)
         if out.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))

@@ -44,17 +44,26 @@ class Attention(nn.Module):
         super().__init__()
         self.spec = spec
         d, hd = spec.hidden_size, spec.head_dim
-        self.wq = nn.Linear(d, spec.n_heads * hd, bias=False)
-        self.wk = nn.Linear(d, spec.n_kv_heads * hd, bias=False)
-        self.wv = nn.Linear(d, spec.n_kv_heads * hd, bias=False)
+        self.wq = nn.Linear(d, spec.n_heads * hd, bias=spec.attention_bias)
+        self.wk = nn.Linear(d, spec.n_kv_heads * hd, bias=spec.attention_bias)
+        self.wv = nn.Linear(d, spec.n_kv_heads * hd, bias=spec.attention_bias)
         self.wo = nn.Linear(spec.n_heads * hd, d, bias=False)
+        if spec.qk_norm != "none":
+            per_head = spec.qk_norm == "head"
+            self.q_norm = RMSNorm(hd if per_head else spec.n_heads * hd, spec.norm_eps)
+            self.k_norm = RMSNorm(hd if per_head else spec.n_kv_heads * hd, spec.norm_eps)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 cache: list[torch.Tensor] | None) -> torch.Tensor:
         b, t, _ = x.shape
         s = self.spec
-        q = self.wq(x).view(b, t, s.n_heads, s.head_dim).transpose(1, 2)  # [B, H, T, Hd]
-        k = self.wk(x).view(b, t, s.n_kv_heads, s.head_dim).transpose(1, 2)  # [B, K, T, Hd]
+        q, k = self.wq(x), self.wk(x)  # [B, T, H·Hd], [B, T, K·Hd]
+        if s.qk_norm == "full":
+            q, k = self.q_norm(q), self.k_norm(k)
+        q = q.view(b, t, s.n_heads, s.head_dim).transpose(1, 2)  # [B, H, T, Hd]
+        k = k.view(b, t, s.n_kv_heads, s.head_dim).transpose(1, 2)  # [B, K, T, Hd]
+        if s.qk_norm == "head":
+            q, k = self.q_norm(q), self.k_norm(k)
         v = self.wv(x).view(b, t, s.n_kv_heads, s.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         past = 0

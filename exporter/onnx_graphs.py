@@ -62,9 +62,10 @@ class GraphBuilder:
             self._seen.add(name)
         return name
 
-    def linear(self, x: str, weight_name: str) -> str:
-        """x [T, in] @ W[out, in]^T."""
-        return self.op("Gemm", x, self.weight(weight_name), transB=1)
+    def linear(self, x: str, weight_name: str, bias_name: str | None = None) -> str:
+        """x [T, in] @ W[out, in]^T (+ b)."""
+        bias = [self.weight(bias_name)] if bias_name else []
+        return self.op("Gemm", x, self.weight(weight_name), *bias, transB=1)
 
     def rmsnorm(self, x: str, weight_name: str, eps: float) -> str:
         mean_sq = self.op("ReduceMean", self.op("Mul", x, x), axes=[-1], keepdims=1)
@@ -102,14 +103,23 @@ def _heads(g: GraphBuilder, x: str, n: int, hd: int) -> str:
     return g.op("Reshape", x, g.const([0, n, hd], np.int64))  # [T, n, Hd]
 
 
+def _projection(g: GraphBuilder, spec: ModelSpec, x: str, name: str, heads: int) -> str:
+    """A q/k/v projection [T, heads·Hd], per head [T, heads, Hd] when q/k norms are per head."""
+    out = g.linear(x, f"{name}.weight", f"{name}.bias" if spec.attention_bias else None)
+    return _heads(g, out, heads, spec.head_dim) if spec.qk_norm == "head" else out
+
+
 def _attention(g: GraphBuilder, spec: ModelSpec, x: str, prefix: str) -> str:
     """Causal GQA over [past ‖ new] keys; emits outputs `k` and `v` [T, K, Hd]."""
     kvh, hd, grp = spec.n_kv_heads, spec.head_dim, spec.n_heads // spec.n_kv_heads
     cos, sin = _rope_tables(g, spec)
-    q = _rope(g, _heads(g, g.linear(x, f"{prefix}.wq.weight"), spec.n_heads, hd), cos, sin)
-    k = _rope(g, _heads(g, g.linear(x, f"{prefix}.wk.weight"), kvh, hd), cos, sin)
-    g.op("Identity", k, name="k")
-    g.op("Identity", _heads(g, g.linear(x, f"{prefix}.wv.weight"), kvh, hd), name="v")
+    q, k, v = (_projection(g, spec, x, f"{prefix}.{w}", n) for w, n in
+               (("wq", spec.n_heads), ("wk", kvh), ("wv", kvh)))
+    if spec.qk_norm != "none":
+        q, k = (g.rmsnorm(t, f"{prefix}.{n}.weight", spec.norm_eps) for t, n in ((q, "q_norm"), (k, "k_norm")))
+    q = _rope(g, _heads(g, q, spec.n_heads, hd), cos, sin)
+    g.op("Identity", _rope(g, _heads(g, k, kvh, hd), cos, sin), name="k")
+    g.op("Identity", _heads(g, v, kvh, hd), name="v")
     # q [T, H, Hd] → [K, G·T, Hd], rows ordered (group, token); scaled once here.
     q = g.op("Reshape", q, g.const([0, kvh, grp, hd], np.int64))
     q = g.op("Transpose", q, perm=[1, 2, 0, 3])

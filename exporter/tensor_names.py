@@ -25,6 +25,10 @@ def layer_dense_names(spec: ModelSpec, layer: int) -> list[str]:
     p = f"layers.{layer}"
     names = [f"{p}.attn_norm.weight", *(f"{p}.attn.{w}.weight" for w in ("wq", "wk", "wv", "wo")),
              f"{p}.ffn_norm.weight"]
+    if spec.attention_bias:
+        names += [f"{p}.attn.{w}.bias" for w in ("wq", "wk", "wv")]
+    if spec.qk_norm != "none":
+        names += [f"{p}.attn.q_norm.weight", f"{p}.attn.k_norm.weight"]
     if spec.layer_kinds[layer] == "dense":
         return names + swiglu_names(f"{p}.ffn")
     names.append(f"{p}.ffn.router.weight")

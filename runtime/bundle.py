@@ -26,6 +26,7 @@ EXPERTS_MAGIC = b"MOEDGEXP"
 EXPERTS_HEADER = struct.Struct("<8sII")  # magic, format version, header bytes
 DTYPES = {"float32": np.float32, "int8": np.int8}
 EXPERT_TENSORS = ("gate", "up", "down", "gate_scale", "up_scale", "down_scale")
+EXPERT_WEIGHT_DTYPES = {"int8": "int8", "float32": "float32"}  # quantization scheme -> weight dtype
 
 
 class BundleError(Exception):
@@ -141,7 +142,7 @@ def _expected_expert_shapes(spec: ModelSpec, group: int) -> dict[str, tuple[int,
             "gate_scale": (i, groups_d), "up_scale": (i, groups_d), "down_scale": (d, groups_i)}
 
 
-def _read_experts(root: Path, files: dict, data: dict, spec: ModelSpec) -> ExpertsIndex:
+def _read_experts(root: Path, files: dict, data: dict, spec: ModelSpec, scheme: str) -> ExpertsIndex:
     where = "experts."
     name = _field(data, "file", str, where)
     size = _check_file(root, files, name)
@@ -153,6 +154,13 @@ def _read_experts(root: Path, files: dict, data: dict, spec: ModelSpec) -> Exper
         raise BundleError(f"manifest: experts.group_size {group} does not divide the expert dimensions")
     tensors = {k: _tensor(_field(_field(data, "tensors", dict, where), k, dict, where + "tensors."),
                           f"{where}tensors.{k}.") for k in EXPERT_TENSORS}
+    weight_dtype = EXPERT_WEIGHT_DTYPES.get(scheme)
+    if weight_dtype is None:
+        raise BundleError(f"manifest: quantization scheme {scheme!r} is not one of {sorted(EXPERT_WEIGHT_DTYPES)}")
+    for k in EXPERT_TENSORS:
+        expected = "float32" if k.endswith("_scale") else weight_dtype
+        if tensors[k].dtype != expected:
+            raise BundleError(f"manifest: experts.tensors.{k} is {tensors[k].dtype}, scheme {scheme} needs {expected}")
     for k, shape in _expected_expert_shapes(spec, group).items():
         if tensors[k].shape != shape:
             raise BundleError(f"manifest: experts.tensors.{k} has shape {list(tensors[k].shape)}, "
@@ -226,14 +234,14 @@ def read_manifest(root: str | Path) -> Manifest:
     embed = dense_tensors.get("embed.weight")
     if embed is None or embed.shape != (spec.vocab_size, spec.hidden_size):
         raise BundleError("manifest: dense.tensors.embed.weight is missing or not [vocab, hidden]")
+    scheme = _field(_field(data, "quantization", dict, ""), "scheme", str, "quantization.")
     experts = None
     if spec.is_moe:
-        experts = _read_experts(root, files, _field(data, "experts", dict, ""), spec)
+        experts = _read_experts(root, files, _field(data, "experts", dict, ""), spec, scheme)
     tokenizer = data.get("tokenizer")
     if tokenizer is not None:
         _check_file(root, files, tokenizer)
-    quant = _field(data, "quantization", dict, "")
-    return Manifest(spec=spec, quant_scheme=_field(quant, "scheme", str, "quantization."),
+    return Manifest(spec=spec, quant_scheme=scheme,
                     layer_graphs=layer_graphs, head_graph=head, dense_file=dense_file,
                     dense_tensors=dense_tensors, experts=experts, tokenizer=tokenizer, files=files,
                     generation=data.get("generation") or {}, quant_report=data.get("quant_report") or {})

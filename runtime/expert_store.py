@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .bundle import EXPERT_TENSORS, EXPERTS_HEADER, ExpertsIndex, check_experts_header
+from .bundle import DTYPES, EXPERT_TENSORS, EXPERTS_HEADER, ExpertsIndex, check_experts_header
 
 
 class ExpertStore:
@@ -24,13 +24,17 @@ class ExpertStore:
             self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         self._map.madvise(mmap.MADV_RANDOM)
         check_experts_header(self._map[:EXPERTS_HEADER.size], Path(path))  # faults in the header page only
-        self.qbuf = np.frombuffer(self._map, dtype=np.int8)
-        self.sbuf = np.frombuffer(self._map, dtype=np.float32)
+        weight_dtype = DTYPES[index.tensors["gate"].dtype]
+        self.wbuf = np.frombuffer(self._map, dtype=weight_dtype)  # weights, in their own dtype
+        self.sbuf = np.frombuffer(self._map, dtype=np.float32)  # scales
+        item = self.wbuf.itemsize
         self.span_bytes = index.span_bytes
-        self.layout = np.array([index.tensors[name].offset for name in EXPERT_TENSORS], dtype=np.int64)
-        self.offsets = np.full((n_layers, n_experts), -1, dtype=np.int64)
+        layout = np.array([index.tensors[name].offset for name in EXPERT_TENSORS], dtype=np.int64)
+        self.wlay, self.slay = layout[:3] // item, layout[3:] // 4  # element offsets inside a span
+        self.offsets = np.full((n_layers, n_experts), -1, dtype=np.int64)  # bytes
         for layer, offsets in index.layers.items():
             self.offsets[layer] = offsets
+        self.woffsets, self.soffsets = self.offsets // item, self.offsets // 4
         self.hits = np.zeros((n_layers, n_experts), dtype=np.int64)
         self.touched = np.zeros((n_layers, n_experts), dtype=bool)
 
@@ -45,21 +49,20 @@ class ExpertStore:
     @property
     def address(self) -> int:
         """Start address of the mapping (for residency checks with mincore)."""
-        return self.qbuf.ctypes.data
+        return self.sbuf.ctypes.data
 
     @property
     def size(self) -> int:
-        return len(self.qbuf)
+        return self.sbuf.nbytes
 
-    def touch(self, layer: int, ids: np.ndarray) -> np.ndarray:
-        """Count a routing decision `ids` [T, k] of `layer`; return the experts' byte offsets."""
+    def touch(self, layer: int, ids: np.ndarray) -> None:
+        """Count a routing decision `ids` [T, k] of `layer`; prefetch experts used for the first time."""
         np.add.at(self.hits[layer], ids.ravel(), 1)
         seen = self.touched[layer]
         fresh = np.unique(ids[~seen[ids]])
         for e in fresh:
             self._map.madvise(mmap.MADV_WILLNEED, int(self.offsets[layer, e]), self.span_bytes)
         seen[fresh] = True
-        return self.offsets[layer][ids]
 
     def reset_counters(self) -> None:
         self.hits[:] = 0

@@ -2,7 +2,7 @@
 
 Decode (one token) computes its k experts in one kernel call. Prefill groups the tokens by
 expert; an expert chosen by at least `PREFILL_GEMM_MIN_TOKENS` tokens is dequantized once
-and multiplied with BLAS, fewer tokens go through the int8 kernel that reads each row once.
+and multiplied with BLAS, fewer tokens go through the kernel that reads each row once.
 """
 
 from __future__ import annotations
@@ -31,39 +31,41 @@ class MoELayer:
     def __call__(self, x: np.ndarray, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Routed expert output [T, D] for the normed input x [T, D]; also the chosen ids [T, k]."""
         ids, weights = route(logits, self.routing)
-        bases = self.store.touch(self.index, ids)  # [T, k]
-        out = np.empty_like(x)
+        store, layer = self.store, self.index
+        store.touch(layer, ids)
+        wbases, sbases = store.woffsets[layer][ids], store.soffsets[layer][ids]  # [T, k]
+        out = np.zeros_like(x)
         if x.shape[0] == 1:
-            kernels.moe_decode(x[0], self.store.qbuf, self.store.sbuf, bases[0], weights[0],
-                               self.store.layout, self.gd, self.gi, self.scratch, out[0])
+            kernels.moe_decode(x[0], store.wbuf, store.sbuf, wbases[0], sbases[0], weights[0], store.wlay,
+                               store.slay, self.gd, self.gi, self.scratch, out[0])
             return out, ids
-        out[:] = 0.0
         flat = ids.ravel()
         order = np.argsort(flat, kind="stable")
         _, starts = np.unique(flat[order], return_index=True)
-        for rows in np.split(order, starts[1:]):
+        for rows in np.split(order, starts[1:]):  # the (token, slot) pairs of one expert
             tokens = rows // self.routing.top_k
-            y = self._expert(int(bases.ravel()[rows[0]]), x[tokens])
+            y = self._expert(int(wbases.flat[rows[0]]), int(sbases.flat[rows[0]]), x[tokens])
             out[tokens] += weights.ravel()[rows, None] * y
         return out, ids
 
-    def _expert(self, base: int, x: np.ndarray) -> np.ndarray:
+    def _expert(self, wbase: int, sbase: int, x: np.ndarray) -> np.ndarray:
         """One expert on n tokens x [n, D] → [n, D]."""
-        qbuf, sbuf, lay = self.store.qbuf, self.store.sbuf, self.store.layout
+        store = self.store
         if x.shape[0] < PREFILL_GEMM_MIN_TOKENS:
             hidden = np.empty((x.shape[0], self.i), dtype=np.float32)
             out = np.empty_like(x)
-            kernels.expert_tokens(x, qbuf, sbuf, base, lay, self.gd, self.gi, hidden, out)
+            kernels.expert_tokens(x, store.wbuf, store.sbuf, wbase, sbase, store.wlay, store.slay, self.gd,
+                                  self.gi, hidden, out)
             return out
-        gate, up, down = (self._dequantize(base, part) for part in range(3))
+        gate, up, down = (self._dequantize(wbase, sbase, part) for part in range(3))
         h = x @ gate.T
         h = h / (1.0 + np.exp(-h)) * (x @ up.T)
         return h @ down.T
 
-    def _dequantize(self, base: int, part: int) -> np.ndarray:
+    def _dequantize(self, wbase: int, sbase: int, part: int) -> np.ndarray:
         rows, cols, group = (self.d, self.i, self.gi) if part == 2 else (self.i, self.d, self.gd)
         out = np.empty((rows, cols), dtype=np.float32)
-        lay = self.store.layout
-        kernels.dequantize_rows(self.store.qbuf, self.store.sbuf, base + lay[part], (base + lay[part + 3]) // 4,
+        store = self.store
+        kernels.dequantize_rows(store.wbuf, store.sbuf, wbase + store.wlay[part], sbase + store.slay[part],
                                 rows, cols, group, out)
         return out

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 SCORE_FUNCS = ("softmax", "sigmoid")
+QK_NORMS = ("none", "head", "full")
 LAYER_KINDS = ("dense", "moe")
 
 
@@ -91,6 +92,8 @@ class ModelSpec:
     residual_multiplier: float = 1.0
     attention_scale: float | None = None  # None: 1/sqrt(head_dim)
     logits_divisor: float = 1.0
+    qk_norm: str = "none"  # RMSNorm of q and k before RoPE: per head ("head") or over all heads ("full")
+    attention_bias: bool = False  # biases on the q, k and v projections
     activation: str = "silu"
     norm: str = "rmsnorm"
 
@@ -130,6 +133,7 @@ class ModelSpec:
                  f"layer_kinds has {len(self.layer_kinds)} entries for {self.n_layers} layers")
         bad = sorted(set(self.layer_kinds) - set(LAYER_KINDS))
         _require(not bad, f"unknown layer kind(s) {bad}; supported: {LAYER_KINDS}")
+        _require(self.qk_norm in QK_NORMS, f"qk_norm must be one of {QK_NORMS}, got {self.qk_norm!r}")
         _require(self.activation == "silu", f"unsupported activation {self.activation!r} (supported: silu)")
         _require(self.norm == "rmsnorm", f"unsupported norm {self.norm!r} (supported: rmsnorm)")
         _require(self.norm_eps > 0 and self.rope_theta > 0, "norm_eps and rope_theta must be positive")

@@ -53,23 +53,26 @@ def dequantized_reference(model: Transformer, group_size: int | None) -> Transfo
 
 
 class Exported:
-    def __init__(self, spec: ModelSpec, root: Path, group_size: int | None = None, seed: int = 0):
+    """A tiny model's checkpoint, its bundle, and the float reference matching the bundle's experts."""
+
+    def __init__(self, spec: ModelSpec, root: Path, group_size: int | None = None, float_experts: bool = False):
         self.spec = spec
-        model = build_model(spec, seed)
+        model = build_model(spec)
         self.checkpoint = save_checkpoint(model, root / "ckpt")
         self.bundle = root / "model.moedge"
-        export(self.checkpoint, self.bundle, group_size=group_size, show_progress=False)
-        self.reference = dequantized_reference(model, group_size)
+        export(self.checkpoint, self.bundle, group_size=group_size, show_progress=False,
+               float_experts=float_experts)
+        self.reference = model if float_experts else dequantized_reference(model, group_size)
 
 
 @pytest.fixture(scope="session")
 def exported(tmp_path_factory):
-    """exported(name, spec, group_size=None) → an `Exported`, built once per session and name."""
+    """exported(name, spec, group_size=None, float_experts=False) → an `Exported`, built once per name."""
     cache: dict[str, Exported] = {}
 
-    def get(name: str, spec: ModelSpec, group_size: int | None = None) -> Exported:
+    def get(name: str, spec: ModelSpec, group_size: int | None = None, float_experts: bool = False) -> Exported:
         if name not in cache:
-            cache[name] = Exported(spec, tmp_path_factory.mktemp(name), group_size)
+            cache[name] = Exported(spec, tmp_path_factory.mktemp(name), group_size, float_experts)
         return cache[name]
 
     return get

@@ -24,10 +24,10 @@ def pack(experts, group):
         layouts = np.array(offsets, np.int64)
     buf = b"\0" * 4096 + b"".join(spans)
     bases = np.array([4096 + sum(len(s) for s in spans[:i]) for i in range(len(spans))], np.int64)
-    arr = np.frombuffer(buf, np.int8)
-    return arr, np.frombuffer(buf, np.float32), bases, layouts, [[dequantize(q) for q in
-                                                                   [quantize_int8(w, group) for w in e]]
-                                                                  for e in experts]
+    deq = [[dequantize(quantize_int8(w, group)) for w in e] for e in experts]
+    # int8 weights: element offsets are byte offsets; scales are float32 elements
+    return np.frombuffer(buf, np.int8), np.frombuffer(buf, np.float32), bases, bases // 4, layouts[:3], \
+        layouts[3:] // 4, deq
 
 
 def expert_ref(x, gate, up, down):
@@ -41,33 +41,35 @@ def packed(request):
     experts = [(rng.standard_normal((HID, DIM)), rng.standard_normal((HID, DIM)), rng.standard_normal((DIM, HID)))
                for _ in range(5)]
     group = request.param
-    qbuf, sbuf, bases, lay, deq = pack([[w.astype(np.float32) for w in e] for e in experts], group)
+    packed = pack([[w.astype(np.float32) for w in e] for e in experts], group)
     gd, gi = (group, group) if group else (DIM, HID)
-    return qbuf, sbuf, bases, lay, gd, gi, deq
+    return (*packed, gd, gi)
 
 
 def test_moe_decode_matches_reference(packed):
-    qbuf, sbuf, bases, lay, gd, gi, deq = packed
+    wbuf, sbuf, wbases, sbases, wlay, slay, deq, gd, gi = packed
     x = np.random.default_rng(1).standard_normal(DIM).astype(np.float32)
     chosen, w = np.array([3, 0, 4]), np.array([0.5, 0.3, 0.2], np.float32)
     out = np.empty(DIM, np.float32)
-    kernels.moe_decode(x, qbuf, sbuf, bases[chosen], w, lay, gd, gi, np.empty((3, HID), np.float32), out)
+    kernels.moe_decode(x, wbuf, sbuf, wbases[chosen], sbases[chosen], w, wlay, slay, gd, gi,
+                       np.empty((3, HID), np.float32), out)
     ref = sum(wj * expert_ref(x.astype(np.float64), *deq[e]) for e, wj in zip(chosen, w, strict=True))
     np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
 
 
 @pytest.mark.parametrize("n", [1, 3, 17])
 def test_expert_tokens_matches_reference(packed, n):
-    qbuf, sbuf, bases, lay, gd, gi, deq = packed
+    wbuf, sbuf, wbases, sbases, wlay, slay, deq, gd, gi = packed
     x = np.random.default_rng(n).standard_normal((n, DIM)).astype(np.float32)
     out = np.empty_like(x)
-    kernels.expert_tokens(x, qbuf, sbuf, bases[2], lay, gd, gi, np.empty((n, HID), np.float32), out)
+    kernels.expert_tokens(x, wbuf, sbuf, wbases[2], sbases[2], wlay, slay, gd, gi, np.empty((n, HID), np.float32),
+                          out)
     ref = expert_ref(x.astype(np.float64), *deq[2])
     np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
 
 
 def test_dequantize_rows_matches_quant(packed):
-    qbuf, sbuf, bases, lay, gd, gi, deq = packed
+    wbuf, sbuf, wbases, sbases, wlay, slay, deq, gd, gi = packed
     out = np.empty((DIM, HID), np.float32)
-    kernels.dequantize_rows(qbuf, sbuf, bases[1] + lay[2], (bases[1] + lay[5]) // 4, DIM, HID, gi, out)
+    kernels.dequantize_rows(wbuf, sbuf, wbases[1] + wlay[2], sbases[1] + slay[2], DIM, HID, gi, out)
     np.testing.assert_array_equal(out, deq[1][2])
