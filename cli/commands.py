@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
 
 def export(src: str, out: str, group_size: int | None = None, force: bool = False,
-           float_experts: bool = False) -> None:
+           float_experts: bool = False, full_graph: bool = False) -> None:
     """Export a checkpoint folder (moedge or Hugging Face) to a bundle."""
     from moedge.exporter import export as export_bundle  # torch is only needed here
 
-    manifest = export_bundle(src, out, group_size=group_size, force=force, float_experts=float_experts)
+    manifest = export_bundle(src, out, group_size=group_size, force=force, float_experts=float_experts,
+                             full_graph=full_graph)
     sizes = manifest.files
     experts = sizes.get(manifest.experts.file, {}).get("size", 0) if manifest.experts else 0
     dense = sum(v["size"] for k, v in sizes.items() if k.endswith((".bin", ".onnx"))) - experts
@@ -21,16 +23,19 @@ def export(src: str, out: str, group_size: int | None = None, force: bool = Fals
 
 
 def run(bundle: str, prompt: str, n: int = 64, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
-        seed: int | None = None, threads: int | None = None) -> None:
-    """Generate text from a prompt, streaming it; then print latency and expert usage."""
+        seed: int | None = None, threads: int | None = None, chat: bool = False) -> None:
+    """Generate text from a prompt (with `chat`: a user message in the chat template), streaming it;
+    then print latency and expert usage."""
     from moedge.runtime import Model
+    from moedge.runtime.chat import chat_prompt
 
     t0 = time.perf_counter()
     model = Model.load(bundle, threads=threads)
+    inputs = chat_prompt(model, [{"role": "user", "content": prompt}]) if chat else prompt
     loaded = time.perf_counter()
     stamps = [loaded]
-    sys.stdout.write(prompt)
-    for token in model.generate(prompt, max_new_tokens=n, temperature=temperature, top_k=top_k,
+    sys.stdout.write(prompt + ("\n" if chat else ""))
+    for token in model.generate(inputs, max_new_tokens=n, temperature=temperature, top_k=top_k,
                                 top_p=top_p, seed=seed):
         stamps.append(time.perf_counter())
         sys.stdout.write(token.text)
@@ -76,3 +81,83 @@ def inspect(bundle: str, verify: bool = False) -> None:
     if verify:
         verify_checksums(bundle, manifest)
         print("checksums: ok")
+
+
+def bench(bundle: str, threads: list[int], prompt_tokens: int = 128, new_tokens: int = 64, repeat: int = 3,
+          seed: int = 0, json_path: str | None = None, plot: str | None = None, peers: bool = False,
+          cold: bool = True) -> None:
+    """Benchmark a bundle: decode latency vs the memory-bandwidth roofline, prefill, cold start, memory."""
+    import json
+
+    from moedge.runtime.bench import bench as run_bench
+    from moedge.runtime.bench_report import format_report
+
+    report = run_bench(bundle, threads, prompt_tokens=prompt_tokens, new_tokens=new_tokens, repeat=repeat,
+                       seed=seed, cold=cold)
+    if peers:
+        from moedge.exporter.peers import measure_peers  # needs torch/onnx: export side
+
+        report["peers"] = measure_peers(bundle, threads, prompt_tokens=prompt_tokens, new_tokens=new_tokens,
+                                        seed=seed, ours=report)
+    print(format_report(report))
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(report, f, indent=1)
+    if plot:
+        from moedge.runtime.bench_plot import plot_bench
+
+        plot_bench(report, plot)
+
+
+def eval(bundle: str, text: str, reference: str | None = None, context: int | None = None,
+         max_tokens: int | None = None, usage: str | None = None, threads: int | None = None) -> None:
+    """Perplexity of a bundle on a text file or folder; compare with the float checkpoint; expert usage."""
+    from moedge.runtime import InputError, Model
+    from moedge.runtime.evaluate import evaluate, read_texts, windows
+
+    model = Model.load(bundle, threads=threads)
+    context = context or model.spec.max_seq_len
+    if not 2 <= context <= model.spec.max_seq_len:
+        raise InputError(f"--context must be in [2, {model.spec.max_seq_len}], got {context}")
+    texts = read_texts(text)
+    docs = [model.encode(t) for t in texts]
+    chunks = windows(docs, context, max_tokens)
+    result = evaluate(model, chunks)
+    print(f"{text}: {result.tokens} tokens evaluated in {len(chunks)} windows of ≤ {context}, "
+          f"perplexity {result.perplexity:.4f}")
+    if reference:
+        from moedge.exporter.reference import evaluate_reference, reference_tokenizer
+
+        if [e.ids for e in reference_tokenizer(reference).encode_batch(texts)] != docs:
+            raise InputError(f"{reference}: its tokenizer differs from the bundle's")
+        ref = evaluate_reference(reference, chunks)
+        change = result.perplexity / ref.perplexity - 1
+        print(f"reference {reference}: perplexity {ref.perplexity:.4f}; bundle vs reference {100 * change:+.3f}%, "
+              f"top-1 agreement {100 * result.agreement(ref):.2f}%")
+    if result.usage is not None:
+        _report_usage(model, result.usage, usage, f"{Path(bundle).name} on {Path(text).name}")
+    elif usage:
+        raise InputError("--usage needs an MoE bundle")
+
+
+def _report_usage(model, counts: np.ndarray, image: str | None, title: str) -> None:
+    """Print each MoE layer's expert shares and balance; write the heatmap and its JSON if asked."""
+    import json
+
+    from moedge.runtime.evaluate import balance
+
+    layers = [i for i, kind in enumerate(model.spec.layer_kinds) if kind == "moe"]
+    counts = counts[layers]
+    cv = balance(counts)
+    print("expert usage (% of routed slots; cv = std/mean of counts, 0 is even):")
+    for layer, row, c in zip(layers, counts, cv, strict=True):
+        shares = " ".join(f"{100 * n / max(row.sum(), 1):4.1f}" for n in row)
+        print(f"  layer {layer:3d}: cv {c:.3f} | {shares}")
+    if image:
+        from .plots import usage_heatmap
+
+        usage_heatmap(counts, layers, cv, image, title)
+        data = {"title": title, "layers": {str(i): {"counts": row.tolist(), "cv": float(c)}
+                                           for i, row, c in zip(layers, counts, cv, strict=True)}}
+        Path(image).with_suffix(".json").write_text(json.dumps(data, indent=1))
+        print(f"wrote {image} and {Path(image).with_suffix('.json')}")

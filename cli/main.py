@@ -18,6 +18,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--group-size", type=int, default=None, help="int8 group size 32/64/128 (default: per channel)")
     p.add_argument("--force", action="store_true", help="replace an existing bundle")
     p.add_argument("--float-experts", action="store_true", help="keep experts float32 (no quantization)")
+    p.add_argument("--full-graph", action="store_true",
+                   help="also write one whole-model ONNX graph computing every expert (a benchmark peer)")
 
     p = sub.add_parser("run", help="generate text from a prompt", description=commands.run.__doc__)
     p.add_argument("bundle")
@@ -28,11 +30,38 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--chat", action="store_true", help="send the prompt as a user message through the chat template")
+
+    p = sub.add_parser("bench", help="measure decode latency, prefill, cold start, memory and the roofline",
+                       description=commands.bench.__doc__)
+    p.add_argument("bundle")
+    p.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="thread counts to measure (default 1 2)")
+    p.add_argument("--prompt-tokens", type=int, default=128)
+    p.add_argument("--new-tokens", type=int, default=64)
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", dest="json_path", default=None, metavar="FILE", help="write the full report here")
+    p.add_argument("--plot", default=None, metavar="FILE.png", help="draw latency and breakdown")
+    p.add_argument("--peers", action="store_true", help="also measure onnxruntime full-graph and PyTorch eager")
+    p.add_argument("--no-cold-start", dest="cold", action="store_false",
+                   help="skip the fresh-process time-to-first-token runs")
 
     p = sub.add_parser("inspect", help="show a bundle's spec, sizes and quantization error",
                        description=commands.inspect.__doc__)
     p.add_argument("bundle")
     p.add_argument("--verify", action="store_true", help="also check every file's sha256")
+
+    p = sub.add_parser("eval", help="perplexity on text, agreement with the float model, expert usage",
+                       description=commands.eval.__doc__)
+    p.add_argument("bundle")
+    p.add_argument("--text", required=True, help="a text file, or a folder of them")
+    p.add_argument("--reference", default=None, metavar="CHECKPOINT",
+                   help="the source checkpoint: also score its float model and compare (needs torch)")
+    p.add_argument("--context", type=int, default=None, help="window length in tokens (default: the model's)")
+    p.add_argument("--max-tokens", type=int, default=None, help="evaluate only the first N tokens")
+    p.add_argument("--usage", default=None, metavar="FILE.png",
+                   help="write the expert-usage heatmap here, and its counts beside it as .json")
+    p.add_argument("--threads", type=int, default=None)
     return parser
 
 

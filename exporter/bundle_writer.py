@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import tempfile
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -33,13 +34,13 @@ from ..runtime.bundle import (
     TensorEntry,
 )
 from ..runtime.spec import ModelSpec
-from .onnx_graphs import head_graph, layer_graph
+from .full_graph import write_full_graph
+from .onnx_graphs import layer_graph
 from .source import ExportError, Source
 from .tensor_names import dense_names, expert_names
 
 DENSE_FILE = "dense.bin"
 EXPERTS_FILE = "experts.bin"
-HEAD_GRAPH = "head.onnx"
 TENSOR_ALIGN = 64
 
 
@@ -55,15 +56,35 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _write_dense(source: Source, path: Path) -> dict[str, TensorEntry]:
+def _write_dense(source: Source, path: Path, group_size: int, quantize: bool):
+    """Float32 dense tensors, plus the LM head as `head.weight` (int8 or float32) and `head.scale`.
+
+    Returns the tensor index, the head's names and its quantization error.
+    """
+    spec = source.spec
     entries = {}
+    head_source = "embed.weight" if spec.tie_embeddings else "lm_head.weight"
+
+    def write(f, name: str, array: np.ndarray) -> None:
+        f.write(b"\0" * (_align(f.tell(), TENSOR_ALIGN) - f.tell()))
+        entries[name] = TensorEntry(f.tell(), array.shape, str(array.dtype))
+        f.write(np.ascontiguousarray(array).tobytes())
+
     with open(path, "wb") as f:
-        for name in dense_names(source.spec):
-            array = np.ascontiguousarray(source.get(name), dtype=np.float32)
-            f.write(b"\0" * (_align(f.tell(), TENSOR_ALIGN) - f.tell()))
-            entries[name] = TensorEntry(f.tell(), array.shape, "float32")
-            f.write(array.tobytes())
-    return entries
+        for name in dense_names(spec):
+            if name != "lm_head.weight":
+                write(f, name, np.asarray(source.get(name), dtype=np.float32))
+        weight = np.asarray(source.get(head_source), dtype=np.float32)
+        try:
+            head = quantize_int8(weight, group_size or None) if quantize else _unquantized(weight)
+        except ValueError as exc:
+            raise ExportError(f"cannot quantize the LM head: {exc}") from None
+        if quantize or not spec.tie_embeddings:
+            write(f, "head.weight", head.q)
+        write(f, "head.scale", head.scale)
+    names = {"norm": "norm.weight", "weight": "head.weight" if "head.weight" in entries else head_source,
+             "scale": "head.scale"}
+    return entries, names, asdict(quant_error(weight, head))
 
 
 def expert_span_layout(spec: ModelSpec, group_size: int, dtype: str) -> tuple[dict[str, TensorEntry], int]:
@@ -143,7 +164,6 @@ def _write_graphs(spec: ModelSpec, root: Path, dense: dict[str, TensorEntry], pr
         names.append(f"layer_{i:03d}.onnx")
         _save_checked(layer_graph(spec, i, DENSE_FILE, locate), root / names[-1])
         progress.update(1)
-    _save_checked(head_graph(spec, DENSE_FILE, locate), root / HEAD_GRAPH)
     return names
 
 
@@ -153,7 +173,7 @@ def _save_checked(model: onnx.ModelProto, path: Path) -> None:
 
 
 def write_bundle_files(source: Source, root: Path, group_size: int | None, show_progress: bool,
-                       quantize: bool = True) -> Manifest:
+                       quantize: bool = True, with_full_graph: bool = False) -> Manifest:
     """Write every file of a bundle into the (empty) folder `root`; return its manifest."""
     spec = source.spec
     moe_layers = [i for i, kind in enumerate(spec.layer_kinds) if kind == "moe"]
@@ -162,7 +182,7 @@ def write_bundle_files(source: Source, root: Path, group_size: int | None, show_
     group = group_size or 0
     with tqdm(total=spec.n_layers + len(moe_layers), desc="export", unit="layer",
               disable=not show_progress) as progress:
-        dense = _write_dense(source, root / DENSE_FILE)
+        dense, head, head_error = _write_dense(source, root / DENSE_FILE, group, quantize)
         graphs = _write_graphs(spec, root, dense, progress)
         experts, report = (None, {})
         if moe_layers:
@@ -171,18 +191,20 @@ def write_bundle_files(source: Source, root: Path, group_size: int | None, show_
     if source.tokenizer_file is not None:
         tokenizer = "tokenizer.json"
         shutil.copyfile(source.tokenizer_file, root / tokenizer)
+    manifest = Manifest(spec=spec, quant_scheme="int8" if quantize else "float32", group_size=group,
+                        layer_graphs=tuple(graphs), head=head, dense_file=DENSE_FILE,
+                        dense_tensors=dense, experts=experts, tokenizer=tokenizer, files={},
+                        generation=source.generation, quant_report={"layers": report, "head": head_error})
+    if with_full_graph:
+        manifest = replace(manifest, full_graph=write_full_graph(manifest, root).name)
     files = {p.name: {"size": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(root.iterdir())}
-    scheme = ("int8" if quantize else "float32") if moe_layers else "none"
-    manifest = Manifest(spec=spec, quant_scheme=scheme,
-                        layer_graphs=tuple(graphs), head_graph=HEAD_GRAPH, dense_file=DENSE_FILE,
-                        dense_tensors=dense, experts=experts, tokenizer=tokenizer, files=files,
-                        generation=source.generation, quant_report={"layers": report})
+    manifest = replace(manifest, files=files)
     (root / MANIFEST).write_text(json.dumps(manifest.to_dict(), indent=1))
     return manifest
 
 
 def write_bundle(source: Source, out: str | Path, group_size: int | None = None, force: bool = False,
-                 show_progress: bool = True, quantize: bool = True) -> Manifest:
+                 show_progress: bool = True, quantize: bool = True, with_full_graph: bool = False) -> Manifest:
     """Export `source` to the bundle folder `out`; nothing is left at `out` if this fails."""
     out = Path(out).absolute()
     if out.exists() and not force:
@@ -190,7 +212,7 @@ def write_bundle(source: Source, out: str | Path, group_size: int | None = None,
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
-        manifest = write_bundle_files(source, tmp, group_size, show_progress, quantize)
+        manifest = write_bundle_files(source, tmp, group_size, show_progress, quantize, with_full_graph)
         _fsync_tree(tmp)
         if out.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))

@@ -1,4 +1,4 @@
-"""ONNX graphs for the dense parts of the canonical model: one graph per layer, and the head.
+"""ONNX graphs for the dense parts of the canonical model: one graph per layer.
 
 A layer graph takes the residual stream `hidden` [T, D], the token `positions` [T] and the
 runtime's cached `past_k`/`past_v` [P, K, Hd]; it returns the new `k`/`v` rows for the runtime
@@ -11,6 +11,7 @@ concatenated or copied. Weights are float32 external data in one file shared by 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -53,13 +54,17 @@ class GraphBuilder:
         """A float32 initializer stored as external data in the shared weights file."""
         if name not in self._seen:
             offset, nbytes, shape = self.locate(name)
-            tensor = TensorProto(name=name, data_type=F32, dims=list(shape))
-            tensor.data_location = TensorProto.EXTERNAL
-            for key, value in (("location", self.weights_file), ("offset", str(offset)),
-                               ("length", str(nbytes))):
-                tensor.external_data.add(key=key, value=value)
-            self.initializers.append(tensor)
-            self._seen.add(name)
+            self.external(name, self.weights_file, offset, nbytes, shape, F32)
+        return name
+
+    def external(self, name: str, file: str, offset: int, nbytes: int, shape, data_type: int) -> str:
+        """An initializer whose bytes are at [offset, offset + nbytes) of `file` (beside the graph)."""
+        tensor = TensorProto(name=name, data_type=data_type, dims=list(shape))
+        tensor.data_location = TensorProto.EXTERNAL
+        for key, value in (("location", file), ("offset", str(offset)), ("length", str(nbytes))):
+            tensor.external_data.add(key=key, value=value)
+        self.initializers.append(tensor)
+        self._seen.add(name)
         return name
 
     def linear(self, x: str, weight_name: str, bias_name: str | None = None) -> str:
@@ -91,10 +96,22 @@ def _rope(g: GraphBuilder, x: str, cos: str, sin: str) -> str:
     return g.op("Concat", first, second, axis=-1)
 
 
-def _rope_tables(g: GraphBuilder, spec: ModelSpec) -> tuple[str, str]:
+@dataclass(frozen=True)
+class AttentionIO:
+    """Value names an attention block reads (`hidden` only for its length) and writes."""
+
+    hidden: str = "hidden"
+    positions: str = "positions"
+    past_k: str = "past_k"
+    past_v: str = "past_v"
+    k: str = "k"
+    v: str = "v"
+
+
+def _rope_tables(g: GraphBuilder, spec: ModelSpec, positions: str) -> tuple[str, str]:
     half = np.arange(0, spec.head_dim, 2, dtype=np.int64).astype(np.float32) / np.float32(spec.head_dim)
     inv_freq = (1.0 / (np.float32(spec.rope_theta) ** half)).astype(np.float32)
-    pos = g.op("Unsqueeze", g.op("Cast", "positions", to=F32), g.const([1], np.int64))  # [T, 1]
+    pos = g.op("Unsqueeze", g.op("Cast", positions, to=F32), g.const([1], np.int64))  # [T, 1]
     angles = g.op("Unsqueeze", g.op("Mul", pos, g.const(inv_freq[None, :])), g.const([1], np.int64))
     return g.op("Cos", angles), g.op("Sin", angles)  # [T, 1, Hd/2]
 
@@ -109,39 +126,39 @@ def _projection(g: GraphBuilder, spec: ModelSpec, x: str, name: str, heads: int)
     return _heads(g, out, heads, spec.head_dim) if spec.qk_norm == "head" else out
 
 
-def _attention(g: GraphBuilder, spec: ModelSpec, x: str, prefix: str) -> str:
-    """Causal GQA over [past ‖ new] keys; emits outputs `k` and `v` [T, K, Hd]."""
+def attention(g: GraphBuilder, spec: ModelSpec, x: str, prefix: str, io: AttentionIO = AttentionIO()) -> str:
+    """Causal GQA over [past ‖ new] keys; emits the new rows `io.k` and `io.v` [T, K, Hd]."""
     kvh, hd, grp = spec.n_kv_heads, spec.head_dim, spec.n_heads // spec.n_kv_heads
-    cos, sin = _rope_tables(g, spec)
+    cos, sin = _rope_tables(g, spec, io.positions)
     q, k, v = (_projection(g, spec, x, f"{prefix}.{w}", n) for w, n in
                (("wq", spec.n_heads), ("wk", kvh), ("wv", kvh)))
     if spec.qk_norm != "none":
         q, k = (g.rmsnorm(t, f"{prefix}.{n}.weight", spec.norm_eps) for t, n in ((q, "q_norm"), (k, "k_norm")))
     q = _rope(g, _heads(g, q, spec.n_heads, hd), cos, sin)
-    g.op("Identity", _rope(g, _heads(g, k, kvh, hd), cos, sin), name="k")
-    g.op("Identity", _heads(g, v, kvh, hd), name="v")
+    g.op("Identity", _rope(g, _heads(g, k, kvh, hd), cos, sin), name=io.k)
+    g.op("Identity", _heads(g, v, kvh, hd), name=io.v)
     # q [T, H, Hd] → [K, G·T, Hd], rows ordered (group, token); scaled once here.
     q = g.op("Reshape", q, g.const([0, kvh, grp, hd], np.int64))
     q = g.op("Transpose", q, perm=[1, 2, 0, 3])
     q = g.op("Mul", g.op("Reshape", q, g.const([kvh, -1, hd], np.int64)), g.const(spec.scale))
-    keys_t = {src: g.op("Transpose", src, perm=[1, 2, 0]) for src in ("past_k", "k")}  # [K, Hd, *]
-    vals = {src: g.op("Transpose", src, perm=[1, 0, 2]) for src in ("past_v", "v")}  # [K, *, Hd]
-    s_past = g.op("MatMul", q, keys_t["past_k"])  # [K, G·T, P]
-    s_new = g.op("Add", g.op("MatMul", q, keys_t["k"]), _causal_bias(g, grp))  # [K, G·T, T]
+    keys_t = {src: g.op("Transpose", src, perm=[1, 2, 0]) for src in (io.past_k, io.k)}  # [K, Hd, *]
+    vals = {src: g.op("Transpose", src, perm=[1, 0, 2]) for src in (io.past_v, io.v)}  # [K, *, Hd]
+    s_past = g.op("MatMul", q, keys_t[io.past_k])  # [K, G·T, P]
+    s_new = g.op("Add", g.op("MatMul", q, keys_t[io.k]), _causal_bias(g, grp, io.hidden))  # [K, G·T, T]
     probs = g.op("Softmax", g.op("Concat", s_past, s_new, axis=-1), axis=-1)
-    past_len = g.op("Shape", "past_k", start=0, end=1)
+    past_len = g.op("Shape", io.past_k, start=0, end=1)
     p_past = g.op("Slice", probs, g.const([0], np.int64), past_len, g.const([2], np.int64))
     p_new = g.op("Slice", probs, past_len, g.const([np.iinfo(np.int64).max], np.int64), g.const([2], np.int64))
-    out = g.op("Add", g.op("MatMul", p_past, vals["past_v"]), g.op("MatMul", p_new, vals["v"]))
+    out = g.op("Add", g.op("MatMul", p_past, vals[io.past_v]), g.op("MatMul", p_new, vals[io.v]))
     out = g.op("Reshape", out, g.const([kvh, grp, -1, hd], np.int64))  # [K, G, T, Hd]
     out = g.op("Transpose", out, perm=[2, 0, 1, 3])  # [T, K, G, Hd]
     out = g.op("Reshape", out, g.const([0, spec.n_heads * hd], np.int64))
     return g.linear(out, f"{prefix}.wo.weight")
 
 
-def _causal_bias(g: GraphBuilder, groups: int) -> str:
+def _causal_bias(g: GraphBuilder, groups: int, hidden: str) -> str:
     """[G·T, T] additive mask: 0 where key ≤ query, -inf above the diagonal."""
-    t = g.op("Shape", "hidden", start=0, end=1)
+    t = g.op("Shape", hidden, start=0, end=1)
     idx = g.op("Range", g.const(0, np.int64), g.op("Squeeze", t), g.const(1, np.int64))
     above = g.op("Greater", g.op("Unsqueeze", idx, g.const([0], np.int64)),
                  g.op("Unsqueeze", idx, g.const([1], np.int64)))  # [T, T]: key > query
@@ -149,52 +166,52 @@ def _causal_bias(g: GraphBuilder, groups: int) -> str:
     return g.op("Tile", bias, g.op("Concat", g.const([groups], np.int64), g.const([1], np.int64), axis=0))
 
 
-def _residual(g: GraphBuilder, spec: ModelSpec, x: str, branch: str, name: str | None = None) -> str:
+def residual(g: GraphBuilder, spec: ModelSpec, x: str, branch: str, name: str | None = None) -> str:
     if spec.residual_multiplier != 1.0:
         branch = g.op("Mul", branch, g.const(spec.residual_multiplier))
     return g.op("Add", x, branch, name=name)
 
 
-def _value(name: str, shape: list) -> onnx.ValueInfoProto:
+def value_info(name: str, shape: list) -> onnx.ValueInfoProto:
+    """A float32 graph input or output."""
     return helper.make_tensor_value_info(name, F32, shape)
+
+
+def layer_body(g: GraphBuilder, spec: ModelSpec, i: int, io: AttentionIO = AttentionIO()):
+    """Layer i up to its routed experts: (residual stream, FFN input, router logits or None).
+
+    For a dense layer the residual stream is final; for an MoE layer it includes the shared
+    expert and the routed experts' sum is still to be added.
+    """
+    prefix = f"layers.{i}"
+    attn = attention(g, spec, g.rmsnorm(io.hidden, f"{prefix}.attn_norm.weight", spec.norm_eps), f"{prefix}.attn", io)
+    h = residual(g, spec, io.hidden, attn)
+    ffn_in = g.rmsnorm(h, f"{prefix}.ffn_norm.weight", spec.norm_eps)
+    if spec.layer_kinds[i] == "dense":
+        return residual(g, spec, h, g.swiglu(ffn_in, f"{prefix}.ffn")), ffn_in, None
+    logits = g.linear(ffn_in, f"{prefix}.ffn.router.weight")
+    if spec.routing.shared_expert_size:
+        shared = g.swiglu(ffn_in, f"{prefix}.ffn.shared")
+        if spec.routing.shared_expert_gate:
+            shared = g.op("Mul", shared, g.op("Sigmoid", g.linear(ffn_in, f"{prefix}.ffn.shared_gate.weight")))
+        h = residual(g, spec, h, shared)
+    return h, ffn_in, logits
 
 
 def layer_graph(spec: ModelSpec, i: int, weights_file: str, locate: WeightLocator) -> onnx.ModelProto:
     """The ONNX graph of layer `i` (see module docstring for inputs and outputs)."""
     g = GraphBuilder(weights_file, locate)
-    prefix = f"layers.{i}"
     kv = ["P", spec.n_kv_heads, spec.head_dim]
-    inputs = [_value("hidden", ["T", spec.hidden_size]),
+    inputs = [value_info("hidden", ["T", spec.hidden_size]),
               helper.make_tensor_value_info("positions", TensorProto.INT64, ["T"]),
-              _value("past_k", kv), _value("past_v", kv)]
-    attn = _attention(g, spec, g.rmsnorm("hidden", f"{prefix}.attn_norm.weight", spec.norm_eps), f"{prefix}.attn")
-    h = _residual(g, spec, "hidden", attn)
-    new_kv = [_value(n, ["T", spec.n_kv_heads, spec.head_dim]) for n in ("k", "v")]
-    ffn_in = g.rmsnorm(h, f"{prefix}.ffn_norm.weight", spec.norm_eps)
-    if spec.layer_kinds[i] == "dense":
-        _residual(g, spec, h, g.swiglu(ffn_in, f"{prefix}.ffn"), name="hidden_out")
-        return g.model(inputs, [_value("hidden_out", ["T", spec.hidden_size]), *new_kv], f"layer_{i}")
-    routing = spec.routing
-    g.op("Identity", ffn_in, name="ffn_in")
-    g.op("Identity", g.linear(ffn_in, f"{prefix}.ffn.router.weight"), name="router_logits")
-    if routing.shared_expert_size:
-        shared = g.swiglu(ffn_in, f"{prefix}.ffn.shared")
-        if routing.shared_expert_gate:
-            gate = g.op("Sigmoid", g.linear(ffn_in, f"{prefix}.ffn.shared_gate.weight"))
-            shared = g.op("Mul", shared, gate)
-        h = _residual(g, spec, h, shared)
+              value_info("past_k", kv), value_info("past_v", kv)]
+    h, ffn_in, logits = layer_body(g, spec, i)
     g.op("Identity", h, name="hidden_out")
-    outputs = [_value("hidden_out", ["T", spec.hidden_size]), *new_kv,
-               _value("ffn_in", ["T", spec.hidden_size]), _value("router_logits", ["T", routing.n_experts])]
+    outputs = [value_info(n, s) for n, s in (("hidden_out", ["T", spec.hidden_size]),
+                                         ("k", ["T", *kv[1:]]), ("v", ["T", *kv[1:]]))]
+    if logits is not None:
+        g.op("Identity", ffn_in, name="ffn_in")
+        g.op("Identity", logits, name="router_logits")
+        outputs += [value_info("ffn_in", ["T", spec.hidden_size]),
+                    value_info("router_logits", ["T", spec.routing.n_experts])]
     return g.model(inputs, outputs, f"layer_{i}")
-
-
-def head_graph(spec: ModelSpec, weights_file: str, locate: WeightLocator) -> onnx.ModelProto:
-    """Final norm and LM head: hidden [T, D] → logits [T, V]."""
-    g = GraphBuilder(weights_file, locate)
-    x = g.rmsnorm("hidden", "norm.weight", spec.norm_eps)
-    logits = g.linear(x, "embed.weight" if spec.tie_embeddings else "lm_head.weight")
-    if spec.logits_divisor != 1.0:
-        logits = g.op("Div", logits, g.const(spec.logits_divisor))
-    g.op("Identity", logits, name="logits")
-    return g.model([_value("hidden", ["T", spec.hidden_size])], [_value("logits", ["T", spec.vocab_size])], "head")

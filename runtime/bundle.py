@@ -26,7 +26,7 @@ EXPERTS_MAGIC = b"MOEDGEXP"
 EXPERTS_HEADER = struct.Struct("<8sII")  # magic, format version, header bytes
 DTYPES = {"float32": np.float32, "int8": np.int8}
 EXPERT_TENSORS = ("gate", "up", "down", "gate_scale", "up_scale", "down_scale")
-EXPERT_WEIGHT_DTYPES = {"int8": "int8", "float32": "float32"}  # quantization scheme -> weight dtype
+WEIGHT_DTYPES = {"int8": "int8", "float32": "float32"}  # quantization scheme -> dtype of experts and head
 
 
 class BundleError(Exception):
@@ -71,9 +71,10 @@ class Manifest:
     """Everything a bundle says about itself (see FORMAT.md)."""
 
     spec: ModelSpec
-    quant_scheme: str
+    quant_scheme: str  # "int8" or "float32": the experts and the LM head
+    group_size: int  # 0: one scale per output channel
     layer_graphs: tuple[str, ...]
-    head_graph: str
+    head: dict[str, str]  # "norm", "weight", "scale": names of dense tensors
     dense_file: str
     dense_tensors: dict[str, TensorEntry]
     experts: ExpertsIndex | None
@@ -81,14 +82,15 @@ class Manifest:
     files: dict[str, dict[str, Any]]  # name -> {"size", "sha256"}
     generation: dict[str, Any] = field(default_factory=dict)
     quant_report: dict[str, Any] = field(default_factory=dict)
+    full_graph: str | None = None  # optional whole-model graph for peer benchmarks; unused by the runtime
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "format": FORMAT_NAME, "format_version": FORMAT_VERSION,
             "model": self.spec.to_dict(),
-            "quantization": {"scheme": self.quant_scheme,
-                             "group_size": self.experts.group_size if self.experts else None},
-            "graphs": {"layers": list(self.layer_graphs), "head": self.head_graph},
+            "quantization": {"scheme": self.quant_scheme, "group_size": self.group_size},
+            "graphs": {"layers": list(self.layer_graphs), **({"full": self.full_graph} if self.full_graph else {})},
+            "head": self.head,
             "dense": {"file": self.dense_file,
                       "tensors": {k: v.to_dict() for k, v in self.dense_tensors.items()}},
             "experts": self.experts.to_dict() if self.experts else None,
@@ -154,9 +156,7 @@ def _read_experts(root: Path, files: dict, data: dict, spec: ModelSpec, scheme: 
         raise BundleError(f"manifest: experts.group_size {group} does not divide the expert dimensions")
     tensors = {k: _tensor(_field(_field(data, "tensors", dict, where), k, dict, where + "tensors."),
                           f"{where}tensors.{k}.") for k in EXPERT_TENSORS}
-    weight_dtype = EXPERT_WEIGHT_DTYPES.get(scheme)
-    if weight_dtype is None:
-        raise BundleError(f"manifest: quantization scheme {scheme!r} is not one of {sorted(EXPERT_WEIGHT_DTYPES)}")
+    weight_dtype = WEIGHT_DTYPES[scheme]
     for k in EXPERT_TENSORS:
         expected = "float32" if k.endswith("_scale") else weight_dtype
         if tensors[k].dtype != expected:
@@ -184,6 +184,21 @@ def _read_experts(root: Path, files: dict, data: dict, spec: ModelSpec, scheme: 
     if any(b - a < span for a, b in zip(starts, starts[1:], strict=False)):
         raise BundleError(f"experts file {name}: expert spans overlap")
     return ExpertsIndex(name, span, group, tensors, layers)
+
+
+def _read_head(data: dict, dense: dict[str, TensorEntry], spec: ModelSpec, scheme: str) -> dict[str, str]:
+    names = {key: _field(data, key, str, "head.") for key in ("norm", "weight", "scale")}
+    missing = [n for n in names.values() if n not in dense]
+    if missing:
+        raise BundleError(f"manifest: head tensor(s) {missing} are not in dense.tensors")
+    norm, weight, scale = (dense[names[k]] for k in ("norm", "weight", "scale"))
+    groups = scale.shape[1] if len(scale.shape) == 2 else 0
+    if (norm.shape != (spec.hidden_size,) or weight.shape != (spec.vocab_size, spec.hidden_size)
+            or scale.shape != (spec.vocab_size, groups) or not groups or spec.hidden_size % groups
+            or weight.dtype != WEIGHT_DTYPES[scheme] or scale.dtype != "float32"):
+        raise BundleError(f"manifest: the head tensors do not fit [vocab, hidden] {scheme} weights with "
+                          "float32 scales")
+    return names
 
 
 def check_experts_header(head: bytes, path: Path) -> None:
@@ -221,8 +236,8 @@ def read_manifest(root: str | Path) -> Manifest:
     layer_graphs = tuple(_field(graphs, "layers", list, "graphs."))
     if len(layer_graphs) != spec.n_layers:
         raise BundleError(f"manifest: {len(layer_graphs)} layer graphs for {spec.n_layers} layers")
-    head = _field(graphs, "head", str, "graphs.")
-    for name in (*layer_graphs, head):
+    full = graphs.get("full")
+    for name in (*layer_graphs, *([full] if full else [])):
         _check_file(root, files, name)
     dense = _field(data, "dense", dict, "")
     dense_file = _field(dense, "file", str, "dense.")
@@ -234,14 +249,20 @@ def read_manifest(root: str | Path) -> Manifest:
     embed = dense_tensors.get("embed.weight")
     if embed is None or embed.shape != (spec.vocab_size, spec.hidden_size):
         raise BundleError("manifest: dense.tensors.embed.weight is missing or not [vocab, hidden]")
-    scheme = _field(_field(data, "quantization", dict, ""), "scheme", str, "quantization.")
+    quant = _field(data, "quantization", dict, "")
+    scheme = _field(quant, "scheme", str, "quantization.")
+    if scheme not in WEIGHT_DTYPES:
+        raise BundleError(f"manifest: quantization scheme {scheme!r} is not one of {sorted(WEIGHT_DTYPES)}")
+    group = _field(quant, "group_size", int, "quantization.")
+    head = _read_head(_field(data, "head", dict, ""), dense_tensors, spec, scheme)
     experts = None
     if spec.is_moe:
         experts = _read_experts(root, files, _field(data, "experts", dict, ""), spec, scheme)
     tokenizer = data.get("tokenizer")
     if tokenizer is not None:
         _check_file(root, files, tokenizer)
-    return Manifest(spec=spec, quant_scheme=scheme,
-                    layer_graphs=layer_graphs, head_graph=head, dense_file=dense_file,
+    return Manifest(spec=spec, quant_scheme=scheme, group_size=group,
+                    layer_graphs=layer_graphs, head=head, dense_file=dense_file,
                     dense_tensors=dense_tensors, experts=experts, tokenizer=tokenizer, files=files,
-                    generation=data.get("generation") or {}, quant_report=data.get("quant_report") or {})
+                    generation=data.get("generation") or {}, quant_report=data.get("quant_report") or {},
+                    full_graph=full)

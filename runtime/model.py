@@ -1,11 +1,12 @@
 """`Model`: a loaded bundle — onnxruntime sessions for the dense graphs, lazy int8 experts.
 
 Loading validates the manifest, maps the dense weights and the experts file read-only and
-creates one onnxruntime session per layer graph plus the head; it reads no expert byte.
+creates one onnxruntime session per layer graph; it reads no expert byte.
 """
 
 from __future__ import annotations
 
+import mmap
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from .bundle import BundleError, Manifest, read_manifest
 from .errors import InputError
 from .expert_store import ExpertStore
 from .generate import generate
+from .head import Head, tensor_view
 from .moe import MoELayer
 from .session import Session
 from .spec import ModelSpec
@@ -48,7 +50,7 @@ def _session_options(threads: int) -> ort.SessionOptions:
 
 
 class DenseGraph:
-    """One onnxruntime session over a layer or head graph."""
+    """One onnxruntime session over a layer graph."""
 
     def __init__(self, path: Path, options: ort.SessionOptions):
         try:
@@ -71,11 +73,11 @@ class Model:
         self.threads = threads
         options = _session_options(threads)
         self.layers = [DenseGraph(root / name, options) for name in manifest.layer_graphs]
-        self.head = DenseGraph(root / manifest.head_graph, options)
-        embed = manifest.dense_tensors["embed.weight"]
-        self._dense = np.memmap(root / manifest.dense_file, dtype=np.uint8, mode="r")
-        self.embedding = self._dense[embed.offset:embed.offset + embed.nbytes].view(np.float32).reshape(
-            embed.shape)
+        with open(root / manifest.dense_file, "rb") as f:
+            self._dense_map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        dense = np.frombuffer(self._dense_map, dtype=np.uint8)
+        self.embedding = tensor_view(dense, manifest, "embed.weight")
+        self.head = Head(manifest, dense)
         self.experts: ExpertStore | None = None
         self.moe: dict[int, MoELayer] = {}
         if manifest.experts is not None:
@@ -84,7 +86,7 @@ class Model:
                                        self.spec.n_layers, routing.n_experts)
             for i, kind in enumerate(self.spec.layer_kinds):
                 if kind == "moe":
-                    self.moe[i] = MoELayer(i, self.spec, manifest.experts.group_size, self.experts)
+                    self.moe[i] = MoELayer(i, self.spec, manifest.experts.group_size, self.experts, threads)
         self.tokenizer = None
         if manifest.tokenizer is not None:
             self.tokenizer = Tokenizer.from_file(str(root / manifest.tokenizer))
@@ -116,7 +118,7 @@ class Model:
         return LayerOutputs(*out)
 
     def logits(self, hidden: np.ndarray) -> np.ndarray:
-        return self.head.run({"hidden": hidden})[0]
+        return self.head.run(hidden)
 
     def check_tokens(self, tokens) -> np.ndarray:
         """Token ids as int64 [T]; raise `InputError` if empty or out of the vocabulary."""

@@ -20,25 +20,31 @@ PREFILL_GEMM_MIN_TOKENS = 16
 class MoELayer:
     """The routed experts of layer `index` (the shared expert runs in the layer's ONNX graph)."""
 
-    def __init__(self, index: int, spec: ModelSpec, group_size: int, store: ExpertStore):
+    def __init__(self, index: int, spec: ModelSpec, group_size: int, store: ExpertStore, threads: int):
         self.index = index
         self.routing = spec.routing
         self.store = store
         self.d, self.i = spec.hidden_size, spec.expert_intermediate_size
         self.gd, self.gi = (group_size, group_size) if group_size else (self.d, self.i)
         self.scratch = np.empty((self.routing.top_k, self.i), dtype=np.float32)
+        # one thread streams the experts one after another; more threads take one expert each
+        self.decode_kernel = kernels.moe_decode if threads == 1 else kernels.moe_decode_parallel
 
-    def __call__(self, x: np.ndarray, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Routed expert output [T, D] for the normed input x [T, D]; also the chosen ids [T, k]."""
+    def select(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Route router logits [T, E] to expert ids and weights [T, k], and count the use."""
         ids, weights = route(logits, self.routing)
+        self.store.touch(self.index, ids)
+        return ids, weights
+
+    def compute(self, x: np.ndarray, ids: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """The weighted sum of the selected experts [T, D] for the normed input x [T, D]."""
         store, layer = self.store, self.index
-        store.touch(layer, ids)
         wbases, sbases = store.woffsets[layer][ids], store.soffsets[layer][ids]  # [T, k]
         out = np.zeros_like(x)
         if x.shape[0] == 1:
-            kernels.moe_decode(x[0], store.wbuf, store.sbuf, wbases[0], sbases[0], weights[0], store.wlay,
+            self.decode_kernel(x[0], store.wbuf, store.sbuf, wbases[0], sbases[0], weights[0], store.wlay,
                                store.slay, self.gd, self.gi, self.scratch, out[0])
-            return out, ids
+            return out
         flat = ids.ravel()
         order = np.argsort(flat, kind="stable")
         _, starts = np.unique(flat[order], return_index=True)
@@ -46,7 +52,7 @@ class MoELayer:
             tokens = rows // self.routing.top_k
             y = self._expert(int(wbases.flat[rows[0]]), int(sbases.flat[rows[0]]), x[tokens])
             out[tokens] += weights.ravel()[rows, None] * y
-        return out, ids
+        return out
 
     def _expert(self, wbase: int, sbase: int, x: np.ndarray) -> np.ndarray:
         """One expert on n tokens x [n, D] → [n, D]."""

@@ -59,7 +59,9 @@ class Session:
             self.v_cache[i][pos:pos + t] = out.v
             hidden = out.hidden
             if out.router_logits is not None:
-                routed, ids = model.moe[i](out.ffn_in, out.router_logits)
+                moe = model.moe[i]
+                ids, weights = moe.select(out.router_logits)
+                routed = moe.compute(out.ffn_in, ids, weights)
                 hidden += routed * residual_mult if residual_mult != 1.0 else routed
                 if self.routing_trace is not None:
                     self.routing_trace.append((i, ids))

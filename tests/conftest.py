@@ -43,12 +43,22 @@ def build_model(spec: ModelSpec, seed: int = 0) -> Transformer:
     return model.eval()
 
 
+def round_trip(w: torch.Tensor, group_size: int | None) -> torch.Tensor:
+    return torch.from_numpy(dequantize(quantize_int8(w.detach().numpy(), group_size)))
+
+
 def dequantized_reference(model: Transformer, group_size: int | None) -> Transformer:
-    """The float model whose expert weights are replaced by their int8 round trip."""
+    """The float model whose experts and LM head are replaced by their int8 round trip.
+
+    A tied head gets its own quantized copy; the embedding lookup stays float, as in a bundle.
+    """
     with torch.no_grad():
         for moe in model.moe_layers():
             for w in (moe.experts.gate, moe.experts.up, moe.experts.down):
-                w.copy_(torch.from_numpy(dequantize(quantize_int8(w.numpy(), group_size))))
+                w.copy_(round_trip(w, group_size))
+        head = model.embed.weight if model.lm_head is None else model.lm_head.weight
+        model.lm_head = torch.nn.Linear(model.spec.hidden_size, model.spec.vocab_size, bias=False)
+        model.lm_head.weight.copy_(round_trip(head, group_size))
     return model
 
 

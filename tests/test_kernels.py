@@ -46,12 +46,13 @@ def packed(request):
     return (*packed, gd, gi)
 
 
-def test_moe_decode_matches_reference(packed):
+@pytest.mark.parametrize("kernel", [kernels.moe_decode, kernels.moe_decode_parallel], ids=["serial", "parallel"])
+def test_moe_decode_matches_reference(packed, kernel):
     wbuf, sbuf, wbases, sbases, wlay, slay, deq, gd, gi = packed
     x = np.random.default_rng(1).standard_normal(DIM).astype(np.float32)
     chosen, w = np.array([3, 0, 4]), np.array([0.5, 0.3, 0.2], np.float32)
     out = np.empty(DIM, np.float32)
-    kernels.moe_decode(x, wbuf, sbuf, wbases[chosen], sbases[chosen], w, wlay, slay, gd, gi,
+    kernel(x, wbuf, sbuf, wbases[chosen], sbases[chosen], w, wlay, slay, gd, gi,
                        np.empty((3, HID), np.float32), out)
     ref = sum(wj * expert_ref(x.astype(np.float64), *deq[e]) for e, wj in zip(chosen, w, strict=True))
     np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
@@ -73,3 +74,18 @@ def test_dequantize_rows_matches_quant(packed):
     out = np.empty((DIM, HID), np.float32)
     kernels.dequantize_rows(wbuf, sbuf, wbases[1] + wlay[2], sbases[1] + slay[2], DIM, HID, gi, out)
     np.testing.assert_array_equal(out, deq[1][2])
+
+
+@pytest.mark.parametrize("group", [None, 8])
+@pytest.mark.parametrize("tokens", [1, 5])
+def test_norm_linear_matches_reference(group, tokens):
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((301, DIM)).astype(np.float32)
+    norm = rng.uniform(0.5, 1.5, DIM).astype(np.float32)
+    x = rng.standard_normal((tokens, DIM)).astype(np.float32)
+    q = quantize_int8(w, group)
+    out = np.empty((tokens, 301), np.float32)
+    kernels.norm_linear(x, norm, np.float32(1e-6), q.q, q.scale, out)
+    xn = x / np.sqrt((x.astype(np.float64) ** 2).mean(-1, keepdims=True) + 1e-6) * norm
+    ref = xn @ dequantize(q).T.astype(np.float64)
+    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())

@@ -48,3 +48,74 @@ def test_ties_go_to_the_lower_index():
     ids, weights = route(logits, RoutingSpec(5, 2))
     np.testing.assert_array_equal(ids, [[1, 2], [0, 1]])
     np.testing.assert_allclose(weights, 0.5)
+
+
+@pytest.mark.parametrize("routing", [dict(shared_expert_size=48, shared_expert_gate=True),
+                                     dict(shared_expert_size=48, normalize_top_k=False),
+                                     dict(top_k=3, score_func="sigmoid")], ids=["gated", "ungated", "none"])
+def test_moe_block_matches_numpy_reference(exported, routing):
+    """One MoE layer of the runtime (ONNX graph + CPU routing + kernels) vs numpy on the source weights."""
+    from conftest import tiny_moe_spec
+    from moedge.exporter.checkpoint import read_checkpoint
+    from moedge.quant import dequantize, quantize_int8
+    from moedge.runtime import Model
+
+    case = exported("block_" + "_".join(f"{k}{v}" for k, v in routing.items()), tiny_moe_spec(routing=routing))
+    model, source = Model.load(case.bundle, threads=1), read_checkpoint(case.checkpoint)
+    spec = model.spec
+    x = np.random.default_rng(0).standard_normal((5, spec.hidden_size)).astype(np.float32)
+    empty = np.zeros((0, spec.n_kv_heads, spec.head_dim), np.float32)
+    out = model.run_layer(0, x, np.arange(5), empty, empty)
+    ids, weights = model.moe[0].select(out.router_logits)
+    got = out.hidden + model.moe[0].compute(out.ffn_in, ids, weights)
+
+    def w(name):
+        return source.get(f"layers.0.ffn.{name}").astype(np.float64)
+
+    def swiglu(v, gate, up, down):
+        h = v @ gate.T
+        return (h / (1 + np.exp(-h)) * (v @ up.T)) @ down.T
+
+    f = out.ffn_in.astype(np.float64)
+    ref_ids, ref_w = reference_route(f @ w("router.weight").T, spec.routing)
+    np.testing.assert_array_equal(ids, ref_ids)
+    experts = [dequantize(quantize_int8(w(f"experts.{p}"))) for p in ("gate", "up", "down")]
+    routed = np.stack([sum(ref_w[t, j] * swiglu(f[t], *(m[ref_ids[t, j]] for m in experts))
+                           for j in range(spec.routing.top_k)) for t in range(5)])
+    shared = 0.0
+    if spec.routing.shared_expert_size:
+        shared = swiglu(f, w("shared.gate.weight"), w("shared.up.weight"), w("shared.down.weight"))
+        if spec.routing.shared_expert_gate:
+            shared = shared / (1 + np.exp(-(f @ w("shared_gate.weight").T)))
+    expected = x + attention_reference(x, source, spec) + routed + shared
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+
+
+def attention_reference(x, source, spec):
+    """Layer 0's attention branch in numpy (no cache, positions 0..T-1)."""
+    def w(name):
+        return source.get(f"layers.0.{name}").astype(np.float64)
+
+    def rms(v, weight):
+        return v / np.sqrt((v * v).mean(-1, keepdims=True) + spec.norm_eps) * weight
+
+    t, hd = x.shape[0], spec.head_dim
+    xn = rms(x.astype(np.float64), w("attn_norm.weight"))
+    inv = 1.0 / spec.rope_theta ** (np.arange(0, hd, 2) / hd)
+    ang = np.arange(t)[:, None, None] * inv  # [T, 1, Hd/2]
+
+    def heads(v, n):
+        v = v.reshape(t, n, hd)
+        a, b = v[..., :hd // 2], v[..., hd // 2:]
+        return np.concatenate([a * np.cos(ang) - b * np.sin(ang), b * np.cos(ang) + a * np.sin(ang)], -1)
+
+    q = heads(xn @ w("attn.wq.weight").T, spec.n_heads)
+    k = heads(xn @ w("attn.wk.weight").T, spec.n_kv_heads)
+    v = (xn @ w("attn.wv.weight").T).reshape(t, spec.n_kv_heads, hd)
+    group = spec.n_heads // spec.n_kv_heads
+    out = np.zeros((t, spec.n_heads, hd))
+    for h in range(spec.n_heads):
+        scores = q[:, h] @ k[:, h // group].T * spec.scale + np.triu(np.full((t, t), -np.inf), 1)
+        p = np.exp(scores - scores.max(-1, keepdims=True))
+        out[:, h] = (p / p.sum(-1, keepdims=True)) @ v[:, h // group]
+    return out.reshape(t, -1) @ w("attn.wo.weight").T

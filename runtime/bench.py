@@ -1,0 +1,161 @@
+"""`moedge bench`: decode latency, prefill speed, cold start, memory and the roofline of a bundle.
+
+Decode steps are fed a seeded random token stream (greedy decoding of a random-weight model
+collapses to one token and touches few experts). Time to first token and memory are measured
+in fresh processes (`bench_child`); latencies in this process, one model load per thread count.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from .bandwidth import read_bandwidth
+from .bundle import Manifest, read_manifest
+from .model import Model
+
+WARMUP_TOKENS = 4
+PARTS = ("dense", "routing", "experts", "head")
+
+
+@dataclass
+class ThreadResult:
+    """Everything measured at one thread count (times in ms, rates per second, sizes in bytes)."""
+
+    threads: int
+    decode_ms_median: float
+    decode_ms_p90: float
+    decode_ms_p99: float
+    tokens_per_s: float
+    prefill_tokens_per_s: float
+    breakdown_ms: dict[str, float]
+    bandwidth_gb_s: float
+    roofline_ms: float
+    ratio_to_roofline: float
+    python_overhead_fraction: float
+    latencies_ms: list[float] = field(repr=False)
+    cold_start: dict[str, dict] = field(default_factory=dict)
+
+
+def step_bytes(manifest: Manifest) -> dict[str, int]:
+    """Bytes of weights one decode step reads: dense graphs, the head, k experts per MoE layer."""
+    spec = manifest.spec
+    dense = sum(t.nbytes for name, t in manifest.dense_tensors.items() if name != "embed.weight")
+    embed = manifest.dense_tensors["embed.weight"]
+    dense += embed.nbytes if spec.tie_embeddings else embed.nbytes // spec.vocab_size
+    experts = 0
+    if manifest.experts is not None:
+        per_expert = sum(t.nbytes for t in manifest.experts.tensors.values())
+        experts = per_expert * spec.routing.top_k * len(manifest.experts.layers)
+    return {"dense": dense, "experts": experts, "total": dense + experts}
+
+
+def _timed(fn, totals: dict[str, float], part: str):
+    def wrapper(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            totals[part] += time.perf_counter() - start
+
+    return wrapper
+
+
+def _instrument(model: Model) -> dict[str, float]:
+    """Wrap the model's parts (on this instance only) so their time adds up per part."""
+    totals: dict[str, float] = defaultdict(float)
+    for graph in model.layers:
+        graph.run = _timed(graph.run, totals, "dense")
+    for moe in model.moe.values():
+        moe.select = _timed(moe.select, totals, "routing")
+        moe.compute = _timed(moe.compute, totals, "experts")
+    model.head.run = _timed(model.head.run, totals, "head")
+    return totals
+
+
+def measure_decode(model: Model, prompt_tokens: int, new_tokens: int, repeat: int, seed: int,
+                   progress: tqdm) -> tuple[list[float], float, dict[str, float]]:
+    """Per-token decode latencies (s), prefill tokens/s and the mean time per part per token."""
+    rng = np.random.default_rng(seed)
+    vocab = model.spec.vocab_size
+    totals = _instrument(model)
+    latencies, prefill_rates, parts = [], [], defaultdict(float)
+    for _ in range(repeat):
+        session = model.session()
+        prompt = rng.integers(0, vocab, prompt_tokens)
+        start = time.perf_counter()
+        session.prefill(prompt, last_only=True)
+        prefill_rates.append(prompt_tokens / (time.perf_counter() - start))
+        for i, token in enumerate(rng.integers(0, vocab, new_tokens)):
+            totals.clear()
+            start = time.perf_counter()
+            session.decode(int(token))
+            elapsed = time.perf_counter() - start
+            if i >= WARMUP_TOKENS:
+                latencies.append(elapsed)
+                for part in PARTS:
+                    parts[part] += totals.get(part, 0.0)
+                parts["total"] += elapsed
+            progress.update(1)
+    count = max(len(latencies), 1)
+    return latencies, float(np.median(prefill_rates)), {k: v / count for k, v in parts.items()}
+
+
+def cold_start(bundle: Path, threads: int, prompt_tokens: int, seed: int, numba_cache: str | None) -> dict:
+    """Run `bench_child` in a fresh process; `numba_cache` = a folder for a cold numba cache."""
+    env = dict(os.environ)
+    if numba_cache is not None:
+        env["NUMBA_CACHE_DIR"] = numba_cache
+    cmd = [sys.executable, "-m", "moedge.runtime.bench_child", str(bundle), "--threads", str(threads),
+           "--prompt-tokens", str(prompt_tokens), "--seed", str(seed), "--spawned-at", repr(time.time())]
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
+    if result.returncode != 0:
+        raise RuntimeError(f"bench child failed: {result.stderr.strip().splitlines()[-1:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def bench(bundle: str | Path, threads: list[int], prompt_tokens: int = 128, new_tokens: int = 64,
+          repeat: int = 3, seed: int = 0, cold: bool = True, show_progress: bool = True) -> dict:
+    """Measure the bundle at each thread count; returns a JSON-ready report."""
+    bundle = Path(bundle)
+    manifest = read_manifest(bundle)
+    bytes_per_step = step_bytes(manifest)
+    results = []
+    total = len(threads) * repeat * new_tokens
+    with tqdm(total=total, desc="bench", unit="tok", disable=not show_progress) as progress:
+        for n in threads:
+            model = Model.load(bundle, threads=n)
+            latencies, prefill_rate, parts = measure_decode(model, prompt_tokens, new_tokens, repeat, seed, progress)
+            del model
+            ms = np.array(latencies) * 1e3
+            bandwidth = read_bandwidth(n)
+            roofline_ms = bytes_per_step["total"] / (bandwidth * 1e9) * 1e3
+            breakdown = {k: v * 1e3 for k, v in parts.items() if k != "total"}
+            breakdown["other"] = parts["total"] * 1e3 - sum(breakdown.values())
+            inside = breakdown["dense"] + breakdown["head"] + breakdown["experts"]
+            median = float(np.median(ms))
+            results.append(ThreadResult(
+                threads=n, decode_ms_median=median, decode_ms_p90=float(np.percentile(ms, 90)),
+                decode_ms_p99=float(np.percentile(ms, 99)), tokens_per_s=1e3 / median,
+                prefill_tokens_per_s=prefill_rate, breakdown_ms=breakdown, bandwidth_gb_s=bandwidth,
+                roofline_ms=roofline_ms, ratio_to_roofline=median / roofline_ms,
+                python_overhead_fraction=1.0 - inside / (parts["total"] * 1e3), latencies_ms=ms.tolist()))
+            if cold:
+                with tempfile.TemporaryDirectory() as empty_cache:
+                    results[-1].cold_start = {
+                        "numba_cache_cold": cold_start(bundle, n, prompt_tokens, seed, empty_cache),
+                        "numba_cache_warm": cold_start(bundle, n, prompt_tokens, seed, None)}
+    return {"bundle": str(bundle), "model": manifest.spec.to_dict(), "quantization": manifest.quant_scheme,
+            "bytes_per_decode_step": bytes_per_step, "prompt_tokens": prompt_tokens, "new_tokens": new_tokens,
+            "repeat": repeat, "seed": seed, "token_stream": "seeded random",
+            "results": [asdict(r) for r in results]}

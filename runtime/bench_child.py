@@ -1,0 +1,65 @@
+"""One fresh-process run for `moedge bench`: time to first token and memory, printed as JSON.
+
+    python -m moedge.runtime.bench_child BUNDLE --threads N --prompt-tokens P --seed S --spawned-at T
+
+Measures imports, load, prefill and the first decode, then decodes a seeded random stream and
+reports peak RSS over the pre-load RSS and the experts file's resident bytes (mincore).
+"""
+
+import time
+
+_started = time.time()
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import resource  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from moedge.runtime import Model  # noqa: E402
+from moedge.runtime.residency import resident_pages  # noqa: E402
+
+DECODE_TOKENS = 32
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def main(bundle: str, threads: int, prompt_tokens: int, seed: int, spawned_at: float) -> dict:
+    imported = time.time()
+    rss_before = _rss_bytes()
+    model = Model.load(bundle, threads=threads)
+    loaded = time.time()
+    rng = np.random.default_rng(seed)
+    session = model.session()
+    session.prefill(rng.integers(0, model.spec.vocab_size, prompt_tokens), last_only=True)
+    prefilled = time.time()
+    session.decode(int(rng.integers(0, model.spec.vocab_size)))
+    first = time.time()
+    for token in rng.integers(0, model.spec.vocab_size, DECODE_TOKENS):
+        session.decode(int(token))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    store = model.experts
+    resident = int(resident_pages(store.address, store.size).sum()) * 4096 if store else 0
+    dense = (model.root / model.manifest.dense_file).stat().st_size
+    return {"startup_s": imported - spawned_at, "imports_s": imported - _started, "load_s": loaded - imported,
+            "prefill_s": prefilled - loaded, "first_decode_s": first - prefilled,
+            "time_to_first_token_s": first - spawned_at, "rss_before_load": rss_before, "rss_peak": peak,
+            "rss_growth": peak - rss_before, "dense_bytes": dense,
+            "experts_bytes_touched": store.bytes_touched if store else 0, "experts_resident_bytes": resident,
+            "decode_tokens": DECODE_TOKENS + 1}
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("bundle")
+    parser.add_argument("--threads", type=int, required=True)
+    parser.add_argument("--prompt-tokens", type=int, required=True)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--spawned-at", type=float, required=True)
+    print(json.dumps(main(**vars(parser.parse_args()))))

@@ -1,0 +1,46 @@
+"""A `moedge bench` report as text."""
+
+from __future__ import annotations
+
+MB = 1e6
+
+
+def _cold_lines(cold: dict) -> list[str]:
+    lines = []
+    for label, run in cold.items():
+        lines.append(f"    fresh process, {label.replace('_', ' ')}: first token {run['time_to_first_token_s']:.2f} s "
+                     f"(python start {run['startup_s']:.2f} + imports {run['imports_s']:.2f} + load {run['load_s']:.2f}"
+                     f" + prefill {run['prefill_s']:.2f} + first decode {run['first_decode_s']:.2f})")
+    warm = cold.get("numba_cache_warm")
+    if warm:
+        lines.append(f"    memory: peak RSS grew {warm['rss_growth'] / MB:.0f} MB over the pre-load RSS; dense "
+                     f"{warm['dense_bytes'] / MB:.0f} MB + experts touched {warm['experts_bytes_touched'] / MB:.0f} MB"
+                     f" = {(warm['dense_bytes'] + warm['experts_bytes_touched']) / MB:.0f} MB; experts resident "
+                     f"after the run {warm['experts_resident_bytes'] / MB:.0f} MB")
+    return lines
+
+
+def format_report(report: dict) -> str:
+    """Several lines per thread count: latency, roofline ratio, breakdown, cold start, memory, peers."""
+    step = report["bytes_per_decode_step"]
+    lines = [f"{report['bundle']}: {step['total'] / MB:.0f} MB of weights per decode step "
+             f"(dense {step['dense'] / MB:.0f} MB, experts {step['experts'] / MB:.0f} MB); "
+             f"prompt {report['prompt_tokens']}, {report['new_tokens']} new tokens x {report['repeat']}, "
+             f"{report['token_stream']} tokens"]
+    for r in report["results"]:
+        b = r["breakdown_ms"]
+        lines += [
+            f"  {r['threads']} thread(s): decode {r['decode_ms_median']:.2f} ms/token median "
+            f"(p90 {r['decode_ms_p90']:.2f}, p99 {r['decode_ms_p99']:.2f}), {r['tokens_per_s']:.1f} tokens/s; "
+            f"prefill {r['prefill_tokens_per_s']:.0f} tokens/s",
+            f"    roofline {r['roofline_ms']:.2f} ms at {r['bandwidth_gb_s']:.1f} GB/s -> ratio to roofline "
+            f"{r['ratio_to_roofline']:.2f}",
+            "    breakdown (mean ms/token): " + ", ".join(f"{k} {v:.2f}" for k, v in b.items())
+            + f"; python overhead {100 * r['python_overhead_fraction']:.1f}%",
+            *_cold_lines(r.get("cold_start", {})),
+        ]
+    for peer in report.get("peers", []):
+        lines.append(f"  peer {peer['name']} ({peer['threads']} thread(s)): "
+                     + (f"{peer['decode_ms_median']:.2f} ms/token, {peer['ratio_to_ours']:.2f}x ours"
+                        if "decode_ms_median" in peer else f"not measured: {peer['skipped']}"))
+    return "\n".join(lines)

@@ -1,0 +1,96 @@
+"""Write the benchmark bundles from a fixed seed (nothing is downloaded).
+
+    python samples/bench_models.py OUT_DIR [--only granite-1b-shape ...] [--group-size 32]
+
+Weights are random (normal, scaled by 1/sqrt(fan-in)), generated tensor by tensor from a seed
+derived from each canonical name, so a bundle is reproducible and no float checkpoint of the
+full model is ever held in memory. Benchmarks feed these models a seeded random token stream.
+"""
+
+from __future__ import annotations
+
+import argparse
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from moedge.exporter.bundle_writer import write_bundle
+from moedge.exporter.source import Source
+from moedge.runtime.spec import ModelSpec, RoutingSpec
+
+SEED = 1234
+VOCAB = 49152
+SHAPES = {
+    "granite-1b-shape": ModelSpec(
+        vocab_size=VOCAB, hidden_size=1024, n_layers=24, n_heads=16, n_kv_heads=8, head_dim=64,
+        intermediate_size=0, layer_kinds=("moe",) * 24, max_seq_len=2048, tie_embeddings=True,
+        expert_intermediate_size=512, routing=RoutingSpec(n_experts=32, top_k=8)),
+    "olmoe-shape": ModelSpec(
+        vocab_size=VOCAB, hidden_size=1024, n_layers=8, n_heads=16, n_kv_heads=16, head_dim=64,
+        intermediate_size=0, layer_kinds=("moe",) * 8, max_seq_len=2048, qk_norm="full",
+        expert_intermediate_size=512, routing=RoutingSpec(n_experts=64, top_k=8, normalize_top_k=False)),
+    "mixtral-shape": ModelSpec(
+        vocab_size=VOCAB, hidden_size=512, n_layers=8, n_heads=8, n_kv_heads=4, head_dim=64,
+        intermediate_size=0, layer_kinds=("moe",) * 8, max_seq_len=2048,
+        expert_intermediate_size=1408, routing=RoutingSpec(n_experts=8, top_k=2)),
+    "dense-400m": ModelSpec(
+        vocab_size=VOCAB, hidden_size=1024, n_layers=24, n_heads=16, n_kv_heads=8, head_dim=64,
+        intermediate_size=4096, layer_kinds=("dense",) * 24, max_seq_len=2048, tie_embeddings=True),
+}
+
+
+def random_source(spec: ModelSpec, seed: int = SEED) -> Source:
+    """A `Source` whose tensors are drawn on demand from a per-name seed."""
+    shapes = _canonical_shapes(spec)
+
+    def get(name: str) -> np.ndarray:
+        rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
+        shape = shapes(name)
+        if name.endswith("norm.weight"):
+            return np.ones(shape, np.float32)
+        scale = 1.0 if name == "embed.weight" else shape[-1] ** -0.5
+        return (rng.standard_normal(shape, dtype=np.float32) * np.float32(scale))
+
+    return Source(spec=spec, get=get)
+
+
+def _canonical_shapes(spec: ModelSpec):
+    d, hd = spec.hidden_size, spec.head_dim
+    fixed = {"wq": (spec.n_heads * hd, d), "wk": (spec.n_kv_heads * hd, d), "wv": (spec.n_kv_heads * hd, d),
+             "wo": (d, spec.n_heads * hd), "router": (spec.routing.n_experts if spec.routing else 0, d)}
+    qk = {"q_norm": spec.n_heads * hd, "k_norm": spec.n_kv_heads * hd} if spec.qk_norm == "full" else \
+        {"q_norm": hd, "k_norm": hd}
+
+    def shape(name: str) -> tuple[int, ...]:
+        parts = name.split(".")
+        if name in ("embed.weight", "lm_head.weight"):
+            return (spec.vocab_size, d)
+        if parts[-1] == "weight" and parts[-2] in fixed:
+            return fixed[parts[-2]]
+        if parts[-2] in qk:
+            return (qk[parts[-2]],)
+        if "norm" in parts[-2]:
+            return (d,)
+        if parts[-2] == "experts":
+            e, i = spec.routing.n_experts, spec.expert_intermediate_size
+            return (e, d, i) if parts[-1] == "down" else (e, i, d)
+        return (d, spec.intermediate_size) if parts[-2] == "down" else (spec.intermediate_size, d)
+
+    return shape
+
+
+def main(out: str, only: list[str] | None = None, group_size: int | None = None) -> None:
+    root = Path(out)
+    for name in only or SHAPES:
+        print(f"{name}:")
+        write_bundle(random_source(SHAPES[name]), root / f"{name}.moedge", group_size=group_size, force=True)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out")
+    parser.add_argument("--only", nargs="*", choices=list(SHAPES))
+    parser.add_argument("--group-size", type=int, default=None)
+    args = parser.parse_args()
+    main(args.out, args.only, args.group_size)

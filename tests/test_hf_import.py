@@ -1,0 +1,316 @@
+"""Hugging Face import: tiny random models of all nine families, exported and compared with transformers.
+
+Float bundles (`float_experts`) match transformers' prefill logits within 1e-4 of the logit range
+(measured: < 1e-6) and its 32 greedy tokens exactly. Int8 bundles (per output channel) match
+transformers with int8-round-tripped experts within 1e-4 too, and the float model on the 12-token
+prompt within INT8_BOUND of the logit range (measured: up to 6.8e-3, Mixtral; longer prompts can
+flip a routing decision: 2.2e-2 at 40 tokens, Qwen2-MoE).
+"""
+
+import copy
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hf_tiny import FAMILIES, build_hf_model, save_hf_model
+from safetensors.torch import save_file
+
+from moedge.exporter import ExportError, export
+from moedge.exporter.adapters import ADAPTERS
+from moedge.exporter.adapters.adapter import moe_layer_kinds
+from moedge.quant import dequantize, quantize_int8
+from moedge.runtime import InputError, Model
+
+PROMPT = [5, 17, 99, 3, 120, 42, 7, 7, 130, 0, 64, 128]
+FLOAT_BOUND = 1e-4
+INT8_BOUND = 1e-2
+ARCHITECTURES = ["GraniteMoeForCausalLM", "LlamaForCausalLM", "MistralForCausalLM", "MixtralForCausalLM",
+                 "OlmoeForCausalLM", "Qwen2ForCausalLM", "Qwen2MoeForCausalLM", "Qwen3ForCausalLM",
+                 "Qwen3MoeForCausalLM"]
+
+
+class Family:
+    """One family's HF model, its saved folder and its float and int8 bundles."""
+
+    def __init__(self, name: str, root: Path):
+        self.name = name
+        self.hf = build_hf_model(name)
+        self.folder = save_hf_model(self.hf, root / "hf")
+        self.float_bundle = root / "float.moedge"
+        self.int8_bundle = root / "int8.moedge"
+        export(self.folder, self.float_bundle, float_experts=True, show_progress=False)
+        export(self.folder, self.int8_bundle, show_progress=False)
+
+    def logits(self, tokens):
+        with torch.no_grad():
+            return self.hf(torch.tensor([tokens])).logits[0].numpy()
+
+
+@pytest.fixture(scope="module", params=list(FAMILIES))
+def family(request, tmp_path_factory):
+    torch.set_num_threads(1)
+    return Family(request.param, tmp_path_factory.mktemp(request.param))
+
+
+def relative_error(got, ref):
+    return float(np.abs(got - ref).max() / (ref.max() - ref.min()))
+
+
+def test_every_family_is_registered():
+    assert sorted(ADAPTERS) == ARCHITECTURES
+
+
+@pytest.mark.parametrize("length", [len(PROMPT), 40])
+def test_float_prefill_matches_transformers(family, length):
+    tokens = (PROMPT * 4)[:length]
+    got = Model.load(family.float_bundle, threads=1).session().prefill(tokens)
+    assert relative_error(got, family.logits(tokens)) <= FLOAT_BOUND
+
+
+def test_int8_prefill_within_bound(family):
+    got = Model.load(family.int8_bundle, threads=1).session().prefill(PROMPT)
+    assert relative_error(got, family.logits(PROMPT)) <= INT8_BOUND
+
+
+@pytest.mark.parametrize("length", [len(PROMPT), 40])
+def test_int8_prefill_matches_transformers_with_int8_experts(family, length):
+    """transformers with its experts and LM head replaced by their int8 round trip (rows are quantized
+    independently, so the fused gate_up rows quantize exactly as our separate gate and up); a tied head
+    gets its own quantized copy, as in the bundle."""
+    tokens = (PROMPT * 4)[:length]
+    reference = copy.deepcopy(family.hf)
+    with torch.no_grad():
+        for name, weight in reference.named_parameters():
+            if name.endswith(("experts.gate_up_proj", "experts.down_proj")):
+                weight.copy_(torch.from_numpy(dequantize(quantize_int8(weight.numpy(), None))))
+        head = reference.lm_head.weight.detach().numpy()
+        reference.lm_head.weight = torch.nn.Parameter(torch.from_numpy(dequantize(quantize_int8(head, None))))
+        ref = reference(torch.tensor([tokens])).logits[0].numpy()
+    got = Model.load(family.int8_bundle, threads=1).session().prefill(tokens)
+    assert relative_error(got, ref) <= FLOAT_BOUND  # measured: < 5e-7
+
+
+def test_32_greedy_tokens_match_generate(family):
+    family.hf.generation_config.eos_token_id = None  # 32 tokens on both sides
+    with torch.no_grad():
+        want = family.hf.generate(torch.tensor([PROMPT]), max_new_tokens=32, do_sample=False)[0, len(PROMPT):]
+    session = Model.load(family.float_bundle, threads=1).session()
+    got = [int(np.argmax(session.prefill(PROMPT)[-1]))]
+    while len(got) < 32:
+        got.append(int(np.argmax(session.decode(got[-1]))))
+    assert got == want.tolist()
+
+
+def test_generate_stops_at_eos_like_transformers(family):
+    config = json.loads((family.folder / "config.json").read_text())
+    model = Model.load(family.float_bundle, threads=1)
+    assert model.manifest.generation == {"bos_token_id": config["bos_token_id"],
+                                         "eos_token_id": config["eos_token_id"]}
+    family.hf.generation_config.eos_token_id = config["eos_token_id"]
+    with torch.no_grad():
+        want = family.hf.generate(torch.tensor([PROMPT]), max_new_tokens=32, do_sample=False)[0, len(PROMPT):]
+    want = want.tolist()
+    if config["eos_token_id"] in want:
+        want = want[:want.index(config["eos_token_id"])]
+    assert [t.id for t in model.generate(PROMPT, max_new_tokens=32)] == want
+
+
+# -- checkpoint layouts -------------------------------------------------------------------------------
+
+
+def _copy_config(src: Path, dst: Path) -> Path:
+    dst.mkdir()
+    for name in ("config.json", "generation_config.json"):
+        shutil.copyfile(src / name, dst / name)
+    return dst
+
+
+def _bundle_bytes(bundle: Path) -> dict[str, bytes]:
+    return {name: (bundle / name).read_bytes() for name in ("dense.bin", "experts.bin")}
+
+
+@pytest.mark.parametrize("name", ["mixtral", "qwen2_moe", "granitemoe"])
+def test_fused_and_sharded_layouts_give_the_same_bundle(name, tmp_path):
+    """transformers 5's in-memory names (stacked gate_up_proj) and a sharded save export identically."""
+    torch.set_num_threads(1)
+    model = build_hf_model(name)
+    per_expert = save_hf_model(model, tmp_path / "per_expert")
+    fused = _copy_config(per_expert, tmp_path / "fused")
+    save_file({k: v.contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"
+               or not model.config.tie_word_embeddings}, str(fused / "model.safetensors"))
+    sharded = save_hf_model(model, tmp_path / "sharded", max_shard_size="40KB")
+    assert (sharded / "model.safetensors.index.json").is_file()
+    bundles = []
+    for src in (per_expert, fused, sharded):
+        export(src, tmp_path / f"{src.name}.moedge", float_experts=True, show_progress=False)
+        bundles.append(_bundle_bytes(tmp_path / f"{src.name}.moedge"))
+    assert bundles[0] == bundles[1] == bundles[2]
+
+
+def test_bfloat16_checkpoint(tmp_path):
+    """bf16 weights are widened to float32; the reference is the bf16 checkpoint loaded in float32."""
+    from transformers import AutoModelForCausalLM
+
+    torch.set_num_threads(1)
+    folder = save_hf_model(build_hf_model("qwen2_moe").to(torch.bfloat16), tmp_path / "hf")
+    export(folder, tmp_path / "b.moedge", float_experts=True, show_progress=False)
+    reference = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, attn_implementation="eager")
+    with torch.no_grad():
+        ref = reference(torch.tensor([PROMPT])).logits[0].numpy()
+    got = Model.load(tmp_path / "b.moedge", threads=1).session().prefill(PROMPT)
+    assert relative_error(got, ref) <= FLOAT_BOUND
+
+
+# -- config conventions and refusals ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def llama_folder(tmp_path_factory):
+    return save_hf_model(build_hf_model("llama"), tmp_path_factory.mktemp("llama") / "hf")
+
+
+def _with_config(src: Path, dst: Path, **changes) -> Path:
+    dst.mkdir()
+    config = {**json.loads((src / "config.json").read_text()), **changes}
+    (dst / "config.json").write_text(json.dumps(config))
+    (dst / "model.safetensors").symlink_to(src / "model.safetensors")
+    return dst
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(architectures=["FooForCausalLM"]), "supported: " + ", ".join(ARCHITECTURES)),
+    (dict(rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4}), "RoPE type 'linear'"),
+    (dict(rope_parameters=None, rope_scaling={"type": "dynamic", "factor": 2.0}), "RoPE type 'dynamic'"),
+    (dict(partial_rotary_factor=0.5), "partial rotary"),
+    (dict(hidden_act="gelu"), "hidden_act='gelu'"),
+    (dict(mlp_bias=True), "mlp_bias=True"),
+    (dict(attention_bias=True), "attention_bias=True"),
+    (dict(num_key_value_heads=3), "n_heads (4) must be a multiple of n_kv_heads (3)"),
+    (dict(quantization_config={"quant_method": "gptq"}), "quantization_config="),
+])
+def test_unsupported_config_is_refused(llama_folder, tmp_path, changes, message):
+    with pytest.raises(ExportError) as info:
+        export(_with_config(llama_folder, tmp_path / "src", **changes), tmp_path / "out", show_progress=False)
+    assert message in str(info.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_olmoe_clip_qkv_is_refused(tmp_path):
+    folder = save_hf_model(build_hf_model("olmoe"), tmp_path / "hf")
+    with pytest.raises(ExportError, match="clip_qkv=8.0 is not supported"):
+        export(_with_config(folder, tmp_path / "src", clip_qkv=8.0), tmp_path / "out", show_progress=False)
+
+
+def test_a_tensor_nobody_reads_is_refused(llama_folder, tmp_path):
+    """An o_proj bias the config does not announce would be dropped silently: refuse it."""
+    src = _copy_config(llama_folder, tmp_path / "src")
+    from safetensors.torch import load_file
+
+    state = load_file(str(llama_folder / "model.safetensors"))
+    state["model.layers.0.self_attn.o_proj.bias"] = torch.ones(48)
+    save_file(state, str(src / "model.safetensors"))
+    with pytest.raises(ExportError, match="o_proj.bias"):
+        export(src, tmp_path / "out", show_progress=False)
+
+
+def test_pickle_checkpoints_are_not_read(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]}))
+    (src / "pytorch_model.bin").write_bytes(b"")
+    with pytest.raises(ExportError):
+        export(src, tmp_path / "out", show_progress=False)
+
+
+def test_sliding_window_caps_the_context(family):
+    spec = Model.load(family.float_bundle, threads=1).spec
+    assert spec.max_seq_len == (64 if family.name == "mistral" else 128)
+    if family.name == "mistral":  # exact within the window, refused beyond it
+        with pytest.raises(InputError, match="context length 64"):
+            list(Model.load(family.float_bundle, threads=1).generate(PROMPT, max_new_tokens=60))
+
+
+def test_qwen_moe_layer_placement_follows_transformers():
+    from transformers import Qwen2MoeConfig, Qwen2MoeForCausalLM
+
+    config = Qwen2MoeConfig(vocab_size=67, hidden_size=16, num_hidden_layers=6, num_attention_heads=2,
+                            num_key_value_heads=2, num_experts=2, moe_intermediate_size=8, intermediate_size=8,
+                            shared_expert_intermediate_size=8, decoder_sparse_step=2, mlp_only_layers=[3])
+    model = Qwen2MoeForCausalLM(config)
+    want = tuple("moe" if "Sparse" in type(layer.mlp).__name__ else "dense" for layer in model.model.layers)
+    assert moe_layer_kinds(6, 2, (3,)) == want == ("dense", "moe", "dense", "dense", "dense", "moe")
+
+
+def test_cli_names_the_supported_architectures(tmp_path):
+    import subprocess
+    import sys
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "config.json").write_text(json.dumps({"architectures": ["FooForCausalLM"]}))
+    result = subprocess.run([sys.executable, "-m", "moedge.cli.main", "export", str(src), "-o", str(tmp_path / "o")],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert "'FooForCausalLM' is not supported; supported: " + ", ".join(ARCHITECTURES) in result.stderr
+
+
+# -- tokenizer, generation defaults and chat template -------------------------------------------------
+
+CHAT_TEMPLATE = ("{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }}{{ eos_token }}"
+                 "{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}")
+WORDS = ["the", "a", "cat", "dog", "sat", "on", "mat", "hello", "world", "how", "are", "you", "today", "fine",
+         "thanks", "what", "is", "your", "name"]
+
+
+def _tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<unk>", "<s>", "</s>", "<|user|>", "<|assistant|>", "<|system|>"]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(specials + WORDS)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.add_special_tokens(specials)
+    hf = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    hf.chat_template = CHAT_TEMPLATE
+    return hf
+
+
+@pytest.fixture(scope="module")
+def chat_bundle(tmp_path_factory):
+    root = tmp_path_factory.mktemp("chat")
+    folder = save_hf_model(build_hf_model("qwen3"), root / "hf")
+    tokenizer = _tokenizer()
+    tokenizer.save_pretrained(folder)
+    export(folder, root / "chat.moedge", show_progress=False)
+    return root / "chat.moedge", tokenizer
+
+
+def test_chat_template_renders_like_transformers(chat_bundle):
+    from moedge.runtime.chat import chat_prompt
+
+    bundle, tokenizer = chat_bundle
+    messages = [{"role": "system", "content": "you are a cat"}, {"role": "user", "content": "hello how are you"}]
+    want = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    want = want["input_ids"] if not isinstance(want, list) else want
+    model = Model.load(bundle, threads=1)
+    assert model.manifest.generation["special_tokens"] == {"bos_token": "<s>", "eos_token": "</s>",
+                                                           "unk_token": "<unk>"}
+    assert (bundle / "tokenizer.json").is_file()
+    assert chat_prompt(model, messages) == list(want)
+
+
+def test_run_chat_from_the_cli(chat_bundle, capsys):
+    from moedge.cli.main import main
+
+    assert main(["run", str(chat_bundle[0]), "--prompt", "hello world", "--chat", "-n", "4", "--threads", "1"]) == 0
+    assert capsys.readouterr().out.startswith("hello world\n")
+
+
+def test_chat_without_a_template_is_an_input_error(family):
+    from moedge.runtime.chat import chat_prompt
+
+    with pytest.raises(InputError, match="no chat template"):
+        chat_prompt(Model.load(family.float_bundle, threads=1), [{"role": "user", "content": "hi"}])
