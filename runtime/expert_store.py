@@ -12,8 +12,21 @@ import mmap
 from pathlib import Path
 
 import numpy as np
+from numba import njit
 
 from .bundle import DTYPES, EXPERT_TENSORS, EXPERTS_HEADER, ExpertsIndex, check_experts_header
+
+
+@njit(cache=True)
+def _count(hits, touched, ids):
+    """hits[e] += uses of e in ids; marks new experts touched and returns them."""
+    fresh = []
+    for e in ids.ravel():
+        hits[e] += 1
+        if not touched[e]:
+            touched[e] = True
+            fresh.append(e)
+    return fresh
 
 
 class ExpertStore:
@@ -57,12 +70,8 @@ class ExpertStore:
 
     def touch(self, layer: int, ids: np.ndarray) -> None:
         """Count a routing decision `ids` [T, k] of `layer`; prefetch experts used for the first time."""
-        np.add.at(self.hits[layer], ids.ravel(), 1)
-        seen = self.touched[layer]
-        fresh = np.unique(ids[~seen[ids]])
-        for e in fresh:
+        for e in _count(self.hits[layer], self.touched[layer], ids):
             self._map.madvise(mmap.MADV_WILLNEED, int(self.offsets[layer, e]), self.span_bytes)
-        seen[fresh] = True
 
     def reset_counters(self) -> None:
         self.hits[:] = 0

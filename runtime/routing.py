@@ -1,27 +1,53 @@
-"""Top-k expert routing on the CPU, as the bundle's `RoutingSpec` says."""
+"""Top-k expert routing on the CPU, as the bundle's `RoutingSpec` says (one numba call per layer)."""
 
 from __future__ import annotations
 
 import numpy as np
+from numba import njit
 
 from .spec import RoutingSpec
 
 
-def _softmax(x: np.ndarray) -> np.ndarray:
-    z = np.exp(x - x.max(axis=-1, keepdims=True))
-    return z / z.sum(axis=-1, keepdims=True)
+@njit(cache=True)
+def _route(logits, k, sigmoid, normalize, scaling, ids, weights):
+    t_n, e_n = logits.shape
+    scores = np.empty(e_n, dtype=np.float64)
+    chosen = np.zeros(e_n, dtype=np.bool_)
+    for t in range(t_n):
+        if sigmoid:
+            for e in range(e_n):
+                scores[e] = 1.0 / (1.0 + np.exp(-np.float64(logits[t, e])))
+        else:
+            top = np.float64(logits[t].max())
+            total = 0.0
+            for e in range(e_n):
+                scores[e] = np.exp(np.float64(logits[t, e]) - top)
+                total += scores[e]
+            scores /= total
+        chosen[:] = False
+        total = 0.0
+        for j in range(k):  # k passes of selection: a tie keeps the lower index
+            best = -1
+            for e in range(e_n):
+                if not chosen[e] and (best < 0 or scores[e] > scores[best]):
+                    best = e
+            chosen[best] = True
+            ids[t, j] = best
+            total += scores[best]
+        for j in range(k):
+            w = scores[ids[t, j]] / total if normalize else scores[ids[t, j]]
+            weights[t, j] = w * scaling
 
 
 def route(logits: np.ndarray, routing: RoutingSpec) -> tuple[np.ndarray, np.ndarray]:
     """Expert indices [T, k] (int64) and weights [T, k] (float32) from router logits [T, E].
 
-    Ties are broken towards the lower expert index, so routing is deterministic.
+    Scores are computed in float64; ties are broken towards the lower expert index, so routing
+    is deterministic.
     """
-    logits = np.asarray(logits, dtype=np.float32)
-    scores = _softmax(logits) if routing.score_func == "softmax" else 1.0 / (1.0 + np.exp(-logits))
-    k = routing.top_k
-    order = np.argsort(-scores, axis=-1, kind="stable")[:, :k]  # [T, k]
-    weights = np.take_along_axis(scores, order, axis=-1)
-    if routing.normalize_top_k:
-        weights = weights / weights.sum(axis=-1, keepdims=True)
-    return order.astype(np.int64), (weights * routing.scaling_factor).astype(np.float32)
+    logits = np.ascontiguousarray(logits, dtype=np.float32)
+    ids = np.empty((logits.shape[0], routing.top_k), dtype=np.int64)
+    weights = np.empty((logits.shape[0], routing.top_k), dtype=np.float32)
+    _route(logits, routing.top_k, routing.score_func == "sigmoid", routing.normalize_top_k,
+           routing.scaling_factor, ids, weights)
+    return ids, weights

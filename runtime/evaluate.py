@@ -1,0 +1,123 @@
+"""Perplexity and next-token predictions of a bundle on text, and how often each expert was chosen.
+
+Text is tokenized per document and cut into non-overlapping windows of the context length; each
+window starts a fresh sequence, so a window's first token is context only and every other token
+is predicted once. The same windows feed the float reference (`moedge.exporter.reference`), so
+the two sides' predictions line up position by position.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from tqdm import tqdm
+
+from .errors import InputError
+
+if TYPE_CHECKING:
+    from .model import Model
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Summed negative log-likelihood over `tokens` predicted tokens, and the argmax predictions."""
+
+    nll: float  # nats, summed
+    tokens: int
+    predictions: np.ndarray  # int64 [tokens], the top-1 next token at every predicted position
+    usage: np.ndarray | None = None  # int64 [n_layers, n_experts]: times each expert was chosen
+
+    @property
+    def perplexity(self) -> float:
+        return float(np.exp(self.nll / self.tokens))
+
+    def agreement(self, other: Evaluation) -> float:
+        """Fraction of positions where both evaluations predict the same next token."""
+        if other.tokens != self.tokens:
+            raise InputError(f"cannot compare evaluations of {self.tokens} and {other.tokens} tokens")
+        return float(np.mean(self.predictions == other.predictions))
+
+
+def read_texts(path: str | Path) -> list[str]:
+    """The text of a file, or of every file under a directory (sorted by path)."""
+    root = Path(path)
+    if root.is_dir():
+        files = sorted(p for p in root.rglob("*") if p.is_file())
+    elif root.is_file():
+        files = [root]
+    else:
+        raise InputError(f"{root}: no such file or directory")
+    texts = [f.read_text(encoding="utf-8", errors="replace") for f in files]
+    if not any(t.strip() for t in texts):
+        raise InputError(f"{root}: no text to evaluate")
+    return texts
+
+
+def windows(documents: Iterable[list[int]], context: int, max_tokens: int | None = None) -> list[np.ndarray]:
+    """Non-overlapping windows of at most `context` ids (≥ 2) per document, capped at `max_tokens` ids."""
+    if context < 2:
+        raise InputError(f"the context must be at least 2 tokens, got {context}")
+    out: list[np.ndarray] = []
+    left = max_tokens if max_tokens is not None else float("inf")
+    for ids in documents:
+        for start in range(0, len(ids), context):
+            chunk = np.asarray(ids[start:start + min(context, left)], dtype=np.int64)
+            if len(chunk) >= 2:
+                out.append(chunk)
+                left -= len(chunk)
+            if left < 2:
+                return out
+    return out
+
+
+def log_likelihood(logits: np.ndarray, targets: np.ndarray) -> tuple[float, np.ndarray]:
+    """Summed negative log-likelihood of `targets` [T] under `logits` [T, V], and the argmax [T]."""
+    x = logits.astype(np.float64)
+    peak = x.max(axis=-1, keepdims=True)
+    log_z = np.log(np.exp(x - peak).sum(axis=-1)) + peak[:, 0]
+    nll = float(np.sum(log_z - x[np.arange(len(targets)), targets]))
+    return nll, logits.argmax(axis=-1).astype(np.int64)
+
+
+def score(windows_: list[np.ndarray], window_logits: Callable[[np.ndarray], np.ndarray],
+          desc: str = "eval") -> tuple[float, int, np.ndarray]:
+    """Sum the NLL over windows given a function from a window's ids [T] to logits [T, V]."""
+    if not windows_:
+        raise InputError("no window of at least 2 tokens to evaluate")
+    nll, count, predictions = 0.0, 0, []
+    bar = tqdm(windows_, desc=desc, unit="window", disable=len(windows_) < 8 or None, leave=False)
+    for ids in bar:
+        part, pred = log_likelihood(window_logits(ids)[:-1], ids[1:])
+        nll += part
+        count += len(ids) - 1
+        predictions.append(pred)
+    return nll, count, np.concatenate(predictions)
+
+
+def evaluate(model: Model, windows_: list[np.ndarray]) -> Evaluation:
+    """Run every window through a fresh sequence of `model`; count the experts its tokens chose."""
+    session = model.session(record_routing=True)
+    spec = model.spec
+    usage = np.zeros((spec.n_layers, spec.routing.n_experts), dtype=np.int64) if spec.is_moe else None
+
+    def window_logits(ids: np.ndarray) -> np.ndarray:
+        session.reset()
+        session.routing_trace.clear()
+        logits = session.prefill(ids)
+        if usage is not None:
+            for layer, chosen in session.routing_trace:
+                usage[layer] += np.bincount(chosen.reshape(-1), minlength=usage.shape[1])
+        return logits
+
+    nll, count, predictions = score(windows_, window_logits, desc="eval bundle")
+    return Evaluation(nll, count, predictions, usage)
+
+
+def balance(usage: np.ndarray) -> np.ndarray:
+    """Coefficient of variation (std / mean) of expert counts per layer; 0 is perfectly even."""
+    mean = usage.mean(axis=1)
+    return np.divide(usage.std(axis=1), mean, out=np.zeros_like(mean, dtype=np.float64), where=mean > 0)
