@@ -16,7 +16,7 @@ from onnx import TensorProto, helper
 
 from ..runtime.bundle import Manifest
 from ..runtime.spec import ModelSpec
-from .onnx_graphs import AttentionIO, GraphBuilder, layer_body, residual, value_info
+from .onnx_graphs import AttentionIO, GraphBuilder, causal_bias, layer_body, residual, rope_tables, value_info
 
 FULL_GRAPH = "full_graph.onnx"
 
@@ -94,8 +94,11 @@ def full_graph(manifest: Manifest) -> onnx.ModelProto:
     h = g.op("Gather", g.weight("embed.weight"), "tokens", axis=0)
     if spec.embedding_multiplier != 1.0:
         h = g.op("Mul", h, g.const(spec.embedding_multiplier))
+    cos, sin = rope_tables(g, spec, "positions")
+    bias = causal_bias(g, spec.n_heads // spec.n_kv_heads, h)
     for i in range(spec.n_layers):
-        io = AttentionIO(hidden=h, past_k=f"past_k_{i}", past_v=f"past_v_{i}", k=f"k_{i}", v=f"v_{i}")
+        io = AttentionIO(hidden=h, cos=cos, sin=sin, causal_bias=bias, past_k=f"past_k_{i}", past_v=f"past_v_{i}",
+                         k=f"k_{i}", v=f"v_{i}")
         inputs += [value_info(io.past_k, kv), value_info(io.past_v, kv)]
         h, ffn_in, logits = layer_body(g, spec, i, io)
         if logits is not None:

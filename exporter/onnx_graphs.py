@@ -1,7 +1,8 @@
 """ONNX graphs for the dense parts of the canonical model: one graph per layer.
 
-A layer graph takes the residual stream `hidden` [T, D], the token `positions` [T] and the
-runtime's cached `past_k`/`past_v` [P, K, Hd]; it returns the new `k`/`v` rows for the runtime
+A layer graph takes the residual stream `hidden` [T, D], the step's RoPE `cos`/`sin` and
+`causal_bias` (computed once per step by the runtime) and the cached `past_k`/`past_v`
+[P, K, Hd]; it returns the new `k`/`v` rows for the runtime
 to store, and either the finished `hidden_out` (dense layer) or the residual stream after
 attention plus the shared expert, the normed FFN input and the router logits (MoE layer).
 Attention splits scores into the cached part and the new part, so the cache is read, never
@@ -98,17 +99,24 @@ def _rope(g: GraphBuilder, x: str, cos: str, sin: str) -> str:
 
 @dataclass(frozen=True)
 class AttentionIO:
-    """Value names an attention block reads (`hidden` only for its length) and writes."""
+    """Value names an attention block reads and writes.
+
+    `cos`/`sin` [T, 1, Hd/2] and the additive `causal_bias` [G·T, T] are the same for every
+    layer of a step, so they are inputs computed once per step, not nodes of every layer.
+    """
 
     hidden: str = "hidden"
-    positions: str = "positions"
+    cos: str = "cos"
+    sin: str = "sin"
+    causal_bias: str = "causal_bias"
     past_k: str = "past_k"
     past_v: str = "past_v"
     k: str = "k"
     v: str = "v"
 
 
-def _rope_tables(g: GraphBuilder, spec: ModelSpec, positions: str) -> tuple[str, str]:
+def rope_tables(g: GraphBuilder, spec: ModelSpec, positions: str) -> tuple[str, str]:
+    """cos and sin [T, 1, Hd/2] of the rotary angles at `positions` [T] (int64)."""
     half = np.arange(0, spec.head_dim, 2, dtype=np.int64).astype(np.float32) / np.float32(spec.head_dim)
     inv_freq = (1.0 / (np.float32(spec.rope_theta) ** half)).astype(np.float32)
     pos = g.op("Unsqueeze", g.op("Cast", positions, to=F32), g.const([1], np.int64))  # [T, 1]
@@ -129,7 +137,7 @@ def _projection(g: GraphBuilder, spec: ModelSpec, x: str, name: str, heads: int)
 def attention(g: GraphBuilder, spec: ModelSpec, x: str, prefix: str, io: AttentionIO = AttentionIO()) -> str:
     """Causal GQA over [past ‖ new] keys; emits the new rows `io.k` and `io.v` [T, K, Hd]."""
     kvh, hd, grp = spec.n_kv_heads, spec.head_dim, spec.n_heads // spec.n_kv_heads
-    cos, sin = _rope_tables(g, spec, io.positions)
+    cos, sin = io.cos, io.sin
     q, k, v = (_projection(g, spec, x, f"{prefix}.{w}", n) for w, n in
                (("wq", spec.n_heads), ("wk", kvh), ("wv", kvh)))
     if spec.qk_norm != "none":
@@ -144,7 +152,7 @@ def attention(g: GraphBuilder, spec: ModelSpec, x: str, prefix: str, io: Attenti
     keys_t = {src: g.op("Transpose", src, perm=[1, 2, 0]) for src in (io.past_k, io.k)}  # [K, Hd, *]
     vals = {src: g.op("Transpose", src, perm=[1, 0, 2]) for src in (io.past_v, io.v)}  # [K, *, Hd]
     s_past = g.op("MatMul", q, keys_t[io.past_k])  # [K, G·T, P]
-    s_new = g.op("Add", g.op("MatMul", q, keys_t[io.k]), _causal_bias(g, grp, io.hidden))  # [K, G·T, T]
+    s_new = g.op("Add", g.op("MatMul", q, keys_t[io.k]), io.causal_bias)  # [K, G·T, T]
     probs = g.op("Softmax", g.op("Concat", s_past, s_new, axis=-1), axis=-1)
     past_len = g.op("Shape", io.past_k, start=0, end=1)
     p_past = g.op("Slice", probs, g.const([0], np.int64), past_len, g.const([2], np.int64))
@@ -156,7 +164,7 @@ def attention(g: GraphBuilder, spec: ModelSpec, x: str, prefix: str, io: Attenti
     return g.linear(out, f"{prefix}.wo.weight")
 
 
-def _causal_bias(g: GraphBuilder, groups: int, hidden: str) -> str:
+def causal_bias(g: GraphBuilder, groups: int, hidden: str) -> str:
     """[G·T, T] additive mask: 0 where key ≤ query, -inf above the diagonal."""
     t = g.op("Shape", hidden, start=0, end=1)
     idx = g.op("Range", g.const(0, np.int64), g.op("Squeeze", t), g.const(1, np.int64))
@@ -202,8 +210,9 @@ def layer_graph(spec: ModelSpec, i: int, weights_file: str, locate: WeightLocato
     """The ONNX graph of layer `i` (see module docstring for inputs and outputs)."""
     g = GraphBuilder(weights_file, locate)
     kv = ["P", spec.n_kv_heads, spec.head_dim]
-    inputs = [value_info("hidden", ["T", spec.hidden_size]),
-              helper.make_tensor_value_info("positions", TensorProto.INT64, ["T"]),
+    half = spec.head_dim // 2
+    inputs = [value_info("hidden", ["T", spec.hidden_size]), value_info("cos", ["T", 1, half]),
+              value_info("sin", ["T", 1, half]), value_info("causal_bias", ["GT", "T"]),
               value_info("past_k", kv), value_info("past_v", kv)]
     h, ffn_in, logits = layer_body(g, spec, i)
     g.op("Identity", h, name="hidden_out")

@@ -70,6 +70,8 @@ class Model:
         self.root = root
         self.manifest = manifest
         self.spec: ModelSpec = manifest.spec
+        half = np.arange(0, self.spec.head_dim, 2, dtype=np.float32) / np.float32(self.spec.head_dim)
+        self._inv_freq = (1.0 / np.float32(self.spec.rope_theta) ** half).astype(np.float32)
         self.threads = threads
         options = _session_options(threads)
         self.layers = [DenseGraph(root / name, options) for name in manifest.layer_graphs]
@@ -114,10 +116,17 @@ class Model:
         mult = self.spec.embedding_multiplier
         return rows if mult == 1.0 else rows * np.float32(mult)
 
-    def run_layer(self, i: int, hidden: np.ndarray, positions: np.ndarray, past_k: np.ndarray,
+    def step_tables(self, start: int, count: int) -> dict[str, np.ndarray]:
+        """Inputs shared by every layer graph of one step: RoPE cos/sin and the causal bias."""
+        angles = np.arange(start, start + count, dtype=np.float32)[:, None, None] * self._inv_freq  # [T, 1, Hd/2]
+        bias = np.triu(np.full((count, count), -np.inf, dtype=np.float32), 1)  # key after query: masked
+        groups = self.spec.n_heads // self.spec.n_kv_heads
+        return {"cos": np.cos(angles), "sin": np.sin(angles), "causal_bias": np.tile(bias, (groups, 1))}
+
+    def run_layer(self, i: int, hidden: np.ndarray, tables: dict[str, np.ndarray], past_k: np.ndarray,
                   past_v: np.ndarray) -> LayerOutputs:
-        out = self.layers[i].run({"hidden": hidden, "positions": positions, "past_k": past_k, "past_v": past_v})
-        return LayerOutputs(*out)
+        """Layer graph i on hidden [T, D] with the step's tables and the cached rows [P, K, Hd]."""
+        return LayerOutputs(*self.layers[i].run({"hidden": hidden, "past_k": past_k, "past_v": past_v, **tables}))
 
     def logits(self, hidden: np.ndarray) -> np.ndarray:
         return self.head.run(hidden)

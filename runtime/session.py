@@ -51,10 +51,10 @@ class Session:
             raise InputError(f"{t} tokens at position {pos} exceed the context length "
                              f"{model.spec.max_seq_len}")
         hidden = model.embed(tokens)
-        positions = np.arange(pos, pos + t, dtype=np.int64)
+        tables = model.step_tables(pos, t)
         residual_mult = np.float32(model.spec.residual_multiplier)
         for i in range(model.spec.n_layers):
-            out = model.run_layer(i, hidden, positions, self.k_cache[i][:pos], self.v_cache[i][:pos])
+            out = model.run_layer(i, hidden, tables, self.k_cache[i][:pos], self.v_cache[i][:pos])
             self.k_cache[i][pos:pos + t] = out.k
             self.v_cache[i][pos:pos + t] = out.v
             hidden = out.hidden

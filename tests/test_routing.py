@@ -65,7 +65,7 @@ def test_moe_block_matches_numpy_reference(exported, routing):
     spec = model.spec
     x = np.random.default_rng(0).standard_normal((5, spec.hidden_size)).astype(np.float32)
     empty = np.zeros((0, spec.n_kv_heads, spec.head_dim), np.float32)
-    out = model.run_layer(0, x, np.arange(5), empty, empty)
+    out = model.run_layer(0, x, model.step_tables(0, 5), empty, empty)
     ids, weights = model.moe[0].select(out.router_logits)
     got = out.hidden + model.moe[0].compute(out.ffn_in, ids, weights)
 
