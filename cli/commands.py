@@ -10,12 +10,12 @@ import numpy as np
 
 
 def export(src: str, out: str, group_size: int | None = None, force: bool = False,
-           float_experts: bool = False, full_graph: bool = False) -> None:
+           float_experts: bool = False, full_graph: bool = False, dense_int8: bool = False) -> None:
     """Export a checkpoint folder (moedge or Hugging Face) to a bundle."""
     from moedge.exporter import export as export_bundle  # torch is only needed here
 
     manifest = export_bundle(src, out, group_size=group_size, force=force, float_experts=float_experts,
-                             full_graph=full_graph)
+                             full_graph=full_graph, dense_int8=dense_int8)
     sizes = manifest.files
     experts = sizes.get(manifest.experts.file, {}).get("size", 0) if manifest.experts else 0
     dense = sum(v["size"] for k, v in sizes.items() if k.endswith((".bin", ".onnx"))) - experts

@@ -37,7 +37,7 @@ from ..runtime.spec import ModelSpec
 from .full_graph import write_full_graph
 from .onnx_graphs import layer_graph
 from .source import ExportError, Source
-from .tensor_names import dense_names, expert_names
+from .tensor_names import dense_names, expert_names, is_dense_linear
 
 DENSE_FILE = "dense.bin"
 EXPERTS_FILE = "experts.bin"
@@ -56,8 +56,25 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _write_dense(source: Source, path: Path, group_size: int, quantize: bool):
-    """Float32 dense tensors, plus the LM head as `head.weight` (int8 or float32) and `head.scale`.
+def _nbits_block(in_features: int, group_size: int) -> int:
+    """MatMulNBits block: the group size, else the largest power of two ≤ 128 dividing the input."""
+    for block in (group_size,) if group_size else (128, 64, 32, 16):
+        if in_features % block == 0:
+            return block
+    raise ExportError(f"--dense-int8 needs an input dimension divisible by 16 (got {in_features})")
+
+
+def _int8_codes(weight: np.ndarray, group_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """A dense linear as MatMulNBits wants it: uint8 codes q + 128 [out, in/b, b] and scales [out, in/b]."""
+    block = _nbits_block(weight.shape[1], group_size)
+    q = quantize_int8(weight, block)
+    codes = (q.q.astype(np.int16) + 128).astype(np.uint8).reshape(weight.shape[0], -1, block)
+    return codes, q.scale
+
+
+def _write_dense(source: Source, path: Path, group_size: int, quantize: bool, dense_int8: bool):
+    """Dense tensors (float32, or int8 codes for the linears with `dense_int8`), plus the LM head
+    as `head.weight` (int8 or float32) and `head.scale`.
 
     Returns the tensor index, the head's names and its quantization error.
     """
@@ -72,8 +89,15 @@ def _write_dense(source: Source, path: Path, group_size: int, quantize: bool):
 
     with open(path, "wb") as f:
         for name in dense_names(spec):
-            if name != "lm_head.weight":
-                write(f, name, np.asarray(source.get(name), dtype=np.float32))
+            if name == "lm_head.weight":
+                continue
+            tensor = np.asarray(source.get(name), dtype=np.float32)
+            if dense_int8 and is_dense_linear(name):
+                codes, scale = _int8_codes(tensor, group_size)
+                write(f, name, codes)
+                write(f, f"{name}_scale", scale)
+            else:
+                write(f, name, tensor)
         weight = np.asarray(source.get(head_source), dtype=np.float32)
         try:
             head = quantize_int8(weight, group_size or None) if quantize else _unquantized(weight)
@@ -155,14 +179,10 @@ def _expert_span(quantized, e: int, layout: dict[str, TensorEntry], span: int) -
 
 
 def _write_graphs(spec: ModelSpec, root: Path, dense: dict[str, TensorEntry], progress: tqdm) -> list[str]:
-    def locate(name: str):
-        entry = dense[name]
-        return entry.offset, entry.nbytes, entry.shape
-
     names = []
     for i in range(spec.n_layers):
         names.append(f"layer_{i:03d}.onnx")
-        _save_checked(layer_graph(spec, i, DENSE_FILE, locate), root / names[-1])
+        _save_checked(layer_graph(spec, i, DENSE_FILE, dense.get), root / names[-1])
         progress.update(1)
     return names
 
@@ -173,7 +193,7 @@ def _save_checked(model: onnx.ModelProto, path: Path) -> None:
 
 
 def write_bundle_files(source: Source, root: Path, group_size: int | None, show_progress: bool,
-                       quantize: bool = True, with_full_graph: bool = False) -> Manifest:
+                       quantize: bool = True, with_full_graph: bool = False, dense_int8: bool = False) -> Manifest:
     """Write every file of a bundle into the (empty) folder `root`; return its manifest."""
     spec = source.spec
     moe_layers = [i for i, kind in enumerate(spec.layer_kinds) if kind == "moe"]
@@ -182,7 +202,7 @@ def write_bundle_files(source: Source, root: Path, group_size: int | None, show_
     group = group_size or 0
     with tqdm(total=spec.n_layers + len(moe_layers), desc="export", unit="layer",
               disable=not show_progress) as progress:
-        dense, head, head_error = _write_dense(source, root / DENSE_FILE, group, quantize)
+        dense, head, head_error = _write_dense(source, root / DENSE_FILE, group, quantize, dense_int8)
         graphs = _write_graphs(spec, root, dense, progress)
         experts, report = (None, {})
         if moe_layers:
@@ -192,6 +212,7 @@ def write_bundle_files(source: Source, root: Path, group_size: int | None, show_
         tokenizer = "tokenizer.json"
         shutil.copyfile(source.tokenizer_file, root / tokenizer)
     manifest = Manifest(spec=spec, quant_scheme="int8" if quantize else "float32", group_size=group,
+                        dense_linears="int8" if dense_int8 else "float32",
                         layer_graphs=tuple(graphs), head=head, dense_file=DENSE_FILE,
                         dense_tensors=dense, experts=experts, tokenizer=tokenizer, files={},
                         generation=source.generation, quant_report={"layers": report, "head": head_error})
@@ -204,7 +225,8 @@ def write_bundle_files(source: Source, root: Path, group_size: int | None, show_
 
 
 def write_bundle(source: Source, out: str | Path, group_size: int | None = None, force: bool = False,
-                 show_progress: bool = True, quantize: bool = True, with_full_graph: bool = False) -> Manifest:
+                 show_progress: bool = True, quantize: bool = True, with_full_graph: bool = False,
+                 dense_int8: bool = False) -> Manifest:
     """Export `source` to the bundle folder `out`; nothing is left at `out` if this fails."""
     out = Path(out).absolute()
     if out.exists() and not force:
@@ -212,7 +234,7 @@ def write_bundle(source: Source, out: str | Path, group_size: int | None = None,
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
-        manifest = write_bundle_files(source, tmp, group_size, show_progress, quantize, with_full_graph)
+        manifest = write_bundle_files(source, tmp, group_size, show_progress, quantize, with_full_graph, dense_int8)
         _fsync_tree(tmp)
         if out.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))

@@ -87,7 +87,7 @@ def full_graph(manifest: Manifest) -> onnx.ModelProto:
     if spec.is_moe and manifest.quant_scheme != "int8":
         raise ValueError("the full-graph peer needs int8 experts")
     dense = manifest.dense_tensors
-    g = GraphBuilder(manifest.dense_file, lambda n: (dense[n].offset, dense[n].nbytes, dense[n].shape))
+    g = GraphBuilder(manifest.dense_file, dense.get)
     kv = ["P", spec.n_kv_heads, spec.head_dim]
     inputs = [helper.make_tensor_value_info(n, TensorProto.INT64, ["T"]) for n in ("tokens", "positions")]
     outputs = []

@@ -18,13 +18,15 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from ..runtime.bundle import TensorEntry
 from ..runtime.spec import ModelSpec
 
 OPSET = 17
 F32 = TensorProto.FLOAT
 
-# tensor name -> (offset, nbytes, shape) in the dense weights file; supplied by the bundle writer.
-WeightLocator = Callable[[str], tuple[int, int, tuple[int, ...]]]
+# tensor name -> its entry in the dense weights file (supplied by the bundle writer); None if absent.
+WeightLocator = Callable[[str], TensorEntry | None]
+ONNX_TYPES = {"float32": TensorProto.FLOAT, "uint8": TensorProto.UINT8}
 
 
 class GraphBuilder:
@@ -52,10 +54,10 @@ class GraphBuilder:
         return name
 
     def weight(self, name: str) -> str:
-        """A float32 initializer stored as external data in the shared weights file."""
+        """An initializer stored as external data in the shared weights file."""
         if name not in self._seen:
-            offset, nbytes, shape = self.locate(name)
-            self.external(name, self.weights_file, offset, nbytes, shape, F32)
+            entry = self.locate(name)
+            self.external(name, self.weights_file, entry.offset, entry.nbytes, entry.shape, ONNX_TYPES[entry.dtype])
         return name
 
     def external(self, name: str, file: str, offset: int, nbytes: int, shape, data_type: int) -> str:
@@ -69,9 +71,16 @@ class GraphBuilder:
         return name
 
     def linear(self, x: str, weight_name: str, bias_name: str | None = None) -> str:
-        """x [T, in] @ W[out, in]^T (+ b)."""
+        """x [T, in] @ W[out, in]^T (+ b); an int8 weight runs as MatMulNBits with int8 activations."""
         bias = [self.weight(bias_name)] if bias_name else []
-        return self.op("Gemm", x, self.weight(weight_name), *bias, transB=1)
+        entry = self.locate(weight_name)
+        if entry.dtype == "float32":
+            return self.op("Gemm", x, self.weight(weight_name), *bias, transB=1)
+        rows, blocks, block = entry.shape  # uint8 codes q + 128, [out, in / block, block]
+        y = self.op("MatMulNBits", x, self.weight(weight_name), self.weight(f"{weight_name}_scale"),
+                    domain="com.microsoft", K=blocks * block, N=rows, bits=8, block_size=block,
+                    accuracy_level=4)
+        return self.op("Add", y, *bias) if bias else y
 
     def rmsnorm(self, x: str, weight_name: str, eps: float) -> str:
         mean_sq = self.op("ReduceMean", self.op("Mul", x, x), axes=[-1], keepdims=1)
@@ -85,8 +94,8 @@ class GraphBuilder:
 
     def model(self, inputs, outputs, name: str) -> onnx.ModelProto:
         graph = helper.make_graph(self.nodes, name, inputs, outputs, self.initializers)
-        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
-                                 producer_name="moedge")
+        return helper.make_model(graph, producer_name="moedge", opset_imports=[
+            helper.make_opsetid("", OPSET), helper.make_opsetid("com.microsoft", 1)])
 
 
 def _rope(g: GraphBuilder, x: str, cos: str, sin: str) -> str:

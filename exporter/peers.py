@@ -74,7 +74,7 @@ def torch_model_from_bundle(root: Path, manifest: Manifest) -> Transformer:
     model = Transformer(manifest.spec)
     dense = np.fromfile(root / manifest.dense_file, dtype=np.uint8)
     head = {key: tensor_view(dense, manifest, name) for key, name in manifest.head.items()}
-    state = {name: torch.from_numpy(tensor_view(dense, manifest, name).copy())
+    state = {name: torch.from_numpy(_dense_float(dense, manifest, name))
              for name in model.state_dict() if name in manifest.dense_tensors}
     if manifest.experts is not None:
         index = manifest.experts
@@ -96,6 +96,15 @@ def torch_model_from_bundle(root: Path, manifest: Manifest) -> Transformer:
         model.lm_head.weight.copy_(torch.from_numpy(dequantize(QuantizedTensor(
             q=head["weight"], scale=head["scale"], group_size=head["weight"].shape[1] // head["scale"].shape[1]))))
     return model.eval()
+
+
+def _dense_float(dense: np.ndarray, manifest: Manifest, name: str) -> np.ndarray:
+    """A dense tensor as float32; int8 linears (uint8 codes + scales) are dequantized."""
+    tensor = tensor_view(dense, manifest, name)
+    if tensor.dtype != np.uint8:
+        return tensor.copy()
+    scale = tensor_view(dense, manifest, f"{name}_scale")
+    return ((tensor.astype(np.float32) - 128.0) * scale[:, :, None]).reshape(tensor.shape[0], -1)
 
 
 def torch_eager_ms(root: Path, manifest: Manifest, threads: int, prompt, tokens) -> float:

@@ -48,3 +48,14 @@ def dense_names(spec: ModelSpec) -> list[str]:
     if not spec.tie_embeddings:
         names.append("lm_head.weight")
     return names
+
+
+def is_dense_linear(name: str) -> bool:
+    """An attention projection or a dense/shared FFN matrix: what `--dense-int8` quantizes.
+
+    The router and the shared expert's gate stay float32 (they decide, they are small).
+    """
+    parts = name.split(".")
+    return parts[0] == "layers" and parts[-1] == "weight" and (
+        parts[2] == "attn" and parts[3] in ("wq", "wk", "wv", "wo")
+        or parts[2] == "ffn" and parts[-2] in EXPERT_PARTS)

@@ -24,7 +24,7 @@ MANIFEST = "manifest.json"
 PAGE = 4096
 EXPERTS_MAGIC = b"MOEDGEXP"
 EXPERTS_HEADER = struct.Struct("<8sII")  # magic, format version, header bytes
-DTYPES = {"float32": np.float32, "int8": np.int8}
+DTYPES = {"float32": np.float32, "int8": np.int8, "uint8": np.uint8}
 EXPERT_TENSORS = ("gate", "up", "down", "gate_scale", "up_scale", "down_scale")
 WEIGHT_DTYPES = {"int8": "int8", "float32": "float32"}  # quantization scheme -> dtype of experts and head
 
@@ -73,6 +73,7 @@ class Manifest:
     spec: ModelSpec
     quant_scheme: str  # "int8" or "float32": the experts and the LM head
     group_size: int  # 0: one scale per output channel
+    dense_linears: str  # "float32", or "int8": graph linears as MatMulNBits with int8 activations
     layer_graphs: tuple[str, ...]
     head: dict[str, str]  # "norm", "weight", "scale": names of dense tensors
     dense_file: str
@@ -88,7 +89,8 @@ class Manifest:
         return {
             "format": FORMAT_NAME, "format_version": FORMAT_VERSION,
             "model": self.spec.to_dict(),
-            "quantization": {"scheme": self.quant_scheme, "group_size": self.group_size},
+            "quantization": {"scheme": self.quant_scheme, "group_size": self.group_size,
+                             "dense_linears": self.dense_linears},
             "graphs": {"layers": list(self.layer_graphs), **({"full": self.full_graph} if self.full_graph else {})},
             "head": self.head,
             "dense": {"file": self.dense_file,
@@ -254,6 +256,9 @@ def read_manifest(root: str | Path) -> Manifest:
     if scheme not in WEIGHT_DTYPES:
         raise BundleError(f"manifest: quantization scheme {scheme!r} is not one of {sorted(WEIGHT_DTYPES)}")
     group = _field(quant, "group_size", int, "quantization.")
+    dense_linears = quant.get("dense_linears", "float32")
+    if dense_linears not in ("float32", "int8"):
+        raise BundleError(f"manifest: quantization.dense_linears {dense_linears!r} is not float32 or int8")
     head = _read_head(_field(data, "head", dict, ""), dense_tensors, spec, scheme)
     experts = None
     if spec.is_moe:
@@ -261,7 +266,7 @@ def read_manifest(root: str | Path) -> Manifest:
     tokenizer = data.get("tokenizer")
     if tokenizer is not None:
         _check_file(root, files, tokenizer)
-    return Manifest(spec=spec, quant_scheme=scheme, group_size=group,
+    return Manifest(spec=spec, quant_scheme=scheme, group_size=group, dense_linears=dense_linears,
                     layer_graphs=layer_graphs, head=head, dense_file=dense_file,
                     dense_tensors=dense_tensors, experts=experts, tokenizer=tokenizer, files=files,
                     generation=data.get("generation") or {}, quant_report=data.get("quant_report") or {},

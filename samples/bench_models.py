@@ -80,11 +80,13 @@ def _canonical_shapes(spec: ModelSpec):
     return shape
 
 
-def main(out: str, only: list[str] | None = None, group_size: int | None = None) -> None:
+def main(out: str, only: list[str] | None = None, group_size: int | None = None, dense_int8: bool = False) -> None:
     root = Path(out)
     for name in only or SHAPES:
         print(f"{name}:")
-        write_bundle(random_source(SHAPES[name]), root / f"{name}.moedge", group_size=group_size, force=True)
+        suffix = "-dense-int8" if dense_int8 else ""
+        write_bundle(random_source(SHAPES[name]), root / f"{name}{suffix}.moedge", group_size=group_size, force=True,
+                     dense_int8=dense_int8)
 
 
 if __name__ == "__main__":
@@ -92,5 +94,6 @@ if __name__ == "__main__":
     parser.add_argument("out")
     parser.add_argument("--only", nargs="*", choices=list(SHAPES))
     parser.add_argument("--group-size", type=int, default=None)
+    parser.add_argument("--dense-int8", action="store_true", help="int8 attention matrices too (see moedge export)")
     args = parser.parse_args()
-    main(args.out, args.only, args.group_size)
+    main(args.out, args.only, args.group_size, args.dense_int8)
