@@ -18,8 +18,7 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 setup: $(BIN)/.installed
 
 demo: setup
-	$(BIN)/python samples/make_default.py $(BUILD)/default-src
-	$(BIN)/moedge export $(BUILD)/default-src -o $(BUILD)/default.moedge --force
+	$(BIN)/moedge export samples/default-moe -o $(BUILD)/default.moedge --force
 	$(BIN)/moedge run $(BUILD)/default.moedge --prompt "$(PROMPT)" -n $(TOKENS)
 
 lint: setup

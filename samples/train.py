@@ -1,6 +1,6 @@
 """Train a small MoE or dense language model on Python's docs and stdlib sources, on the CPU.
 
-    python samples/train.py moe OUT_DIR [--steps 2400] [--seed 0]
+    python samples/train.py moe OUT_DIR [--steps 600] [--seed 0]
     python samples/train.py dense OUT_DIR
     python samples/train.py moe OUT_DIR --tiny --steps 20      # smoke test
 
@@ -37,7 +37,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 EOS = "<|endoftext|>"
-THREADS = 2
+THREADS = 1  # one thread each: deterministic, and robust when the cores are shared
 
 
 def byte_level_bpe(texts: list[str], vocab_size: int) -> Tokenizer:
@@ -58,7 +58,7 @@ def model_spec(kind: str, vocab_size: int, tiny: bool) -> ModelSpec:
     moe = kind == "moe"
     return ModelSpec(vocab_size=vocab_size, hidden_size=hidden, n_layers=layers, n_heads=hidden // 32,
                      n_kv_heads=max(1, hidden // 128), head_dim=32, intermediate_size=routing.top_k * expert,
-                     layer_kinds=(kind,) * layers, max_seq_len=256, tie_embeddings=True,
+                     layer_kinds=(kind,) * layers, max_seq_len=64 if tiny else 256, tie_embeddings=True,
                      expert_intermediate_size=expert if moe else 0, routing=routing if moe else None)
 
 
@@ -127,7 +127,7 @@ def plot_losses(history: dict, path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def train(kind: str, out: str, steps: int = 2400, seed: int = 0, batch: int = 16, lr: float = 3e-3,
+def train(kind: str, out: str, steps: int = 600, seed: int = 0, batch: int = 8, lr: float = 3e-3,
           aux_weight: float = 0.01, vocab: int = 2048, tiny: bool = False) -> Path:
     """Train one model and write its checkpoint, loss curve and log to `out`."""
     torch.manual_seed(seed)
@@ -195,9 +195,9 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("kind", choices=["moe", "dense"])
     parser.add_argument("out", help="checkpoint folder to write")
-    parser.add_argument("--steps", type=int, default=2400)
+    parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--aux-weight", type=float, default=0.01, help="load-balancing loss weight")
     parser.add_argument("--vocab", type=int, default=2048)

@@ -18,11 +18,8 @@ def moedge(*args, check=True):
 
 
 @pytest.fixture(scope="module")
-def default_checkpoint(tmp_path_factory):
-    out = tmp_path_factory.mktemp("default") / "src"
-    subprocess.run([sys.executable, str(ROOT / "samples" / "make_default.py"), str(out)], check=True,
-                   capture_output=True, timeout=300)
-    return out
+def default_checkpoint():
+    return ROOT / "samples" / "default-moe"
 
 
 def test_export_inspect_run(default_checkpoint, tmp_path):
@@ -48,6 +45,6 @@ def test_bad_input_is_one_line_error(args, message):
     assert "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("command", ["export", "run", "inspect"])
+@pytest.mark.parametrize("command", ["export", "run", "inspect", "eval"])
 def test_help(command):
     assert "usage: moedge " + command in moedge(command, "--help").stdout
