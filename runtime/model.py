@@ -50,15 +50,23 @@ def _session_options(threads: int, prepack: bool) -> ort.SessionOptions:
     return options
 
 
+LAYER_INPUTS = {"hidden", "cos", "sin", "causal_bias", "past_k", "past_v"}
+LAYER_OUTPUTS = (["hidden_out", "k", "v"], ["hidden_out", "k", "v", "ffn_in", "router_logits"])
+
+
 class DenseGraph:
-    """One onnxruntime session over a layer graph."""
+    """One onnxruntime session over a layer graph, checked against the graph contract (FORMAT.md)."""
 
     def __init__(self, path: Path, options: ort.SessionOptions):
         try:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception types
             raise BundleError(f"{path.name}: onnxruntime cannot load this graph: {exc}") from None
+        inputs = {i.name for i in self.session.get_inputs()}
         self.outputs = [o.name for o in self.session.get_outputs()]
+        if inputs != LAYER_INPUTS or self.outputs not in LAYER_OUTPUTS:
+            raise BundleError(f"{path.name}: inputs {sorted(inputs)} / outputs {self.outputs} are not the layer "
+                              "graph contract of this runtime; re-export the model")
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         return self.session.run(self.outputs, feeds)

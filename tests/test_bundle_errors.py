@@ -124,3 +124,16 @@ def test_export_refusals(exported, tmp_path):
     with pytest.raises(ExportError, match="group size 48|must be one of"):
         export(case.checkpoint, tmp_path / "y.moedge", group_size=48, show_progress=False)
     assert not (tmp_path / "y.moedge").exists()
+
+
+def test_graph_with_other_inputs_is_rejected(bundle):
+    import onnx
+    from onnx import helper
+
+    path = bundle / "layer_002.onnx"
+    model = onnx.load(str(path), load_external_data=False)
+    model.graph.input.append(helper.make_tensor_value_info("positions", onnx.TensorProto.INT64, ["T"]))
+    onnx.save(model, str(path))
+    edit_manifest(bundle, lambda d: d["files"]["layer_002.onnx"].update(size=path.stat().st_size))
+    with pytest.raises(BundleError, match="layer_002.onnx: inputs .* re-export"):
+        Model.load(bundle)
