@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 from . import commands
@@ -69,6 +70,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = vars(_parser().parse_args(argv))
+    # SIGTERM unwinds like Ctrl-C, so an interrupted export removes its temporary folder.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     command = getattr(commands, args.pop("command"))
     try:
         command(**args)
