@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 BUILD := build
-PROMPT ?= The for statement is used to
+PROMPT ?= def __init__(self
 TOKENS ?= 48
 
 .PHONY: setup demo test lint clean
@@ -19,7 +19,7 @@ setup: $(BIN)/.installed
 
 demo: setup
 	$(BIN)/moedge export samples/default-moe -o $(BUILD)/default.moedge --force
-	$(BIN)/moedge run $(BUILD)/default.moedge --prompt "$(PROMPT)" -n $(TOKENS)
+	$(BIN)/moedge run $(BUILD)/default.moedge --prompt "$(PROMPT)" -n $(TOKENS) --temperature 0.7 --top-k 40 --seed 0
 
 lint: setup
 	$(BIN)/ruff check exporter runtime quant cli tests samples

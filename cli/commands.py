@@ -119,6 +119,8 @@ def eval(bundle: str, text: str, reference: str | None = None, context: int | No
     context = context or model.spec.max_seq_len
     if not 2 <= context <= model.spec.max_seq_len:
         raise InputError(f"--context must be in [2, {model.spec.max_seq_len}], got {context}")
+    if usage and not model.spec.is_moe:
+        raise InputError("--usage needs an MoE bundle")
     texts = read_texts(text)
     docs = [model.encode(t) for t in texts]
     chunks = windows(docs, context, max_tokens)
@@ -136,8 +138,6 @@ def eval(bundle: str, text: str, reference: str | None = None, context: int | No
               f"top-1 agreement {100 * result.agreement(ref):.2f}%")
     if result.usage is not None:
         _report_usage(model, result.usage, usage, f"{Path(bundle).name} on {Path(text).name}")
-    elif usage:
-        raise InputError("--usage needs an MoE bundle")
 
 
 def _report_usage(model, counts: np.ndarray, image: str | None, title: str) -> None:

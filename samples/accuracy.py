@@ -1,0 +1,99 @@
+"""The README's accuracy table: each trained model exported with every expert quantization, scored
+on the held-out split against its own float32 PyTorch model.
+
+    python samples/accuracy.py samples/default-moe samples/default-dense [--max-tokens N]
+
+For each checkpoint: the float model's perplexity (PyTorch), then one bundle per scheme —
+float32 experts, int8 per output channel, int8 per group of 32/64/128, and int8 per channel with
+the attention/dense-FFN matrices int8 too (`--dense-int8`) — with its perplexity,
+relative change, top-1 next-token agreement with the float model and size on disk. Rows show
+what the exporter actually wrote, read back from each manifest (a dense model has no experts).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+from corpus import documents, split
+
+from moedge.exporter import ExportError, export
+from moedge.exporter.checkpoint import WEIGHTS_FILE
+from moedge.exporter.reference import evaluate_reference, reference_tokenizer
+from moedge.runtime import Model
+from moedge.runtime.bundle import Manifest
+from moedge.runtime.evaluate import evaluate, windows
+
+SCHEMES = [("float32 experts", None, True, False), ("int8 per channel", None, False, False),
+           ("int8 group 32", 32, False, False), ("int8 group 64", 64, False, False),
+           ("int8 group 128", 128, False, False), ("int8 per channel, dense int8", None, False, True)]
+TARGET_CHANGE, TARGET_AGREEMENT = 0.003, 0.98
+
+
+def size_mb(folder: Path) -> float:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 1e6
+
+
+def stored(manifest: Manifest) -> str:
+    """What the exporter wrote, read back from the manifest: the scheme and what it covers."""
+    data = manifest.to_dict()
+    q = data["quantization"]
+    scheme = q["scheme"]
+    if scheme == "int8":
+        scheme += f" group {q['group_size']}" if q.get("group_size") else " per channel"
+    covers = " + ".join(name for name, present in (("experts", manifest.experts), ("LM head", data.get("head")))
+                        if present)
+    rest = "".join(f"; {key.replace('_', ' ')} {value}" for key, value in q.items()
+                   if key not in ("scheme", "group_size"))
+    return f"{covers or 'nothing'}: {scheme}{rest}"
+
+
+def rows_for(checkpoint: Path, texts: list[str], max_tokens: int | None, threads: int) -> list[str]:
+    """Markdown table rows for one checkpoint."""
+    docs = [e.ids for e in reference_tokenizer(checkpoint).encode_batch(texts)]
+    ref = None
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, group, float_experts, dense_int8 in SCHEMES:
+            bundle = Path(tmp) / f"{label.replace(' ', '-')}.moedge"
+            try:
+                manifest = export(checkpoint, bundle, group_size=group, show_progress=False,
+                                  float_experts=float_experts, dense_int8=dense_int8)
+            except ExportError as exc:
+                rows.append(f"| {checkpoint.name} | {label}: not exportable ({exc}) | | | | | |")
+                continue
+            model = Model.load(bundle, threads=threads)
+            chunks = windows(docs, model.spec.max_seq_len, max_tokens)
+            if ref is None:
+                ref = evaluate_reference(checkpoint, chunks)
+                rows.append(f"| {checkpoint.name} | float32 (PyTorch) | {ref.perplexity:.3f} | — | — | "
+                            f"{(checkpoint / WEIGHTS_FILE).stat().st_size / 1e6:.1f} MB | |")
+            result = evaluate(model, chunks)
+            change, agree = result.perplexity / ref.perplexity - 1, result.agreement(ref)
+            ok = abs(change) < TARGET_CHANGE and agree > TARGET_AGREEMENT
+            rows.append(f"| {checkpoint.name} | {stored(manifest)} | {result.perplexity:.3f} | {100 * change:+.3f}% | "
+                        f"{100 * agree:.2f}% | {size_mb(bundle):.1f} MB | {'yes' if ok else 'NO'} |")
+            print(rows[-1], flush=True)
+    return rows
+
+
+def main(checkpoints: list[str], max_tokens: int | None = None, threads: int = 1) -> str:
+    """Print (and return) the markdown table for `checkpoints` on the held-out split."""
+    texts = [text for _, text in split(documents())[1]]
+    header = ["| model | stored (from the manifest) | held-out perplexity | change vs float | top-1 agreement | size | "
+              f"target (< {100 * TARGET_CHANGE:.1f}%, > {100 * TARGET_AGREEMENT:.0f}%) |",
+              "|---|---|---|---|---|---|---|"]
+    rows = [row for c in checkpoints for row in rows_for(Path(c), texts, max_tokens, threads)]
+    table = "\n".join(header + rows)
+    print(f"\nheld-out split: {len(texts)} documents\n\n{table}")
+    return table
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoints", nargs="+")
+    parser.add_argument("--max-tokens", type=int, default=None, help="score only the first N held-out tokens")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    main(args.checkpoints, args.max_tokens, args.threads)

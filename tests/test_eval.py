@@ -1,0 +1,121 @@
+"""Evaluation: the shipped trained MoE on a held-out slice (trained vs untrained, int8 vs float),
+the windowing and likelihood helpers, and `moedge eval` end to end."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import tiny_dense_spec
+from moedge.exporter import export
+from moedge.exporter.checkpoint import read_checkpoint, save_checkpoint
+from moedge.exporter.model import Transformer
+from moedge.exporter.reference import evaluate_reference, reference_tokenizer
+from moedge.runtime import Model
+from moedge.runtime.evaluate import balance, evaluate, log_likelihood, windows
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = ROOT / "samples" / "default-moe"
+SLICE_TOKENS = 1024
+sys.path.insert(0, str(ROOT / "samples"))
+from corpus import documents, split  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def heldout_text():
+    return [text for _, text in split(documents())[1]]
+
+
+@pytest.fixture(scope="module")
+def heldout_slice(heldout_text):
+    """The first SLICE_TOKENS held-out tokens, in windows of the model's context."""
+    docs = [e.ids for e in reference_tokenizer(SHIPPED).encode_batch(heldout_text[:4])]
+    return windows(docs, 256, SLICE_TOKENS)
+
+
+@pytest.fixture(scope="module")
+def shipped_bundle(tmp_path_factory):
+    bundle = tmp_path_factory.mktemp("shipped") / "default.moedge"
+    export(SHIPPED, bundle, show_progress=False)  # int8 per output channel, the default
+    return bundle
+
+
+@pytest.fixture(scope="module")
+def float_reference(heldout_slice):
+    return evaluate_reference(SHIPPED, heldout_slice)
+
+
+def test_trained_model_beats_an_untrained_one_by_far(float_reference, heldout_slice, tmp_path):
+    torch.manual_seed(0)
+    untrained = save_checkpoint(Transformer(read_checkpoint(SHIPPED).spec), tmp_path / "untrained")
+    baseline = evaluate_reference(untrained, heldout_slice)
+    assert float_reference.tokens == SLICE_TOKENS - len(heldout_slice)
+    assert float_reference.perplexity < baseline.perplexity / 10, (float_reference.perplexity, baseline.perplexity)
+
+
+def test_int8_bundle_is_within_bound_of_float(shipped_bundle, float_reference, heldout_slice):
+    result = evaluate(Model.load(shipped_bundle, threads=1), heldout_slice)
+    assert abs(result.perplexity / float_reference.perplexity - 1) < 0.003
+    assert result.agreement(float_reference) > 0.98
+    assert result.usage.sum() == SLICE_TOKENS * 2 * 4  # every token routed to 2 experts in 4 layers
+
+
+def test_windows_do_not_overlap_or_cross_documents():
+    out = windows([list(range(10)), [7], list(range(5))], context=4, max_tokens=None)
+    assert [w.tolist() for w in out] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9], [0, 1, 2, 3]]
+    capped = windows([list(range(10))], context=4, max_tokens=6)
+    assert [w.tolist() for w in capped] == [[0, 1, 2, 3], [4, 5]]
+
+
+def test_log_likelihood_matches_a_direct_softmax():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(5, 11)).astype(np.float32) * 4
+    targets = rng.integers(0, 11, size=5)
+    nll, pred = log_likelihood(logits, targets)
+    expected = -torch.log_softmax(torch.from_numpy(logits).double(), -1)[torch.arange(5), targets].sum()
+    assert nll == pytest.approx(float(expected), rel=1e-9)
+    assert pred.tolist() == logits.argmax(-1).tolist()
+
+
+def test_balance_is_zero_when_even_and_grows_with_skew():
+    cv = balance(np.array([[5, 5, 5, 5], [10, 0, 5, 5], [0, 0, 0, 0]]))
+    assert cv[0] == 0 and cv[1] == pytest.approx(np.std([10, 0, 5, 5]) / 5) and cv[2] == 0
+
+
+def moedge(*args):
+    return subprocess.run([sys.executable, "-m", "moedge.cli.main", *map(str, args)], capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_eval_cli_reports_perplexity_agreement_and_usage(shipped_bundle, heldout_text, tmp_path):
+    text = tmp_path / "slice.txt"
+    text.write_text(heldout_text[0][:3000])
+    image = tmp_path / "usage.png"
+    result = moedge("eval", shipped_bundle, "--text", text, "--reference", SHIPPED, "--usage", image,
+                    "--threads", "1")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "tokens evaluated" in out and "top-1 agreement" in out and "layer   3: cv" in out
+    usage = json.loads(image.with_suffix(".json").read_text())
+    assert image.stat().st_size > 0 and sorted(usage["layers"]) == ["0", "1", "2", "3"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--text", "/nonexistent.txt"], "no such file or directory"),
+    (["--text", "/dev/null", "--context", "1"], "--context must be in"),
+])
+def test_eval_bad_input_is_one_line_error(shipped_bundle, args, message):
+    result = moedge("eval", shipped_bundle, *args)
+    assert result.returncode == 2 and message in result.stderr
+    assert result.stderr.strip().count("\n") == 0 and "Traceback" not in result.stderr
+
+
+def test_eval_usage_on_a_dense_bundle_is_an_error(exported, tmp_path):
+    text = tmp_path / "t.txt"
+    text.write_text("x")
+    result = moedge("eval", exported("dense", tiny_dense_spec()).bundle, "--text", text, "--usage", tmp_path / "u.png")
+    assert result.returncode == 2 and "--usage needs an MoE bundle" in result.stderr
