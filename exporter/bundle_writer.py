@@ -1,8 +1,8 @@
 """Write a bundle (see FORMAT.md) from a `Source`, atomically.
 
-Dense tensors go, float32, into `dense.bin` (64-byte aligned), referenced by the ONNX graphs as
-external data; experts are quantized to int8 and written to `experts.bin`, each expert one
-page-aligned span. Everything is written into a temporary folder beside the target and renamed
+Dense tensors go into `dense.bin` (page-aligned), referenced by the ONNX graphs as external
+data, with the LM head int8 (or float32); experts are quantized to int8 (or kept float32) and
+written to `experts.bin`, each expert one page-aligned span. Everything is written into a temporary folder beside the target and renamed
 into place at the end, so a failed or interrupted export leaves nothing at the target.
 """
 
@@ -41,7 +41,8 @@ from .tensor_names import dense_names, expert_names, is_dense_linear
 
 DENSE_FILE = "dense.bin"
 EXPERTS_FILE = "experts.bin"
-TENSOR_ALIGN = 64
+TENSOR_ALIGN = 64  # inside an expert span
+DENSE_ALIGN = PAGE  # onnxruntime memory-maps external data only at page-aligned offsets; else it copies
 
 
 def _align(n: int, to: int) -> int:
@@ -83,7 +84,7 @@ def _write_dense(source: Source, path: Path, group_size: int, quantize: bool, de
     head_source = "embed.weight" if spec.tie_embeddings else "lm_head.weight"
 
     def write(f, name: str, array: np.ndarray) -> None:
-        f.write(b"\0" * (_align(f.tell(), TENSOR_ALIGN) - f.tell()))
+        f.write(b"\0" * (_align(f.tell(), DENSE_ALIGN) - f.tell()))
         entries[name] = TensorEntry(f.tell(), array.shape, str(array.dtype))
         f.write(np.ascontiguousarray(array).tobytes())
 

@@ -48,11 +48,15 @@ class ThreadResult:
 
 
 def step_bytes(manifest: Manifest) -> dict[str, int]:
-    """Bytes of weights one decode step reads: dense graphs, the head, k experts per MoE layer."""
+    """Bytes of weights one decode step reads: dense graphs, the head, k experts per MoE layer.
+
+    The embedding counts one row (the lookup) unless the head reads the whole of it.
+    """
     spec = manifest.spec
-    dense = sum(t.nbytes for name, t in manifest.dense_tensors.items() if name != "embed.weight")
-    embed = manifest.dense_tensors["embed.weight"]
-    dense += embed.nbytes if spec.tie_embeddings else embed.nbytes // spec.vocab_size
+    used = {name for name in manifest.dense_tensors if name != "embed.weight"} | set(manifest.head.values())
+    dense = sum(manifest.dense_tensors[name].nbytes for name in used)
+    if "embed.weight" not in used:
+        dense += manifest.dense_tensors["embed.weight"].nbytes // spec.vocab_size
     experts = 0
     if manifest.experts is not None:
         per_expert = sum(t.nbytes for t in manifest.experts.tensors.values())

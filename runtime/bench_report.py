@@ -9,7 +9,7 @@ def _cold_lines(cold: dict) -> list[str]:
     lines = []
     for label, run in cold.items():
         lines.append(f"    fresh process, {label.replace('_', ' ')}: first token {run['time_to_first_token_s']:.2f} s "
-                     f"(python start {run['startup_s']:.2f} + imports {run['imports_s']:.2f} + load {run['load_s']:.2f}"
+                     f"(python start and imports {run['startup_s']:.2f} + load {run['load_s']:.2f}"
                      f" + prefill {run['prefill_s']:.2f} + first decode {run['first_decode_s']:.2f})")
     warm = cold.get("numba_cache_warm")
     if warm:

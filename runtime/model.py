@@ -88,6 +88,8 @@ class Model:
             self._dense_map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         dense = np.frombuffer(self._dense_map, dtype=np.uint8)
         self.embedding = tensor_view(dense, manifest, "embed.weight")
+        embed = manifest.dense_tensors["embed.weight"]  # page-aligned: a lookup reads its rows' pages only
+        self._dense_map.madvise(mmap.MADV_RANDOM, embed.offset - embed.offset % mmap.PAGESIZE, embed.nbytes)
         self.head = Head(manifest, dense)
         self.experts: ExpertStore | None = None
         self.moe: dict[int, MoELayer] = {}
