@@ -2,8 +2,9 @@
 
 Dense tensors go into `dense.bin` (page-aligned), referenced by the ONNX graphs as external
 data, with the LM head int8 (or float32); experts are quantized to int8 (or kept float32) and
-written to `experts.bin`, each expert one page-aligned span. Everything is written into a temporary folder beside the target and renamed
-into place at the end, so a failed or interrupted export leaves nothing at the target.
+written to `experts.bin`, each expert one page-aligned span. Everything is written into a
+temporary folder beside the target and renamed into place at the end, so a failed or
+interrupted export leaves nothing at the target.
 """
 
 from __future__ import annotations
