@@ -72,6 +72,3 @@ class ExpertStore:
         """Count a routing decision `ids` [T, k] of `layer`; prefetch experts used for the first time."""
         for e in _count(self.hits[layer], self.touched[layer], ids):
             self._map.madvise(mmap.MADV_WILLNEED, int(self.offsets[layer, e]), self.span_bytes)
-
-    def reset_counters(self) -> None:
-        self.hits[:] = 0

@@ -40,11 +40,12 @@ class MoELayer:
         """The weighted sum of the selected experts [T, D] for the normed input x [T, D]."""
         store, layer = self.store, self.index
         wbases, sbases = store.woffsets[layer][ids], store.soffsets[layer][ids]  # [T, k]
-        out = np.zeros_like(x)
-        if x.shape[0] == 1:
+        if x.shape[0] == 1:  # decode: the kernel writes every element
+            out = np.empty_like(x)
             self.decode_kernel(x[0], store.wbuf, store.sbuf, wbases[0], sbases[0], weights[0], store.wlay,
                                store.slay, self.gd, self.gi, self.scratch, out[0])
             return out
+        out = np.zeros_like(x)
         flat = ids.ravel()
         order = np.argsort(flat, kind="stable")
         _, starts = np.unique(flat[order], return_index=True)

@@ -8,6 +8,7 @@ order per layer) and implements `spec`. Templates use {i} for the layer index.
 from __future__ import annotations
 
 import re
+from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
 import numpy as np
@@ -56,7 +57,7 @@ def moe_layer_kinds(n_layers: int, sparse_step: int = 1, mlp_only_layers: tuple[
                  for i in range(n_layers))
 
 
-class Adapter:
+class Adapter(ABC):
     """One Hugging Face family; subclasses are registered with `registry.register`."""
 
     names: ClassVar[Names] = decoder_names()
@@ -68,9 +69,9 @@ class Adapter:
     def __init__(self, config: HFConfig):
         self.config = config
 
+    @abstractmethod
     def spec(self) -> ModelSpec:
         """The canonical description of the checkpoint; `ExportError` for anything unsupported."""
-        raise NotImplementedError
 
     def base_fields(self) -> dict[str, Any]:
         """The ModelSpec fields every family reads the same way (all layers dense)."""
