@@ -83,9 +83,11 @@ class GraphBuilder:
         return self.op("Add", y, *bias) if bias else y
 
     def rmsnorm(self, x: str, weight_name: str, eps: float) -> str:
-        mean_sq = self.op("ReduceMean", self.op("Mul", x, x), axes=[-1], keepdims=1)
-        inv = self.op("Reciprocal", self.op("Sqrt", self.op("Add", mean_sq, self.const(eps))))
-        return self.op("Mul", self.op("Mul", x, inv), self.weight(weight_name))
+        """x / sqrt(mean(x²) + eps) · w, written as the pattern onnxruntime fuses into one
+        SimplifiedLayerNormalization kernel (Pow, ReduceMean, Add, Sqrt, Div, Mul)."""
+        mean_sq = self.op("ReduceMean", self.op("Pow", x, self.const(2.0)), axes=[-1], keepdims=1)
+        rms = self.op("Sqrt", self.op("Add", mean_sq, self.const(eps)))
+        return self.op("Mul", self.op("Div", x, rms), self.weight(weight_name))
 
     def swiglu(self, x: str, prefix: str) -> str:
         gate = self.linear(x, f"{prefix}.gate.weight")
