@@ -16,7 +16,7 @@ from onnx import TensorProto, helper
 
 from ..runtime.bundle import Manifest
 from ..runtime.spec import ModelSpec
-from .onnx_graphs import AttentionIO, GraphBuilder, causal_bias, layer_body, residual, rope_tables, value_info
+from .onnx_graphs import AttentionIO, GraphBuilder, causal_bias, layer_body, residual, value_info
 
 FULL_GRAPH = "full_graph.onnx"
 
@@ -82,22 +82,23 @@ def _all_experts(g: GraphBuilder, manifest: Manifest, layer: int, x: str, logits
 
 
 def full_graph(manifest: Manifest) -> onnx.ModelProto:
-    """The whole model: tokens, positions and the past KV of every layer → logits and present KV."""
+    """The whole model: tokens, the RoPE rotation (`runtime.rope`) and the past KV of every layer
+    → logits and present KV."""
     spec = manifest.spec
     if spec.is_moe and manifest.quant_scheme != "int8":
         raise ValueError("the full-graph peer needs int8 experts")
     dense = manifest.dense_tensors
     g = GraphBuilder(manifest.dense_file, dense.get)
     kv = ["P", spec.n_kv_heads, spec.head_dim]
-    inputs = [helper.make_tensor_value_info(n, TensorProto.INT64, ["T"]) for n in ("tokens", "positions")]
+    inputs = [helper.make_tensor_value_info("tokens", TensorProto.INT64, ["T"]),
+              value_info("rope", ["T", spec.head_dim, spec.head_dim])]
     outputs = []
     h = g.op("Gather", g.weight("embed.weight"), "tokens", axis=0)
     if spec.embedding_multiplier != 1.0:
         h = g.op("Mul", h, g.const(spec.embedding_multiplier))
-    cos, sin = rope_tables(g, spec, "positions")
     bias = causal_bias(g, spec.n_heads // spec.n_kv_heads, h)
     for i in range(spec.n_layers):
-        io = AttentionIO(hidden=h, cos=cos, sin=sin, causal_bias=bias, past_k=f"past_k_{i}", past_v=f"past_v_{i}",
+        io = AttentionIO(hidden=h, causal_bias=bias, past_k=f"past_k_{i}", past_v=f"past_v_{i}",
                          k=f"k_{i}", v=f"v_{i}")
         inputs += [value_info(io.past_k, kv), value_info(io.past_v, kv)]
         h, ffn_in, logits = layer_body(g, spec, i, io)

@@ -1,6 +1,6 @@
 """ONNX graphs for the dense parts of the canonical model: one graph per layer.
 
-A layer graph takes the residual stream `hidden` [T, D], the step's RoPE `cos`/`sin` and
+A layer graph takes the residual stream `hidden` [T, D], the step's RoPE rotation `rope` and
 `causal_bias` (computed once per step by the runtime) and the cached `past_k`/`past_v`
 [P, K, Hd]; it returns the new `k`/`v` rows for the runtime
 to store, and either the finished `hidden_out` (dense layer) or the residual stream after
@@ -100,39 +100,21 @@ class GraphBuilder:
             helper.make_opsetid("", OPSET), helper.make_opsetid("com.microsoft", 1)])
 
 
-def _rope(g: GraphBuilder, x: str, cos: str, sin: str) -> str:
-    """Rotate-half RoPE on x [T, heads, Hd] with cos/sin [T, 1, Hd/2]."""
-    x1, x2 = g.op("Split", x, axis=-1, outputs=2)
-    first = g.op("Sub", g.op("Mul", x1, cos), g.op("Mul", x2, sin))
-    second = g.op("Add", g.op("Mul", x2, cos), g.op("Mul", x1, sin))
-    return g.op("Concat", first, second, axis=-1)
-
-
 @dataclass(frozen=True)
 class AttentionIO:
     """Value names an attention block reads and writes.
 
-    `cos`/`sin` [T, 1, Hd/2] and the additive `causal_bias` [G·T, T] are the same for every
-    layer of a step, so they are inputs computed once per step, not nodes of every layer.
+    The RoPE rotation `rope` [T, Hd, Hd] and the additive `causal_bias` [G·T, T] are the same
+    for every layer of a step, so they are inputs computed once per step, not nodes of every layer.
     """
 
     hidden: str = "hidden"
-    cos: str = "cos"
-    sin: str = "sin"
+    rope: str = "rope"
     causal_bias: str = "causal_bias"
     past_k: str = "past_k"
     past_v: str = "past_v"
     k: str = "k"
     v: str = "v"
-
-
-def rope_tables(g: GraphBuilder, spec: ModelSpec, positions: str) -> tuple[str, str]:
-    """cos and sin [T, 1, Hd/2] of the rotary angles at `positions` [T] (int64)."""
-    half = np.arange(0, spec.head_dim, 2, dtype=np.int64).astype(np.float32) / np.float32(spec.head_dim)
-    inv_freq = (1.0 / (np.float32(spec.rope_theta) ** half)).astype(np.float32)
-    pos = g.op("Unsqueeze", g.op("Cast", positions, to=F32), g.const([1], np.int64))  # [T, 1]
-    angles = g.op("Unsqueeze", g.op("Mul", pos, g.const(inv_freq[None, :])), g.const([1], np.int64))
-    return g.op("Cos", angles), g.op("Sin", angles)  # [T, 1, Hd/2]
 
 
 def _heads(g: GraphBuilder, x: str, n: int, hd: int) -> str:
@@ -148,13 +130,12 @@ def _projection(g: GraphBuilder, spec: ModelSpec, x: str, name: str, heads: int)
 def attention(g: GraphBuilder, spec: ModelSpec, x: str, prefix: str, io: AttentionIO = AttentionIO()) -> str:
     """Causal GQA over [past ‖ new] keys; emits the new rows `io.k` and `io.v` [T, K, Hd]."""
     kvh, hd, grp = spec.n_kv_heads, spec.head_dim, spec.n_heads // spec.n_kv_heads
-    cos, sin = io.cos, io.sin
     q, k, v = (_projection(g, spec, x, f"{prefix}.{w}", n) for w, n in
                (("wq", spec.n_heads), ("wk", kvh), ("wv", kvh)))
     if spec.qk_norm != "none":
         q, k = (g.rmsnorm(t, f"{prefix}.{n}.weight", spec.norm_eps) for t, n in ((q, "q_norm"), (k, "k_norm")))
-    q = _rope(g, _heads(g, q, spec.n_heads, hd), cos, sin)
-    g.op("Identity", _rope(g, _heads(g, k, kvh, hd), cos, sin), name=io.k)
+    q = g.op("MatMul", _heads(g, q, spec.n_heads, hd), io.rope)  # [T, H, Hd] @ [T, Hd, Hd]
+    g.op("MatMul", _heads(g, k, kvh, hd), io.rope, name=io.k)
     g.op("Identity", _heads(g, v, kvh, hd), name=io.v)
     # q [T, H, Hd] → [K, G·T, Hd], rows ordered (group, token); scaled once here.
     q = g.op("Reshape", q, g.const([0, kvh, grp, hd], np.int64))
@@ -221,9 +202,8 @@ def layer_graph(spec: ModelSpec, i: int, weights_file: str, locate: WeightLocato
     """The ONNX graph of layer `i` (see module docstring for inputs and outputs)."""
     g = GraphBuilder(weights_file, locate)
     kv = ["P", spec.n_kv_heads, spec.head_dim]
-    half = spec.head_dim // 2
-    inputs = [value_info("hidden", ["T", spec.hidden_size]), value_info("cos", ["T", 1, half]),
-              value_info("sin", ["T", 1, half]), value_info("causal_bias", ["GT", "T"]),
+    inputs = [value_info("hidden", ["T", spec.hidden_size]),
+              value_info("rope", ["T", spec.head_dim, spec.head_dim]), value_info("causal_bias", ["GT", "T"]),
               value_info("past_k", kv), value_info("past_v", kv)]
     h, ffn_in, logits = layer_body(g, spec, i)
     g.op("Identity", h, name="hidden_out")

@@ -21,6 +21,7 @@ from ..quant import QuantizedTensor, dequantize
 from ..runtime.bench import WARMUP_TOKENS
 from ..runtime.bundle import Manifest, read_manifest
 from ..runtime.head import tensor_view
+from ..runtime.rope import rope_rotation
 from .full_graph import write_full_graph
 from .model import Transformer
 from .tensor_names import expert_names
@@ -59,7 +60,7 @@ def ort_full_graph_ms(root: Path, manifest: Manifest, threads: int, prompt, toke
 
     def step(ids) -> None:
         ids = np.atleast_1d(np.asarray(ids, np.int64))
-        feeds = {"tokens": ids, "positions": np.arange(state["pos"], state["pos"] + len(ids), dtype=np.int64)}
+        feeds = {"tokens": ids, "rope": rope_rotation(spec, state["pos"], len(ids))}
         for i in range(spec.n_layers):
             feeds[f"past_k_{i}"], feeds[f"past_v_{i}"] = state["kv"][2 * i], state["kv"][2 * i + 1]
         out = session.run(None, feeds)

@@ -23,6 +23,7 @@ from .expert_store import ExpertStore
 from .generate import generate
 from .head import Head, tensor_view
 from .moe import MoELayer
+from .rope import rope_rotation
 from .session import Session
 from .spec import ModelSpec
 
@@ -50,7 +51,7 @@ def _session_options(threads: int, prepack: bool) -> ort.SessionOptions:
     return options
 
 
-LAYER_INPUTS = {"hidden", "cos", "sin", "causal_bias", "past_k", "past_v"}
+LAYER_INPUTS = {"hidden", "rope", "causal_bias", "past_k", "past_v"}
 LAYER_OUTPUTS = (["hidden_out", "k", "v"], ["hidden_out", "k", "v", "ffn_in", "router_logits"])
 
 
@@ -79,8 +80,6 @@ class Model:
         self.root = root
         self.manifest = manifest
         self.spec: ModelSpec = manifest.spec
-        half = np.arange(0, self.spec.head_dim, 2, dtype=np.float32) / np.float32(self.spec.head_dim)
-        self._inv_freq = (1.0 / np.float32(self.spec.rope_theta) ** half).astype(np.float32)
         self.threads = threads
         options = _session_options(threads, prepack=manifest.dense_linears == "int8")
         self.layers = [DenseGraph(root / name, options) for name in manifest.layer_graphs]
@@ -128,11 +127,10 @@ class Model:
         return rows if mult == 1.0 else rows * np.float32(mult)
 
     def step_tables(self, start: int, count: int) -> dict[str, np.ndarray]:
-        """Inputs shared by every layer graph of one step: RoPE cos/sin and the causal bias."""
-        angles = np.arange(start, start + count, dtype=np.float32)[:, None, None] * self._inv_freq  # [T, 1, Hd/2]
+        """Inputs shared by every layer graph of one step: the RoPE rotation and the causal bias."""
         bias = np.triu(np.full((count, count), -np.inf, dtype=np.float32), 1)  # key after query: masked
         groups = self.spec.n_heads // self.spec.n_kv_heads
-        return {"cos": np.cos(angles), "sin": np.sin(angles), "causal_bias": np.tile(bias, (groups, 1))}
+        return {"rope": rope_rotation(self.spec, start, count), "causal_bias": np.tile(bias, (groups, 1))}
 
     def run_layer(self, i: int, hidden: np.ndarray, tables: dict[str, np.ndarray], past_k: np.ndarray,
                   past_v: np.ndarray) -> LayerOutputs:

@@ -10,6 +10,7 @@ from moedge.exporter import export
 from moedge.exporter.peers import torch_model_from_bundle
 from moedge.runtime import Model
 from moedge.runtime.bundle import read_manifest
+from moedge.runtime.rope import rope_rotation
 
 PROMPT = [5, 17, 99, 3, 150, 42, 7]
 
@@ -30,7 +31,7 @@ def test_full_graph_matches_runtime(bundle):
     session = ort.InferenceSession(str(bundle / manifest.full_graph), providers=["CPUExecutionProvider"])
     spec = manifest.spec
     empty = np.zeros((0, spec.n_kv_heads, spec.head_dim), np.float32)
-    feeds = {"tokens": np.array(PROMPT), "positions": np.arange(len(PROMPT))}
+    feeds = {"tokens": np.array(PROMPT), "rope": rope_rotation(spec, 0, len(PROMPT))}
     feeds.update({f"past_{kv}_{i}": empty for i in range(spec.n_layers) for kv in "kv"})
     logits, *present = session.run(None, feeds)
     assert np.abs(logits - ours).max() <= 1e-4 * (ours.max() - ours.min())

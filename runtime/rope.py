@@ -1,0 +1,27 @@
+"""Rotary position embedding as one rotation matrix per position, shared by every layer of a step."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .spec import ModelSpec
+
+
+def rope_rotation(spec: ModelSpec, start: int, count: int) -> np.ndarray:
+    """R [T, Hd, Hd] with rope(x_t) = x_t @ R_t for x_t [heads, Hd] (rotate-half convention).
+
+    For i < Hd/2: out[i] = x[i]·cos − x[i+Hd/2]·sin and out[i+Hd/2] = x[i+Hd/2]·cos + x[i]·sin,
+    with angle (start + t)·θ^(−2i/Hd) computed in float32 as the reference models do.
+    """
+    half = spec.head_dim // 2
+    exponent = np.arange(0, spec.head_dim, 2, dtype=np.float32) / np.float32(spec.head_dim)
+    inv_freq = (1.0 / np.float32(spec.rope_theta) ** exponent).astype(np.float32)
+    angles = np.arange(start, start + count, dtype=np.float32)[:, None] * inv_freq  # [T, Hd/2]
+    cos, sin = np.cos(angles), np.sin(angles)
+    rotation = np.zeros((count, spec.head_dim, spec.head_dim), dtype=np.float32)
+    i = np.arange(half)
+    rotation[:, i, i] = cos
+    rotation[:, i + half, i + half] = cos
+    rotation[:, i + half, i] = -sin
+    rotation[:, i, i + half] = sin
+    return rotation
