@@ -50,25 +50,36 @@ def test_help(command):
     assert "usage: moedge " + command in moedge(command, "--help").stdout
 
 
+SLOW_EXPORT = """
+import sys, time
+from moedge.exporter import bundle_writer
+write_graphs = bundle_writer._write_graphs
+def slow(*args, **kwargs):
+    names = write_graphs(*args, **kwargs)
+    print("graphs written", flush=True)
+    time.sleep(120)  # the test terminates us here, mid-export
+    return names
+bundle_writer._write_graphs = slow
+from moedge.cli.main import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 def test_terminated_export_leaves_nothing(tmp_path):
     import signal
-    import time
 
     import torch
 
     from conftest import build_model, tiny_moe_spec
     from moedge.exporter.checkpoint import save_checkpoint
 
-    spec = tiny_moe_spec(hidden_size=256, n_layers=8, layer_kinds=("moe",) * 8, expert_intermediate_size=512,
-                         routing=dict(n_experts=32))
     torch.manual_seed(0)
-    ckpt = save_checkpoint(build_model(spec), tmp_path / "ckpt")
+    ckpt = save_checkpoint(build_model(tiny_moe_spec()), tmp_path / "ckpt")
     out = tmp_path / "out" / "b.moedge"
-    proc = subprocess.Popen([sys.executable, "-m", "moedge.cli.main", "export", str(ckpt), "-o", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.time() + 120
-    while time.time() < deadline and not (out.parent.exists() and any(out.parent.iterdir())):
-        time.sleep(0.02)
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_EXPORT, "export", str(ckpt), "-o", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "graphs written"
+    assert any(out.parent.iterdir())  # the partial bundle is there now
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=60)
     assert proc.returncode == 143, proc.stderr.read()
