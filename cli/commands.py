@@ -23,14 +23,16 @@ def export(src: str, out: str, group_size: int | None = None, force: bool = Fals
 
 
 def run(bundle: str, prompt: str, n: int = 64, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
-        seed: int | None = None, threads: int | None = None, chat: bool = False) -> None:
+        seed: int | None = None, threads: int | None = None, chat: bool = False,
+        expert_budget_mb: float | None = None) -> None:
     """Generate text from a prompt (with `chat`: a user message in the chat template), streaming it;
     then print latency and expert usage."""
     from moedge.runtime import Model
     from moedge.runtime.chat import chat_prompt
 
     t0 = time.perf_counter()
-    model = Model.load(bundle, threads=threads)
+    budget = None if expert_budget_mb is None else int(expert_budget_mb * 1e6)
+    model = Model.load(bundle, threads=threads, expert_budget=budget)
     inputs = chat_prompt(model, [{"role": "user", "content": prompt}]) if chat else prompt
     loaded = time.perf_counter()
     stamps = [loaded]
@@ -51,8 +53,9 @@ def run(bundle: str, prompt: str, n: int = 64, temperature: float = 0.0, top_k: 
     store = model.experts
     if store is not None:
         total = store.touched.size - (store.offsets < 0).sum()
+        released = f"; {store.releases} released under the budget" if store.budget_spans is not None else ""
         print(f"experts touched: {store.first_touches} of {total} "
-              f"({store.bytes_touched / 1e6:.1f} MB of {store.size / 1e6:.1f} MB)")
+              f"({store.bytes_touched / 1e6:.1f} MB of {store.size / 1e6:.1f} MB){released}")
 
 
 def inspect(bundle: str, verify: bool = False) -> None:

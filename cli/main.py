@@ -34,6 +34,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--chat", action="store_true", help="send the prompt as a user message through the chat template")
+    p.add_argument("--expert-budget-mb", type=float, default=None,
+                   help="keep at most this many MB of experts mapped (least recently used are released)")
 
     p = sub.add_parser("bench", help="measure decode latency, prefill, cold start, memory and the roofline",
                        description=commands.bench.__doc__)

@@ -2,8 +2,10 @@
 
 Opening the store maps the file and reads no expert byte. Readahead is switched off
 (MADV_RANDOM) so a page fault never pulls in a neighbouring expert; the first time an
-expert is routed to, exactly its span is prefetched with MADV_WILLNEED. Residency beyond
-that is left to the OS page cache.
+expert is routed to, exactly its span is prefetched with MADV_WILLNEED. Without a memory
+budget, residency is left to the OS page cache. With one, the least recently used experts are
+released (MADV_PAGEOUT) whenever the mapped experts would exceed it; a released expert that is
+routed to again is prefetched again.
 """
 
 from __future__ import annotations
@@ -16,23 +18,48 @@ from numba import njit
 
 from .bundle import DTYPES, EXPERT_TENSORS, EXPERTS_HEADER, ExpertsIndex, check_experts_header
 
+# Reclaim the pages, not only unmap them: unmapped but cached pages would be mapped back by the
+# kernel's fault-around when a neighbouring expert faults. Linux 5.4+; Python 3.11 lacks the name.
+MADV_PAGEOUT = getattr(mmap, "MADV_PAGEOUT", 21)
+
 
 @njit(cache=True)
-def _count(hits, touched, ids):
-    """hits[e] += uses of e in ids; marks new experts touched and returns them."""
+def _count(hits, touched, mapped, last_use, clock, ids):
+    """Count uses of ids (one layer's rows); return the experts that are not mapped yet."""
     fresh = []
     for e in ids.ravel():
         hits[e] += 1
-        if not touched[e]:
-            touched[e] = True
+        touched[e] = True
+        last_use[e] = clock
+        if not mapped[e]:
+            mapped[e] = True
             fresh.append(e)
     return fresh
+
+
+@njit(cache=True)
+def _least_recently_used(mapped, last_use, keep):
+    """Flat indices of the mapped experts to release so that at most `keep` stay mapped."""
+    victims = []
+    count = 0
+    for i in range(mapped.size):
+        count += mapped[i]
+    while count > keep:
+        oldest = -1
+        for i in range(mapped.size):
+            if mapped[i] and (oldest < 0 or last_use[i] < last_use[oldest]):
+                oldest = i
+        mapped[oldest] = False
+        victims.append(oldest)
+        count -= 1
+    return victims
 
 
 class ExpertStore:
     """Views over the experts file plus counters: hits, first touches and bytes first touched."""
 
-    def __init__(self, path: str | Path, index: ExpertsIndex, n_layers: int, n_experts: int):
+    def __init__(self, path: str | Path, index: ExpertsIndex, n_layers: int, n_experts: int,
+                 budget_bytes: int | None = None):
         with open(path, "rb") as f:
             self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         self._map.madvise(mmap.MADV_RANDOM)
@@ -50,6 +77,11 @@ class ExpertStore:
         self.woffsets, self.soffsets = self.offsets // item, self.offsets // 4
         self.hits = np.zeros((n_layers, n_experts), dtype=np.int64)
         self.touched = np.zeros((n_layers, n_experts), dtype=bool)
+        self.mapped = np.zeros((n_layers, n_experts), dtype=bool)  # prefetched and not released since
+        self.last_use = np.zeros((n_layers, n_experts), dtype=np.int64)
+        self._clock = 0
+        self.budget_spans = None if budget_bytes is None else budget_bytes // index.span_bytes
+        self.releases = 0
 
     @property
     def first_touches(self) -> int:
@@ -69,6 +101,13 @@ class ExpertStore:
         return self.sbuf.nbytes
 
     def touch(self, layer: int, ids: np.ndarray) -> None:
-        """Count a routing decision `ids` [T, k] of `layer`; prefetch experts used for the first time."""
-        for e in _count(self.hits[layer], self.touched[layer], ids):
+        """Count a routing decision `ids` [T, k] of `layer`; prefetch experts that are not mapped;
+        with a budget, release the least recently used others."""
+        self._clock += 1
+        for e in _count(self.hits[layer], self.touched[layer], self.mapped[layer], self.last_use[layer],
+                        self._clock, ids):
             self._map.madvise(mmap.MADV_WILLNEED, int(self.offsets[layer, e]), self.span_bytes)
+        if self.budget_spans is not None:
+            for flat in _least_recently_used(self.mapped.reshape(-1), self.last_use.reshape(-1), self.budget_spans):
+                self._map.madvise(MADV_PAGEOUT, int(self.offsets.flat[flat]), self.span_bytes)
+                self.releases += 1

@@ -76,7 +76,7 @@ class DenseGraph:
 class Model:
     """A bundle ready to run. Use `Model.load(path)`, then `session()` or `generate(...)`."""
 
-    def __init__(self, root: Path, manifest: Manifest, threads: int):
+    def __init__(self, root: Path, manifest: Manifest, threads: int, expert_budget: int | None = None):
         self.root = root
         self.manifest = manifest
         self.spec: ModelSpec = manifest.spec
@@ -95,7 +95,7 @@ class Model:
         if manifest.experts is not None:
             routing = self.spec.routing
             self.experts = ExpertStore(root / manifest.experts.file, manifest.experts,
-                                       self.spec.n_layers, routing.n_experts)
+                                       self.spec.n_layers, routing.n_experts, expert_budget)
             for i, kind in enumerate(self.spec.layer_kinds):
                 if kind == "moe":
                     self.moe[i] = MoELayer(i, self.spec, manifest.experts.group_size, self.experts, threads)
@@ -104,8 +104,11 @@ class Model:
             self.tokenizer = Tokenizer.from_file(str(root / manifest.tokenizer))
 
     @classmethod
-    def load(cls, path: str | Path, threads: int | None = None) -> Model:
-        """Validate and open the bundle at `path`; `threads` defaults to the CPU count."""
+    def load(cls, path: str | Path, threads: int | None = None, expert_budget: int | None = None) -> Model:
+        """Validate and open the bundle at `path`; `threads` defaults to the CPU count.
+
+        `expert_budget` (bytes) caps the experts kept mapped: least recently used ones are released.
+        """
         threads = threads or os.cpu_count() or 1
         if "NUMBA_THREADING_LAYER" not in os.environ:
             # OpenMP has the cheapest fork/join (~9 µs on 2 threads, workqueue ~50 µs), but its
@@ -114,7 +117,13 @@ class Model:
             numba.config.THREADING_LAYER = "omp"
         numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
         root = Path(path)
-        return cls(root, read_manifest(root), threads)
+        manifest = read_manifest(root)
+        if expert_budget is not None and manifest.experts is not None:
+            needed = manifest.experts.span_bytes * manifest.spec.routing.top_k
+            if expert_budget < needed:
+                raise InputError(f"an expert budget of {expert_budget} bytes is below the {needed} bytes of the "
+                                 f"top-{manifest.spec.routing.top_k} experts one layer needs at once")
+        return cls(root, manifest, threads, expert_budget)
 
     def session(self, record_routing: bool = False) -> Session:
         """A decoding session with its own preallocated KV cache."""

@@ -33,6 +33,15 @@ def tiny_dense_spec(**overrides) -> ModelSpec:
     return ModelSpec(**fields)
 
 
+def drop_page_cache(path) -> None:
+    """Evict a (written and synced) file from the page cache, so residency checks start from nothing."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
 def build_model(spec: ModelSpec, seed: int = 0) -> Transformer:
     torch.manual_seed(seed)
     model = Transformer(spec)

@@ -1,21 +1,12 @@
 """Loading reads no expert; decoding touches exactly the routed experts' pages."""
 
 import mmap
-import os
 
 import numpy as np
 
-from conftest import tiny_moe_spec
+from conftest import drop_page_cache, tiny_moe_spec
 from moedge.runtime import Model
 from moedge.runtime.residency import resident_pages
-
-
-def drop_page_cache(path):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
 
 
 def expert_pages(store, layer, expert):

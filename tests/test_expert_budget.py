@@ -1,0 +1,53 @@
+"""A memory budget for experts: least recently used experts are released, results do not change."""
+
+import gc
+
+import numpy as np
+import pytest
+
+from conftest import drop_page_cache, tiny_moe_spec
+from moedge.runtime import InputError, Model
+
+PAGE = 4096
+
+
+def mapped_bytes(store) -> int:
+    """Resident bytes of the store's own mapping of the experts file (from /proc/self/smaps)."""
+    start, end = store.address, store.address + store.size
+    total, inside = 0, False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split()[0]
+            if "-" in head and ":" not in head:
+                lo, hi = (int(x, 16) for x in head.split("-"))
+                inside = start <= lo and hi <= end + PAGE
+            elif inside and line.startswith("Rss:"):
+                total += int(line.split()[1]) * 1024
+    return total
+
+
+def test_budget_caps_mapped_experts_and_keeps_results(exported):
+    case = exported("budget", tiny_moe_spec(expert_intermediate_size=256))
+    tokens = [3, 14, 15, 92, 65, 35, 89, 79, 32, 38, 46, 26]
+    free = Model.load(case.bundle, threads=1)
+    session = free.session()
+    reference = [session.decode(t) for t in tokens]
+    span, unbudgeted = free.experts.span_bytes, mapped_bytes(free.experts)
+    assert unbudgeted > 6 * span and free.experts.releases == 0  # without a budget routed experts stay
+    del free, session
+    gc.collect()  # unmap, so that released pages are nobody's and can leave the page cache
+    drop_page_cache(case.bundle / "experts.bin")
+
+    capped = Model.load(case.bundle, threads=1, expert_budget=3 * span)
+    session = capped.session()
+    for token, want in zip(tokens, reference, strict=True):
+        np.testing.assert_array_equal(session.decode(token), want)
+        assert capped.experts.mapped.sum() <= 3
+        assert mapped_bytes(capped.experts) <= 3 * span + PAGE  # the experts kept, and the header page
+    assert capped.experts.releases > 0
+
+
+def test_budget_below_one_layer_is_refused(exported):
+    case = exported("budget", tiny_moe_spec(expert_intermediate_size=256))
+    with pytest.raises(InputError, match="expert budget"):
+        Model.load(case.bundle, expert_budget=1)
