@@ -112,14 +112,16 @@ def expert_tokens(x, wbuf, sbuf, wbase, sbase, wlay, slay, gd, gi, hidden, out):
             out[t, r] = _dot(d3, ds, h3[t], r)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, fastmath=True, parallel=True)
 def dequantize_rows(wbuf, sbuf, woff, soff, rows, cols, g, out):
     """out[rows, cols] = the matrix at element woff of wbuf times its scales at soff of sbuf."""
     w3, s2 = _matrix(wbuf, sbuf, woff, soff, rows, cols, g)
+    out3 = out.reshape(rows, cols // g, g)
     for r in prange(rows):
         for gi in range(cols // g):
+            scale = s2[r, gi]
             for j in range(g):
-                out[r, gi * g + j] = np.float32(w3[r, gi, j]) * s2[r, gi]
+                out3[r, gi, j] = np.float32(w3[r, gi, j]) * scale
 
 
 @njit(cache=True, fastmath=True, parallel=True)
