@@ -96,9 +96,11 @@ class Model:
             routing = self.spec.routing
             self.experts = ExpertStore(root / manifest.experts.file, manifest.experts,
                                        self.spec.n_layers, routing.n_experts, expert_budget)
+            dequantized: dict[int, np.ndarray] = {}
             for i, kind in enumerate(self.spec.layer_kinds):
                 if kind == "moe":
-                    self.moe[i] = MoELayer(i, self.spec, manifest.experts.group_size, self.experts, threads)
+                    self.moe[i] = MoELayer(i, self.spec, manifest.experts.group_size, self.experts, threads,
+                                           dequantized)
         self.tokenizer = None
         if manifest.tokenizer is not None:
             self.tokenizer = Tokenizer.from_file(str(root / manifest.tokenizer))

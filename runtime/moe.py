@@ -20,13 +20,15 @@ PREFILL_GEMM_MIN_TOKENS = 16
 class MoELayer:
     """The routed experts of layer `index` (the shared expert runs in the layer's ONNX graph)."""
 
-    def __init__(self, index: int, spec: ModelSpec, group_size: int, store: ExpertStore, threads: int):
+    def __init__(self, index: int, spec: ModelSpec, group_size: int, store: ExpertStore, threads: int,
+                 dequantized: dict[int, np.ndarray]):
         self.index = index
         self.routing = spec.routing
         self.store = store
         self.d, self.i = spec.hidden_size, spec.expert_intermediate_size
         self.gd, self.gi = (group_size, group_size) if group_size else (self.d, self.i)
         self.scratch = np.empty((self.routing.top_k, self.i), dtype=np.float32)
+        self.dequantized = dequantized  # gate/up/down buffers shared by the model's MoE layers
         # one thread streams the experts one after another; more threads take one expert each
         self.decode_kernel = kernels.moe_decode if threads == 1 else kernels.moe_decode_parallel
 
@@ -71,7 +73,9 @@ class MoELayer:
 
     def _dequantize(self, wbase: int, sbase: int, part: int) -> np.ndarray:
         rows, cols, group = (self.d, self.i, self.gi) if part == 2 else (self.i, self.d, self.gd)
-        out = np.empty((rows, cols), dtype=np.float32)
+        if part not in self.dequantized:  # allocated once: fresh 2 MB arrays would page-fault on every write
+            self.dequantized[part] = np.empty((rows, cols), dtype=np.float32)
+        out = self.dequantized[part]
         store = self.store
         kernels.dequantize_rows(store.wbuf, store.sbuf, wbase + store.wlay[part], sbase + store.slay[part],
                                 rows, cols, group, out)
