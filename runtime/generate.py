@@ -58,20 +58,40 @@ def generate(model: Model, prompt: str | list[int], max_new_tokens: int = 64, te
     rng = np.random.default_rng(seed)
     eos, stop = _stop_ids(model), stop or []
     logits = session.prefill(ids, last_only=True)[0]
-    new: list[int] = []
-    text = ""
-    for _ in range(max_new_tokens):
+    detokenizer = _Detokenizer(model) if model.tokenizer is not None else None
+    tail, longest_stop = "", max((len(s) for s in stop), default=0)
+    for step in range(max_new_tokens):
         token = sample(logits, rng, temperature, top_k, top_p)
         if token in eos:
             return
-        new.append(token)
-        piece = ""
-        if model.tokenizer is not None:
-            full = model.decode_text(new)
-            if not full.endswith("\ufffd"):  # wait for the rest of a multi-byte character
-                piece, text = full[len(text):], full
+        piece = detokenizer.push(token) if detokenizer else ""
         yield Token(token, piece)
-        if any(s in text for s in stop):
+        tail = (tail + piece)[-(longest_stop + len(piece)):] if stop else ""
+        if any(s in tail for s in stop):
             return
-        if len(new) < max_new_tokens:
+        if step + 1 < max_new_tokens:
             logits = session.decode(token)
+
+
+class _Detokenizer:
+    """Incremental detokenization: each token costs a decode of a few tokens, not of the whole text.
+
+    The text of a new token is the difference between decoding [prefix ‖ new] and [prefix], where
+    the prefix is the last few emitted tokens (so decoders that treat the first token specially
+    stay right); it waits while the text ends in an incomplete multi-byte character.
+    """
+
+    def __init__(self, model: Model):
+        self.model = model
+        self.ids: list[int] = []
+        self.prefix = 0  # ids[prefix:read] is the context of the next piece
+        self.read = 0  # ids before read have been emitted
+
+    def push(self, token: int) -> str:
+        self.ids.append(token)
+        before = self.model.decode_text(self.ids[self.prefix:self.read])
+        after = self.model.decode_text(self.ids[self.prefix:])
+        if after.endswith("\ufffd"):  # wait for the rest of a multi-byte character
+            return ""
+        self.prefix, self.read = max(self.read - 4, 0), len(self.ids)
+        return after[len(before):]
