@@ -9,7 +9,6 @@ interrupted export leaves nothing at the target.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -34,6 +33,7 @@ from ..runtime.bundle import (
     Manifest,
     TensorEntry,
 )
+from ..runtime.integrity import file_sha256
 from ..runtime.spec import ModelSpec
 from .full_graph import write_full_graph
 from .onnx_graphs import layer_graph
@@ -48,14 +48,6 @@ DENSE_ALIGN = PAGE  # onnxruntime memory-maps external data only at page-aligned
 
 def _align(n: int, to: int) -> int:
     return -(-n // to) * to
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _nbits_block(in_features: int, group_size: int) -> int:
@@ -220,7 +212,7 @@ def write_bundle_files(source: Source, root: Path, group_size: int | None, show_
                         generation=source.generation, quant_report={"layers": report, "head": head_error})
     if with_full_graph:
         manifest = replace(manifest, full_graph=write_full_graph(manifest, root).name)
-    files = {p.name: {"size": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(root.iterdir())}
+    files = {p.name: {"size": p.stat().st_size, "sha256": file_sha256(p)} for p in sorted(root.iterdir())}
     manifest = replace(manifest, files=files)
     (root / MANIFEST).write_text(json.dumps(manifest.to_dict(), indent=1))
     return manifest
