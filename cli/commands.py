@@ -8,10 +8,13 @@ from pathlib import Path
 
 import numpy as np
 
+from .options import require
+
 
 def export(src: str, out: str, group_size: int | None = None, force: bool = False,
            float_experts: bool = False, full_graph: bool = False, dense_int8: bool = False) -> None:
     """Export a checkpoint folder (moedge or Hugging Face) to a bundle."""
+    require("torch", "onnx", "safetensors", purpose="moedge export")
     from moedge.exporter import export as export_bundle  # torch is only needed here
 
     manifest = export_bundle(src, out, group_size=group_size, force=force, float_experts=float_experts,
@@ -24,7 +27,7 @@ def export(src: str, out: str, group_size: int | None = None, force: bool = Fals
 
 def run(bundle: str, prompt: str, n: int = 64, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
         seed: int | None = None, threads: int | None = None, chat: bool = False,
-        expert_budget_mb: float | None = None) -> None:
+        expert_budget_mb: float | None = None, verify: bool = True) -> None:
     """Generate text from a prompt (with `chat`: a user message in the chat template), streaming it;
     then print latency and expert usage."""
     from moedge.runtime import Model
@@ -32,7 +35,7 @@ def run(bundle: str, prompt: str, n: int = 64, temperature: float = 0.0, top_k: 
 
     t0 = time.perf_counter()
     budget = None if expert_budget_mb is None else int(expert_budget_mb * 1e6)
-    model = Model.load(bundle, threads=threads, expert_budget=budget)
+    model = Model.load(bundle, threads=threads, expert_budget=budget, verify=verify)
     inputs = chat_prompt(model, [{"role": "user", "content": prompt}]) if chat else prompt
     loaded = time.perf_counter()
     stamps = [loaded]
@@ -61,7 +64,7 @@ def run(bundle: str, prompt: str, n: int = 64, temperature: float = 0.0, top_k: 
 def inspect(bundle: str, verify: bool = False) -> None:
     """Print a bundle's spec, file sizes and per-layer quantization error."""
     from moedge.runtime.bundle import read_manifest
-    from moedge.runtime.integrity import verify_checksums
+    from moedge.runtime.verify import verify_bundle
 
     manifest = read_manifest(bundle)
     spec = manifest.spec
@@ -82,8 +85,8 @@ def inspect(bundle: str, verify: bool = False) -> None:
             print(f"  layer {int(layer):3d}: max abs {err['max_abs']:.2e}, rel frobenius ≤ {err['rel_fro_max']:.2e}, "
                   f"cosine ≥ {err['cosine_min']:.6f}")
     if verify:
-        verify_checksums(bundle, manifest)
-        print("checksums: ok")
+        for line in verify_bundle(bundle):
+            print(f"checksums: {line}")
 
 
 def bench(bundle: str, threads: list[int], prompt_tokens: int = 128, new_tokens: int = 64, repeat: int = 3,
@@ -92,6 +95,10 @@ def bench(bundle: str, threads: list[int], prompt_tokens: int = 128, new_tokens:
     """Benchmark a bundle: decode latency vs the memory-bandwidth roofline, prefill, cold start, memory."""
     import json
 
+    if plot:
+        require("matplotlib", purpose="bench --plot")
+    if peers:
+        require("torch", "onnx", purpose="bench --peers")
     from moedge.runtime.bench import bench as run_bench
     from moedge.runtime.bench_report import format_report
 
@@ -113,12 +120,17 @@ def bench(bundle: str, threads: list[int], prompt_tokens: int = 128, new_tokens:
 
 
 def eval(bundle: str, text: str, reference: str | None = None, context: int | None = None,
-         max_tokens: int | None = None, usage: str | None = None, threads: int | None = None) -> None:
+         max_tokens: int | None = None, usage: str | None = None, threads: int | None = None,
+         verify: bool = True) -> None:
     """Perplexity of a bundle on a text file or folder; compare with the float checkpoint; expert usage."""
     from moedge.runtime import InputError, Model
     from moedge.runtime.evaluate import evaluate, read_texts, windows
 
-    model = Model.load(bundle, threads=threads)
+    if reference:
+        require("torch", "safetensors", purpose="eval --reference")
+    if usage:
+        require("matplotlib", purpose="eval --usage")
+    model = Model.load(bundle, threads=threads, verify=verify)
     context = context or model.spec.max_seq_len
     if not 2 <= context <= model.spec.max_seq_len:
         raise InputError(f"--context must be in [2, {model.spec.max_seq_len}], got {context}")

@@ -6,18 +6,30 @@ import argparse
 import signal
 import sys
 
+from moedge.runtime.bench import WARMUP_TOKENS
+from moedge.runtime.errors import MoedgeError
+
 from . import commands
+from .options import integer, number, output_file
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad command line in one `moedge: error:` line (exit 2)."""
+
+    def error(self, message: str):
+        self.exit(2, f"moedge: error: {self.prog.removeprefix('moedge').strip() or 'moedge'}: {message}\n")
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="moedge", description="Edge inference for dense and MoE transformers.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="moedge", description="Edge inference for dense and MoE transformers.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("export", help="export a checkpoint folder to a bundle", description=commands.export.__doc__)
     p.add_argument("src", help="checkpoint folder (moedge_spec.json or Hugging Face config.json)")
     p.add_argument("-o", "--out", required=True, help="bundle folder to write")
-    p.add_argument("--group-size", type=int, default=None, help="int8 group size 32/64/128 (default: per channel)")
-    p.add_argument("--force", action="store_true", help="replace an existing bundle")
+    p.add_argument("--group-size", type=int, choices=(32, 64, 128), default=None,
+                   help="int8 group size 32/64/128 (default: per channel)")
+    p.add_argument("--force", action="store_true", help="replace an existing bundle (and nothing but a bundle)")
     p.add_argument("--float-experts", action="store_true", help="keep experts float32 (no quantization)")
     p.add_argument("--dense-int8", action="store_true",
                    help="int8 attention/dense-FFN matrices too (onnxruntime MatMulNBits, int8 activations)")
@@ -27,26 +39,32 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="generate text from a prompt", description=commands.run.__doc__)
     p.add_argument("bundle")
     p.add_argument("--prompt", required=True)
-    p.add_argument("-n", type=int, default=64, help="new tokens (default 64)")
-    p.add_argument("--temperature", type=float, default=0.0, help="0 means greedy (default)")
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("-n", type=integer(0), default=64, help="new tokens (default 64)")
+    p.add_argument("--temperature", type=number(0.0), default=0.0, help="0 means greedy (default)")
+    p.add_argument("--top-k", type=integer(0), default=0, help="sample among the k likeliest (default 0: all)")
+    p.add_argument("--top-p", type=number(0.0, 1.0, lo_open=True), default=1.0, help="nucleus sampling (default 1)")
+    p.add_argument("--seed", type=integer(0), default=None)
+    p.add_argument("--threads", type=integer(1, 1024), default=None, help="default: the CPU count")
     p.add_argument("--chat", action="store_true", help="send the prompt as a user message through the chat template")
-    p.add_argument("--expert-budget-mb", type=float, default=None,
+    p.add_argument("--expert-budget-mb", type=number(0.0), default=None,
                    help="keep at most this many MB of experts mapped (least recently used are released)")
+    p.add_argument("--no-verify", dest="verify", action="store_false",
+                   help="skip the checksums (dense files at load, each expert on first use)")
 
     p = sub.add_parser("bench", help="measure decode latency, prefill, cold start, memory and the roofline",
                        description=commands.bench.__doc__)
     p.add_argument("bundle")
-    p.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="thread counts to measure (default 1 2)")
-    p.add_argument("--prompt-tokens", type=int, default=128)
-    p.add_argument("--new-tokens", type=int, default=64)
-    p.add_argument("--repeat", type=int, default=3)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", dest="json_path", default=None, metavar="FILE", help="write the full report here")
-    p.add_argument("--plot", default=None, metavar="FILE.png", help="draw latency and breakdown")
+    p.add_argument("--threads", type=integer(1, 1024), nargs="+", default=[1, 2],
+                   help="thread counts to measure (default 1 2)")
+    p.add_argument("--prompt-tokens", type=integer(1), default=128)
+    p.add_argument("--new-tokens", type=integer(WARMUP_TOKENS + 1), default=64,
+                   help=f"decoded tokens per run (the first {WARMUP_TOKENS} are warm-up)")
+    p.add_argument("--repeat", type=integer(1), default=3)
+    p.add_argument("--seed", type=integer(0), default=0)
+    p.add_argument("--json", dest="json_path", type=output_file(), default=None, metavar="FILE",
+                   help="write the full report here")
+    p.add_argument("--plot", type=output_file(".png"), default=None, metavar="FILE.png",
+                   help="draw latency and breakdown")
     p.add_argument("--peers", action="store_true", help="also measure onnxruntime full-graph and PyTorch eager")
     p.add_argument("--no-cold-start", dest="cold", action="store_false",
                    help="skip the fresh-process time-to-first-token runs")
@@ -54,7 +72,8 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("inspect", help="show a bundle's spec, sizes and quantization error",
                        description=commands.inspect.__doc__)
     p.add_argument("bundle")
-    p.add_argument("--verify", action="store_true", help="also check every file's sha256")
+    p.add_argument("--verify", action="store_true",
+                   help="also check every checksum: the files a load reads and every expert span")
 
     p = sub.add_parser("eval", help="perplexity on text, agreement with the float model, expert usage",
                        description=commands.eval.__doc__)
@@ -62,11 +81,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--text", required=True, help="a text file, or a folder of them")
     p.add_argument("--reference", default=None, metavar="CHECKPOINT",
                    help="the source checkpoint: also score its float model and compare (needs torch)")
-    p.add_argument("--context", type=int, default=None, help="window length in tokens (default: the model's)")
-    p.add_argument("--max-tokens", type=int, default=None, help="evaluate only the first N tokens")
-    p.add_argument("--usage", default=None, metavar="FILE.png",
+    p.add_argument("--context", type=integer(2), default=None, help="window length in tokens (default: the model's)")
+    p.add_argument("--max-tokens", type=integer(1), default=None, help="evaluate only the first N tokens")
+    p.add_argument("--usage", type=output_file(".png"), default=None, metavar="FILE.png",
                    help="write the expert-usage heatmap here, and its counts beside it as .json")
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=integer(1, 1024), default=None, help="default: the CPU count")
+    p.add_argument("--no-verify", dest="verify", action="store_false", help="skip the checksums")
     return parser
 
 
@@ -80,11 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\nmoedge: interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:
-        if type(exc).__name__ not in ("BundleError", "InputError", "ExportError", "SpecError") and not isinstance(
-                exc, OSError):
-            raise
-        print(f"moedge: error: {exc}", file=sys.stderr)
+    except (MoedgeError, OSError) as exc:
+        sys.stdout.flush()
+        print(f"\nmoedge: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     return 0
 

@@ -23,6 +23,9 @@ def export(src: str | Path, out: str | Path, group_size: int | None = None, forc
     """
     if group_size is not None and group_size not in GROUP_SIZES:
         raise ExportError(f"--group-size must be one of {GROUP_SIZES} (or omitted for per-channel)")
+    source_path, out_path = Path(src).resolve(), Path(out).absolute()
+    if source_path == out_path.resolve() or out_path.resolve() in source_path.parents:
+        raise ExportError(f"the bundle {out} would replace the checkpoint {src}: write it elsewhere")
     return write_bundle(open_source(src), out, group_size=group_size, force=force,
                         show_progress=show_progress, quantize=not float_experts, with_full_graph=full_graph,
                         dense_int8=dense_int8)

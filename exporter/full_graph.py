@@ -22,13 +22,17 @@ FULL_GRAPH = "full_graph.onnx"
 
 
 def _dequantized(g: GraphBuilder, manifest: Manifest, layer: int, expert: int, part: str) -> str:
-    """Expert weight [out, in] as float: DequantizeLinear over rows of one quantization group."""
+    """Expert weight [out, in] as float: DequantizeLinear over rows of one quantization group
+    (float32 experts are read as they are)."""
     index = manifest.experts
     base = index.layers[layer][expert]
     q, scale = index.tensors[part], index.tensors[f"{part}_scale"]
     rows, cols = q.shape
     groups = scale.shape[1]
     name = f"experts.{layer}.{expert}.{part}"
+    if q.dtype == "float32":
+        g.external(name, index.file, base + q.offset, q.nbytes, (rows, cols), TensorProto.FLOAT)
+        return name
     g.external(name, index.file, base + q.offset, q.nbytes, (rows * groups, cols // groups), TensorProto.INT8)
     g.external(f"{name}_scale", index.file, base + scale.offset, scale.nbytes, (rows * groups,), TensorProto.FLOAT)
     deq = g.op("DequantizeLinear", name, f"{name}_scale", axis=0)  # [rows·groups, group]
@@ -85,8 +89,6 @@ def full_graph(manifest: Manifest) -> onnx.ModelProto:
     """The whole model: tokens, the RoPE rotation (`runtime.rope`) and the past KV of every layer
     → logits and present KV."""
     spec = manifest.spec
-    if spec.is_moe and manifest.quant_scheme != "int8":
-        raise ValueError("the full-graph peer needs int8 experts")
     dense = manifest.dense_tensors
     g = GraphBuilder(manifest.dense_file, dense.get)
     kv = ["P", spec.n_kv_heads, spec.head_dim]

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ..runtime.errors import MoedgeError
 from ..runtime.spec import ModelSpec
 
 
-class ExportError(Exception):
+class ExportError(MoedgeError):
     """A source that cannot be exported, with the reason."""
 
 
@@ -37,10 +38,26 @@ def open_source(path: str | Path) -> Source:
     if not path.is_dir():
         raise ExportError(f"{path} is not a folder (expected a checkpoint folder)")
     if (path / SPEC_FILE).is_file():
-        return read_checkpoint(path)
-    if (path / "config.json").is_file():
+        source = read_checkpoint(path)
+    elif (path / "config.json").is_file():
         from .adapters import read_hf_checkpoint
 
-        return read_hf_checkpoint(path)
-    raise ExportError(f"{path} holds neither {SPEC_FILE} (a moedge checkpoint) "
-                      "nor config.json (a Hugging Face checkpoint)")
+        source = read_hf_checkpoint(path)
+    else:
+        raise ExportError(f"{path} holds neither {SPEC_FILE} (a moedge checkpoint) "
+                          "nor config.json (a Hugging Face checkpoint)")
+    source.get = _finite(source.get)
+    return source
+
+
+def _finite(get: Callable[[str], np.ndarray]) -> Callable[[str], np.ndarray]:
+    """`get` that refuses a tensor holding NaN or an infinity, naming it."""
+
+    def checked(name: str) -> np.ndarray:
+        tensor = get(name)
+        if not np.isfinite(np.asarray(tensor)).all():
+            raise ExportError(f"tensor {name} holds NaN or infinite values; a bundle would compute garbage "
+                              "from it (fix the checkpoint)")
+        return tensor
+
+    return checked

@@ -1,10 +1,10 @@
 """Run moedge bundles on the CPU: onnxruntime for the dense graphs, numba for lazy int8 experts."""
 
-from .bundle import BundleError
-from .errors import InputError
+from .errors import BundleError, InputError, MoedgeError, NumericalError
 from .generate import Token
 from .model import Model
 from .session import Session
-from .spec import ModelSpec, RoutingSpec
+from .spec import ModelSpec, RoutingSpec, SpecError
 
-__all__ = ["BundleError", "InputError", "Model", "ModelSpec", "RoutingSpec", "Session", "Token"]
+__all__ = ["BundleError", "InputError", "Model", "ModelSpec", "MoedgeError", "NumericalError", "RoutingSpec",
+           "Session", "SpecError", "Token"]

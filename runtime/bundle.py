@@ -1,13 +1,15 @@
-"""The bundle contract: the manifest schema, its validation, and the experts-file header.
+"""The bundle contract: the manifest schema, its validation, the expert span layout and the graph contract.
 
 Both sides use these types: the exporter builds a `Manifest` and writes `to_dict()`;
-the runtime reads it back with `read_manifest`, which checks versions, bounds and shapes
-against the files on disk and raises `BundleError` naming the problem. Nothing here reads
-an expert's bytes. FORMAT.md documents every field.
+the runtime reads it back with `read_manifest`, which checks the manifest's own checksum, the
+type and bounds of every field, every rule of FORMAT.md and the files on disk, and raises
+`BundleError` naming the problem. Nothing here reads an expert's bytes. FORMAT.md documents
+every field.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import struct
 from dataclasses import dataclass, field
@@ -16,21 +18,32 @@ from typing import Any
 
 import numpy as np
 
-from .spec import ModelSpec, SpecError
+from ..quant import GROUP_SIZES
+from . import checks
+from .bundle_dir import BundleDir
+from .errors import BundleError
+from .integrity import CHECKSUM_FIELD, canonical_json, digest, manifest_checksum
+from .spec import ModelSpec, RoutingSpec, SpecError
 
 FORMAT_NAME = "moedge-bundle"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
+MANIFEST_LIMIT = 64 << 20  # bytes
 PAGE = 4096
+TENSOR_ALIGN = 64  # of each tensor inside an expert span
+MAX_OFFSET = 1 << 48
 EXPERTS_MAGIC = b"MOEDGEXP"
 EXPERTS_HEADER = struct.Struct("<8sII")  # magic, format version, header bytes
 DTYPES = {"float32": np.float32, "int8": np.int8, "uint8": np.uint8}
 EXPERT_TENSORS = ("gate", "up", "down", "gate_scale", "up_scale", "down_scale")
 WEIGHT_DTYPES = {"int8": "int8", "float32": "float32"}  # quantization scheme -> dtype of experts and head
-
-
-class BundleError(Exception):
-    """A bundle that is missing, corrupt, truncated, of another version, or inconsistent."""
+DENSE_LINEARS = ("float32", "int8")
+HEAD_NORM, HEAD_WEIGHT, HEAD_SCALE, EMBEDDING = "norm.weight", "head.weight", "head.scale", "embed.weight"
+GRAPH_LAYER_KEY, GRAPH_CONTRACT_KEY = "moedge.layer", "moedge.contract"  # ONNX metadata of each layer graph
+_FIELDS = ("format", "format_version", CHECKSUM_FIELD, "model", "quantization", "graphs", "head", "dense",
+           "experts", "tokenizer", "files", "generation", "quant_report")
+_GENERATION = ("bos_token_id", "eos_token_id", "chat_template", "special_tokens")
+_SPECIAL_TOKENS = ("bos_token", "eos_token", "unk_token", "pad_token")
 
 
 @dataclass(frozen=True)
@@ -45,6 +58,10 @@ class TensorEntry:
     def nbytes(self) -> int:
         return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(DTYPES[self.dtype]).itemsize
 
+    @property
+    def end(self) -> int:
+        return self.offset + self.nbytes
+
     def to_dict(self) -> dict[str, Any]:
         return {"offset": self.offset, "shape": list(self.shape), "dtype": self.dtype}
 
@@ -58,12 +75,14 @@ class ExpertsIndex:
     group_size: int  # 0: one scale per output channel
     tensors: dict[str, TensorEntry]  # offsets relative to the start of a span
     layers: dict[int, tuple[int, ...]]  # layer -> absolute offset of each expert's span
+    checksums: dict[int, tuple[str, ...]]  # layer -> checksum of each expert's span (seeded by its slot)
 
     def to_dict(self) -> dict[str, Any]:
         return {"file": self.file, "span_bytes": self.span_bytes, "alignment": PAGE,
                 "group_size": self.group_size,
                 "tensors": {k: v.to_dict() for k, v in self.tensors.items()},
-                "layers": {str(k): list(v) for k, v in self.layers.items()}}
+                "layers": {str(k): list(v) for k, v in self.layers.items()},
+                "checksums": {str(k): list(v) for k, v in self.checksums.items()}}
 
 
 @dataclass(frozen=True)
@@ -80,194 +99,324 @@ class Manifest:
     dense_tensors: dict[str, TensorEntry]
     experts: ExpertsIndex | None
     tokenizer: str | None
-    files: dict[str, dict[str, Any]]  # name -> {"size", "sha256"}
+    files: dict[str, dict[str, Any]]  # name -> {"size", "xxh3"} ({"size"} for the experts file)
     generation: dict[str, Any] = field(default_factory=dict)
     quant_report: dict[str, Any] = field(default_factory=dict)
     full_graph: str | None = None  # optional whole-model graph for peer benchmarks; unused by the runtime
 
+    def quantization_dict(self) -> dict[str, Any]:
+        return {"scheme": self.quant_scheme, "group_size": self.group_size, "dense_linears": self.dense_linears}
+
+    def dense_dict(self) -> dict[str, Any]:
+        return {"file": self.dense_file, "tensors": {k: v.to_dict() for k, v in self.dense_tensors.items()}}
+
     def to_dict(self) -> dict[str, Any]:
-        return {
+        """The manifest as JSON data, with its own checksum."""
+        data = {
             "format": FORMAT_NAME, "format_version": FORMAT_VERSION,
-            "model": self.spec.to_dict(),
-            "quantization": {"scheme": self.quant_scheme, "group_size": self.group_size,
-                             "dense_linears": self.dense_linears},
+            "model": self.spec.to_dict(), "quantization": self.quantization_dict(),
             "graphs": {"layers": list(self.layer_graphs), **({"full": self.full_graph} if self.full_graph else {})},
-            "head": self.head,
-            "dense": {"file": self.dense_file,
-                      "tensors": {k: v.to_dict() for k, v in self.dense_tensors.items()}},
+            "head": self.head, "dense": self.dense_dict(),
             "experts": self.experts.to_dict() if self.experts else None,
             "tokenizer": self.tokenizer, "files": self.files,
             "generation": self.generation, "quant_report": self.quant_report,
         }
+        return {**data, CHECKSUM_FIELD: manifest_checksum(data)}
 
 
-def _field(data: dict, key: str, kind: type | tuple[type, ...], where: str):
-    if not isinstance(data, dict) or key not in data:
-        raise BundleError(f"manifest: missing field '{where}{key}'")
-    value = data[key]
-    if not isinstance(value, kind) or isinstance(value, bool) and kind is int:
-        raise BundleError(f"manifest: field '{where}{key}' has the wrong type ({type(value).__name__})")
-    return value
+def graph_contract(spec: ModelSpec, quantization: dict[str, Any], dense: dict[str, Any]) -> str:
+    """The checksum each layer graph carries of what it was built for: the spec, the quantization and
+    the dense-weights index (its external data). A manifest edited after export no longer matches."""
+    return digest(canonical_json({"model": spec.to_dict(), "quantization": quantization, "dense": dense}))
 
 
-def _tensor(data: dict, where: str) -> TensorEntry:
-    offset = _field(data, "offset", int, where)
-    shape = tuple(_field(data, "shape", list, where))
-    dtype = _field(data, "dtype", str, where)
-    if dtype not in DTYPES:
-        raise BundleError(f"manifest: {where}dtype {dtype!r} is not one of {sorted(DTYPES)}")
-    if offset < 0 or not all(isinstance(n, int) and n >= 0 for n in shape):
-        raise BundleError(f"manifest: {where} has a negative offset or a bad shape {list(shape)}")
-    return TensorEntry(offset, shape, dtype)
-
-
-def _check_file(root: Path, files: dict, name: str) -> int:
-    path = root / name
-    if not path.is_file():
-        raise BundleError(f"bundle file missing: {path}")
-    size = path.stat().st_size
-    expected = files.get(name, {}).get("size")
-    if expected is not None and size != expected:
-        raise BundleError(f"{path} is {size} bytes, the manifest says {expected}: truncated or corrupt")
-    return size
-
-
-def _check_bounds(entry: TensorEntry, limit: int, what: str) -> None:
-    if entry.offset + entry.nbytes > limit:
-        raise BundleError(f"{what}: bytes [{entry.offset}, {entry.offset + entry.nbytes}) "
-                          f"lie outside its {limit}-byte region")
-
-
-def _expected_expert_shapes(spec: ModelSpec, group: int) -> dict[str, tuple[int, ...]]:
-    """Shapes of an expert's tensors; `group` 0 means one scale per output channel."""
+def expert_span_layout(spec: ModelSpec, group_size: int, dtype: str) -> tuple[dict[str, TensorEntry], int]:
+    """The one layout of an expert's span (FORMAT.md): gate, up, down weights of `dtype`, then their
+    float32 scales, each 64-byte aligned; and the span's size, rounded up to a page."""
     d, i = spec.hidden_size, spec.expert_intermediate_size
-    groups_d, groups_i = (d // group, i // group) if group else (1, 1)
-    return {"gate": (i, d), "up": (i, d), "down": (d, i),
-            "gate_scale": (i, groups_d), "up_scale": (i, groups_d), "down_scale": (d, groups_i)}
+    groups_d, groups_i = (d // group_size, i // group_size) if group_size else (1, 1)
+    shapes = {"gate": (i, d), "up": (i, d), "down": (d, i),
+              "gate_scale": (i, groups_d), "up_scale": (i, groups_d), "down_scale": (d, groups_i)}
+    layout, cursor = {}, 0
+    for name in EXPERT_TENSORS:
+        cursor = _align(cursor, TENSOR_ALIGN)
+        layout[name] = TensorEntry(cursor, shapes[name], "float32" if name.endswith("_scale") else dtype)
+        cursor = layout[name].end
+    return layout, _align(cursor, PAGE)
 
 
-def _read_experts(root: Path, files: dict, data: dict, spec: ModelSpec, scheme: str) -> ExpertsIndex:
-    where = "experts."
-    name = _field(data, "file", str, where)
-    size = _check_file(root, files, name)
-    span = _field(data, "span_bytes", int, where)
-    group = _field(data, "group_size", int, where)
-    if span <= 0 or span % PAGE:
-        raise BundleError(f"manifest: experts.span_bytes must be a positive multiple of {PAGE}")
-    if group < 0 or group and (spec.hidden_size % group or spec.expert_intermediate_size % group):
-        raise BundleError(f"manifest: experts.group_size {group} does not divide the expert dimensions")
-    tensors = {k: _tensor(_field(_field(data, "tensors", dict, where), k, dict, where + "tensors."),
-                          f"{where}tensors.{k}.") for k in EXPERT_TENSORS}
-    weight_dtype = WEIGHT_DTYPES[scheme]
-    for k in EXPERT_TENSORS:
-        expected = "float32" if k.endswith("_scale") else weight_dtype
-        if tensors[k].dtype != expected:
-            raise BundleError(f"manifest: experts.tensors.{k} is {tensors[k].dtype}, scheme {scheme} needs {expected}")
-    for k, shape in _expected_expert_shapes(spec, group).items():
-        if tensors[k].shape != shape:
-            raise BundleError(f"manifest: experts.tensors.{k} has shape {list(tensors[k].shape)}, "
-                              f"the model spec needs {list(shape)}")
-        _check_bounds(tensors[k], span, f"experts.tensors.{k}")
-    layers = {}
-    raw_layers = _field(data, "layers", dict, where)
-    moe_layers = {i for i, kind in enumerate(spec.layer_kinds) if kind == "moe"}
-    if {int(k) for k in raw_layers if k.isdigit()} != moe_layers or len(raw_layers) != len(moe_layers):
-        raise BundleError(f"manifest: experts.layers names layers {sorted(raw_layers)}, "
-                          f"the MoE layers are {sorted(moe_layers)}")
-    for key, offsets in raw_layers.items():
-        if not isinstance(offsets, list) or len(offsets) != spec.routing.n_experts:
-            raise BundleError(f"manifest: experts.layers.{key} must list {spec.routing.n_experts} offsets")
+def head_groups(spec: ModelSpec, group_size: int) -> int:
+    """Scale groups per row of the LM head: one per channel (0), or hidden / group size."""
+    return spec.hidden_size // group_size if group_size else 1
+
+
+def _align(n: int, to: int) -> int:
+    return -(-n // to) * to
+
+
+def _tensor(data: Any, where: str) -> TensorEntry:
+    data = checks.record(data, where, ("offset", "shape", "dtype"), (), BundleError)
+    offset = checks.integer(data["offset"], f"{where}.offset", 0, MAX_OFFSET, BundleError)
+    shape = checks.array(data["shape"], f"{where}.shape", None, BundleError, limit=4)
+    if not shape:
+        raise BundleError(f"manifest: {where}.shape is empty")
+    dims = tuple(checks.integer(n, f"{where}.shape[i]", 1, 1 << 31, BundleError) for n in shape)
+    dtype = checks.choice(data["dtype"], f"{where}.dtype", tuple(DTYPES), BundleError)
+    entry = TensorEntry(offset, dims, dtype)
+    if entry.nbytes > MAX_OFFSET:
+        raise BundleError(f"manifest: {where} is {entry.nbytes} bytes, larger than any bundle file")
+    return entry
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise BundleError(f"manifest: {message}")
+
+
+def _parse(raw: bytes, where: str) -> dict[str, Any]:
+    def refuse_constant(name: str):
+        raise ValueError(f"{name} is not a number JSON allows")
+
+    def finite_float(text: str) -> float:
+        value = float(text)
+        if value in (float("inf"), float("-inf")):
+            raise ValueError(f"{text} overflows a float")
+        return value
+
+    try:
+        data = json.loads(raw.decode("utf-8"), parse_constant=refuse_constant, parse_float=finite_float)
+    except UnicodeDecodeError:
+        raise BundleError(f"{where} is not UTF-8 text") from None
+    except RecursionError:
+        raise BundleError(f"{where} is nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, integers of too many digits, NaN/Infinity
+        raise BundleError(f"{where} is not valid JSON: {' '.join(str(exc).split())[:200]}") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT_NAME:
+        raise BundleError(f"{where} is not a moedge bundle manifest")
+    return data
+
+
+def _read_spec(data: Any) -> ModelSpec:
+    names = tuple(f.name for f in dataclasses.fields(ModelSpec))
+    data = checks.record(data, "manifest: model", names, (), BundleError)
+    if data["routing"] is not None:
+        routing_fields = tuple(f.name for f in dataclasses.fields(RoutingSpec))
+        checks.record(data["routing"], "manifest: model.routing", routing_fields, (), BundleError)
+    checks.array(data["layer_kinds"], "manifest: model.layer_kinds", None, BundleError, limit=1024)
+    try:
+        return ModelSpec.from_dict(data).validate()
+    except SpecError as exc:
+        raise BundleError(f"manifest: invalid model spec: {exc}") from None
+
+
+def _read_quantization(data: Any) -> tuple[str, int, str]:
+    data = checks.record(data, "manifest: quantization", ("scheme", "group_size", "dense_linears"), (), BundleError)
+    scheme = checks.choice(data["scheme"], "manifest: quantization.scheme", tuple(WEIGHT_DTYPES), BundleError)
+    group = data["group_size"]
+    if type(group) is not int or group not in (0, *GROUP_SIZES):
+        raise BundleError(f"manifest: quantization.group_size must be 0 or one of {list(GROUP_SIZES)}, got {group!r}")
+    _require(scheme == "int8" or group == 0, "float32 weights have no group size (quantization.group_size 0)")
+    dense_linears = checks.choice(data["dense_linears"], "manifest: quantization.dense_linears", DENSE_LINEARS,
+                                  BundleError)
+    return scheme, group, dense_linears
+
+
+def _read_dense(data: Any, spec: ModelSpec, sizes: dict[str, int]) -> tuple[str, dict[str, TensorEntry]]:
+    data = checks.record(data, "manifest: dense", ("file", "tensors"), (), BundleError)
+    name = checks.plain_name(data["file"], "manifest: dense.file", BundleError)
+    tensors = data["tensors"]
+    _require(isinstance(tensors, dict), "dense.tensors must be an object")
+    _require(len(tensors) <= 64 * spec.n_layers + 16, f"dense.tensors lists {len(tensors)} tensors")
+    entries = {}
+    for key, value in tensors.items():
+        checks.text(key, "manifest: a dense tensor name", BundleError, limit=128)
+        entries[key] = _tensor(value, f"manifest: dense.tensors.{key}")
+        _require(entries[key].offset % PAGE == 0, f"dense.tensors.{key}.offset is not {PAGE}-byte aligned")
+    size = sizes.get(name, 0)
+    ordered = sorted(entries.items(), key=lambda kv: kv[1].offset)
+    for (a, ea), (b, eb) in zip(ordered, ordered[1:], strict=False):
+        _require(ea.end <= eb.offset, f"dense tensors {a} and {b} overlap")
+    for key, entry in ordered:
+        _require(entry.end <= size, f"dense tensor {key}: bytes [{entry.offset}, {entry.end}) lie outside "
+                                    f"{name} ({size} bytes)")
+    embed = entries.get(EMBEDDING)
+    _require(embed is not None and embed.shape == (spec.vocab_size, spec.hidden_size) and embed.dtype == "float32",
+             f"dense.tensors.{EMBEDDING} is missing or not float32 [vocab, hidden]")
+    return name, entries
+
+
+def _read_head(data: Any, dense: dict[str, TensorEntry], spec: ModelSpec, scheme: str, group: int) -> dict[str, str]:
+    names = checks.record(data, "manifest: head", ("norm", "weight", "scale"), (), BundleError)
+    weight_names = (HEAD_WEIGHT, EMBEDDING) if scheme == "float32" and spec.tie_embeddings else (HEAD_WEIGHT,)
+    _require(names["norm"] == HEAD_NORM and names["scale"] == HEAD_SCALE and names["weight"] in weight_names,
+             f"head must name {HEAD_NORM!r}, {' or '.join(map(repr, weight_names))} and {HEAD_SCALE!r}, got {names}")
+    missing = [n for n in names.values() if n not in dense]
+    _require(not missing, f"head tensor(s) {missing} are not in dense.tensors")
+    norm, weight, scale = (dense[names[k]] for k in ("norm", "weight", "scale"))
+    groups = head_groups(spec, group)
+    _require(norm.shape == (spec.hidden_size,) and norm.dtype == "float32"
+             and weight.shape == (spec.vocab_size, spec.hidden_size) and weight.dtype == WEIGHT_DTYPES[scheme]
+             and scale.shape == (spec.vocab_size, groups) and scale.dtype == "float32",
+             f"the head tensors must be norm float32 [{spec.hidden_size}], weight {scheme} "
+             f"[{spec.vocab_size}, {spec.hidden_size}] and scale float32 [{spec.vocab_size}, {groups}]")
+    return dict(names)
+
+
+def _read_experts(data: Any, spec: ModelSpec, scheme: str, group: int, sizes: dict[str, int]) -> ExpertsIndex:
+    where = "manifest: experts"
+    data = checks.record(data, where, ("file", "span_bytes", "alignment", "group_size", "tensors", "layers",
+                                       "checksums"), (), BundleError)
+    name = checks.plain_name(data["file"], f"{where}.file", BundleError)
+    _require(data["alignment"] == PAGE and type(data["alignment"]) is int, f"experts.alignment must be {PAGE}")
+    _require(data["group_size"] == group and type(data["group_size"]) is int,
+             f"experts.group_size must equal quantization.group_size ({group})")
+    layout, span = expert_span_layout(spec, group, WEIGHT_DTYPES[scheme])
+    tensors = checks.record(data["tensors"], f"{where}.tensors", EXPERT_TENSORS, (), BundleError)
+    for key in EXPERT_TENSORS:
+        entry = _tensor(tensors[key], f"{where}.tensors.{key}")
+        _require(entry == layout[key], f"experts.tensors.{key} is {entry.to_dict()}, the span layout of this "
+                                       f"model is {layout[key].to_dict()}")
+    _require(data["span_bytes"] == span and type(data["span_bytes"]) is int,
+             f"experts.span_bytes must be {span} for this model, got {data['span_bytes']!r}")
+    keys = tuple(str(i) for i in spec.moe_layers)
+    raw_layers = checks.record(data["layers"], f"{where}.layers", keys, (), BundleError)
+    raw_sums = checks.record(data["checksums"], f"{where}.checksums", keys, (), BundleError)
+    size, n_experts = sizes.get(name, 0), spec.routing.n_experts
+    layers, sums = {}, {}
+    for key in keys:
+        offsets = checks.array(raw_layers[key], f"{where}.layers.{key}", n_experts, BundleError)
         for e, off in enumerate(offsets):
-            if not isinstance(off, int) or off < PAGE or off % PAGE or off + span > size:
+            checks.integer(off, f"{where}.layers.{key}[{e}]", 0, MAX_OFFSET, BundleError)
+            if off < PAGE or off % PAGE or off + span > size:
                 raise BundleError(f"experts file {name}: expert {e} of layer {key} at offset {off} "
                                   f"is not a page-aligned span inside the {size}-byte file")
         layers[int(key)] = tuple(offsets)
+        hexes = checks.array(raw_sums[key], f"{where}.checksums.{key}", n_experts, BundleError)
+        sums[int(key)] = tuple(_checksum(h, f"{where}.checksums.{key}[i]") for h in hexes)
     starts = sorted(off for offs in layers.values() for off in offs)
     if any(b - a < span for a, b in zip(starts, starts[1:], strict=False)):
         raise BundleError(f"experts file {name}: expert spans overlap")
-    return ExpertsIndex(name, span, group, tensors, layers)
+    return ExpertsIndex(name, span, group, layout, layers, sums)
 
 
-def _read_head(data: dict, dense: dict[str, TensorEntry], spec: ModelSpec, scheme: str) -> dict[str, str]:
-    names = {key: _field(data, key, str, "head.") for key in ("norm", "weight", "scale")}
-    missing = [n for n in names.values() if n not in dense]
-    if missing:
-        raise BundleError(f"manifest: head tensor(s) {missing} are not in dense.tensors")
-    norm, weight, scale = (dense[names[k]] for k in ("norm", "weight", "scale"))
-    groups = scale.shape[1] if len(scale.shape) == 2 else 0
-    if (norm.shape != (spec.hidden_size,) or weight.shape != (spec.vocab_size, spec.hidden_size)
-            or scale.shape != (spec.vocab_size, groups) or not groups or spec.hidden_size % groups
-            or weight.dtype != WEIGHT_DTYPES[scheme] or scale.dtype != "float32"):
-        raise BundleError(f"manifest: the head tensors do not fit [vocab, hidden] {scheme} weights with "
-                          "float32 scales")
-    return names
+def _checksum(value: Any, where: str) -> str:
+    if not isinstance(value, str) or len(value) != 32 or value.strip("0123456789abcdef"):
+        raise BundleError(f"{where} must be 32 lowercase hex digits, got {checks.show(value)}")
+    return value
+
+
+def _read_files(data: Any, referenced: dict[str, bool], bundle: BundleDir) -> tuple[dict[str, dict], dict[str, int]]:
+    """Check `files` names exactly the `referenced` files (name -> has a whole-file checksum), with sizes
+    matching the disk; return it and the sizes."""
+    files = checks.record(data, "manifest: files", tuple(referenced), (), BundleError)
+    sizes = {}
+    for name, hashed in referenced.items():
+        info = checks.record(files[name], f"manifest: files.{name}", ("size", "xxh3") if hashed else ("size",), (),
+                             BundleError)
+        expected = checks.integer(info["size"], f"manifest: files.{name}.size", 0, MAX_OFFSET, BundleError)
+        if hashed:
+            _checksum(info["xxh3"], f"manifest: files.{name}.xxh3")
+        sizes[name] = bundle.size(name)
+        if sizes[name] != expected:
+            raise BundleError(f"{bundle.path / name} is {sizes[name]} bytes, the manifest says {expected}: "
+                              "truncated or corrupt")
+    return files, sizes
+
+
+def _read_generation(data: Any, spec: ModelSpec) -> dict[str, Any]:
+    where = "manifest: generation"
+    data = checks.record(data, where, (), _GENERATION, BundleError)
+    for key in ("bos_token_id", "eos_token_id"):
+        value = data.get(key)
+        ids = value if isinstance(value, list) else [] if value is None else [value]
+        if key == "bos_token_id" and isinstance(value, list):
+            raise BundleError(f"{where}.bos_token_id must be one token id")
+        checks.array(ids, f"{where}.{key}", None, BundleError, limit=64)
+        for token in ids:
+            checks.integer(token, f"{where}.{key}", 0, spec.vocab_size - 1, BundleError)
+    if "chat_template" in data:
+        checks.text(data["chat_template"], f"{where}.chat_template", BundleError)
+    if "special_tokens" in data:
+        tokens = checks.record(data["special_tokens"], f"{where}.special_tokens", (), _SPECIAL_TOKENS, BundleError)
+        for key, value in tokens.items():
+            checks.text(value, f"{where}.special_tokens.{key}", BundleError, limit=256)
+    return data
+
+
+def _read_quant_report(data: Any, spec: ModelSpec) -> dict[str, Any]:
+    where = "manifest: quant_report"
+    data = checks.record(data, where, ("layers", "head"), (), BundleError)
+    layers = checks.record(data["layers"], f"{where}.layers", tuple(str(i) for i in spec.moe_layers), (), BundleError)
+    rows = [(f"{where}.layers.{k}", v, ("max_abs", "rel_fro_max", "cosine_min")) for k, v in layers.items()]
+    for label, row, keys in [*rows, (f"{where}.head", data["head"], ("max_abs", "rel_fro", "cosine"))]:
+        row = checks.record(row, label, keys, (), BundleError)
+        for key in keys:
+            checks.number(row[key], f"{label}.{key}", -1.0, 1e30, BundleError)
+    return data
 
 
 def check_experts_header(head: bytes, path: Path) -> None:
-    """Check the first bytes of an experts file: magic and version."""
+    """Check the first bytes of an experts file: magic, version and header size."""
     if len(head) < EXPERTS_HEADER.size:
         raise BundleError(f"{path}: too short to be a moedge experts file")
-    magic, version, _ = EXPERTS_HEADER.unpack(head)
+    magic, version, header = EXPERTS_HEADER.unpack(head[:EXPERTS_HEADER.size])
     if magic != EXPERTS_MAGIC:
         raise BundleError(f"{path}: not a moedge experts file (bad magic {magic!r})")
     if version != FORMAT_VERSION:
         raise BundleError(f"{path}: experts file version {version}, this runtime reads {FORMAT_VERSION}")
+    if header != PAGE:
+        raise BundleError(f"{path}: experts header of {header} bytes, the format says {PAGE}")
 
 
-def read_manifest(root: str | Path) -> Manifest:
-    """Read and validate `root/manifest.json` against the files beside it."""
-    root = Path(root)
-    try:
-        data = json.loads((root / MANIFEST).read_text())
-    except FileNotFoundError:
-        raise BundleError(f"{root} is not a moedge bundle: no {MANIFEST}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{root / MANIFEST} is not valid JSON: {exc}") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT_NAME:
-        raise BundleError(f"{root / MANIFEST} is not a moedge bundle manifest")
+def read_manifest(root: str | Path | BundleDir, verify: bool = True) -> Manifest:
+    """Read and validate `root/manifest.json` against the files beside it.
+
+    `verify` checks the manifest's own checksum (the files' checksums are checked when they are used).
+    """
+    if not isinstance(root, BundleDir):
+        with BundleDir(root) as bundle:
+            return read_manifest(bundle, verify)
+    bundle, where = root, str(root.path / MANIFEST)
+    if not bundle.exists(MANIFEST):
+        raise BundleError(f"{bundle.path} is not a moedge bundle: no {MANIFEST}")
+    data = _parse(bundle.read(MANIFEST, MANIFEST_LIMIT), where)
     version = data.get("format_version")
-    if version != FORMAT_VERSION:
-        raise BundleError(f"bundle format version {version!r} is not supported by this runtime "
+    if version != FORMAT_VERSION or type(version) is not int:
+        raise BundleError(f"bundle format version {checks.show(version)} is not supported by this runtime "
                           f"(it reads version {FORMAT_VERSION}); re-export the model")
-    try:
-        spec = ModelSpec.from_dict(_field(data, "model", dict, "")).validate()
-    except (SpecError, TypeError) as exc:
-        raise BundleError(f"manifest: invalid model spec: {exc}") from None
-    files = _field(data, "files", dict, "")
-    graphs = _field(data, "graphs", dict, "")
-    layer_graphs = tuple(_field(graphs, "layers", list, "graphs."))
-    if len(layer_graphs) != spec.n_layers:
-        raise BundleError(f"manifest: {len(layer_graphs)} layer graphs for {spec.n_layers} layers")
+    checks.record(data, f"{where}", _FIELDS, (), BundleError)
+    if verify and data[CHECKSUM_FIELD] != manifest_checksum(data):
+        raise BundleError(f"{where}: checksum mismatch, the manifest is corrupt or was edited after export")
+    spec = _read_spec(data["model"])
+    scheme, group, dense_linears = _read_quantization(data["quantization"])
+    graphs = checks.record(data["graphs"], "manifest: graphs", ("layers",), ("full",), BundleError)
+    layer_graphs = tuple(checks.plain_name(n, "manifest: graphs.layers[i]", BundleError)
+                         for n in checks.array(graphs["layers"], "manifest: graphs.layers", spec.n_layers, BundleError))
     full = graphs.get("full")
-    for name in (*layer_graphs, *([full] if full else [])):
-        _check_file(root, files, name)
-    dense = _field(data, "dense", dict, "")
-    dense_file = _field(dense, "file", str, "dense.")
-    dense_size = _check_file(root, files, dense_file)
-    dense_tensors = {k: _tensor(v, f"dense.tensors.{k}.")
-                     for k, v in _field(dense, "tensors", dict, "dense.").items()}
-    for k, entry in dense_tensors.items():
-        _check_bounds(entry, dense_size, f"dense tensor {k}")
-    embed = dense_tensors.get("embed.weight")
-    if embed is None or embed.shape != (spec.vocab_size, spec.hidden_size):
-        raise BundleError("manifest: dense.tensors.embed.weight is missing or not [vocab, hidden]")
-    quant = _field(data, "quantization", dict, "")
-    scheme = _field(quant, "scheme", str, "quantization.")
-    if scheme not in WEIGHT_DTYPES:
-        raise BundleError(f"manifest: quantization scheme {scheme!r} is not one of {sorted(WEIGHT_DTYPES)}")
-    group = _field(quant, "group_size", int, "quantization.")
-    dense_linears = quant.get("dense_linears", "float32")
-    if dense_linears not in ("float32", "int8"):
-        raise BundleError(f"manifest: quantization.dense_linears {dense_linears!r} is not float32 or int8")
-    head = _read_head(_field(data, "head", dict, ""), dense_tensors, spec, scheme)
-    experts = None
-    if spec.is_moe:
-        experts = _read_experts(root, files, _field(data, "experts", dict, ""), spec, scheme)
-    tokenizer = data.get("tokenizer")
+    if full is not None:
+        checks.plain_name(full, "manifest: graphs.full", BundleError)
+    dense_file = checks.plain_name(checks.record(data["dense"], "manifest: dense", ("file", "tensors"), (),
+                                                 BundleError)["file"], "manifest: dense.file", BundleError)
+    _require((data["experts"] is None) == (not spec.is_moe), "experts must be an object for an MoE model, else null")
+    experts_file = None
+    if data["experts"] is not None:
+        _require(isinstance(data["experts"], dict), "experts must be an object for an MoE model")
+        experts_file = checks.plain_name(data["experts"].get("file"), "manifest: experts.file", BundleError)
+    tokenizer = data["tokenizer"]
     if tokenizer is not None:
-        _check_file(root, files, tokenizer)
+        checks.plain_name(tokenizer, "manifest: tokenizer", BundleError)
+    named = [*layer_graphs, *([full] if full else []), dense_file, *([tokenizer] if tokenizer else []),
+             *([experts_file] if experts_file else [])]
+    _require(len(set(named)) == len(named) and MANIFEST not in named, f"file names repeat: {named}")
+    referenced = {name: name != experts_file for name in named}
+    files, sizes = _read_files(data["files"], referenced, bundle)
+    dense_file, dense_tensors = _read_dense(data["dense"], spec, sizes)
+    head = _read_head(data["head"], dense_tensors, spec, scheme, group)
+    experts = None
+    if experts_file is not None:
+        experts = _read_experts(data["experts"], spec, scheme, group, sizes)
     return Manifest(spec=spec, quant_scheme=scheme, group_size=group, dense_linears=dense_linears,
-                    layer_graphs=layer_graphs, head=head, dense_file=dense_file,
-                    dense_tensors=dense_tensors, experts=experts, tokenizer=tokenizer, files=files,
-                    generation=data.get("generation") or {}, quant_report=data.get("quant_report") or {},
-                    full_graph=full)
+                    layer_graphs=layer_graphs, head=head, dense_file=dense_file, dense_tensors=dense_tensors,
+                    experts=experts, tokenizer=tokenizer, files=files,
+                    generation=_read_generation(data["generation"], spec),
+                    quant_report=_read_quant_report(data["quant_report"], spec), full_graph=full)

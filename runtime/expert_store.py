@@ -2,7 +2,8 @@
 
 Opening the store maps the file and reads no expert byte. Readahead is switched off
 (MADV_RANDOM) so a page fault never pulls in a neighbouring expert; the first time an
-expert is routed to, exactly its span is prefetched with MADV_WILLNEED. Without a memory
+expert is routed to, exactly its span is prefetched with MADV_WILLNEED and (unless verification
+is off) its checksum is checked before any kernel reads it. Without a memory
 budget, residency is left to the OS page cache. With one, the least recently used experts are
 released (MADV_PAGEOUT) whenever the mapped experts would exceed it; a released expert that is
 routed to again is prefetched again.
@@ -11,12 +12,17 @@ routed to again is prefetched again.
 from __future__ import annotations
 
 import mmap
+import os
+import threading
+import weakref
 from pathlib import Path
 
 import numpy as np
 from numba import njit
 
 from .bundle import DTYPES, EXPERT_TENSORS, EXPERTS_HEADER, ExpertsIndex, check_experts_header
+from .errors import BundleError
+from .verify import check_expert
 
 # Reclaim the pages, not only unmap them: unmapped but cached pages would be mapped back by the
 # kernel's fault-around when a neighbouring expert faults. Linux 5.4+; Python 3.11 lacks the name.
@@ -56,14 +62,21 @@ def _least_recently_used(mapped, last_use, keep):
 
 
 class ExpertStore:
-    """Views over the experts file plus counters: hits, first touches and bytes first touched."""
+    """Views over the mapped experts file plus counters: hits, first touches and bytes first touched.
 
-    def __init__(self, path: str | Path, index: ExpertsIndex, n_layers: int, n_experts: int,
-                 budget_bytes: int | None = None):
-        with open(path, "rb") as f:
-            self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    Safe to share between threads: routing decisions are counted under a lock.
+    """
+
+    def __init__(self, experts_map: mmap.mmap, experts_fd: int, path: Path, index: ExpertsIndex, n_layers: int,
+                 n_experts: int, budget_bytes: int | None = None, verify: bool = True):
+        self._map = experts_map
+        self._fd = experts_fd  # owned: checksums read through it, so they add no page to the mapping
+        weakref.finalize(self, os.close, experts_fd)
+        os.posix_fadvise(experts_fd, 0, 0, os.POSIX_FADV_RANDOM)  # no readahead into a neighbouring expert
         self._map.madvise(mmap.MADV_RANDOM)
-        check_experts_header(self._map[:EXPERTS_HEADER.size], Path(path))  # faults in the header page only
+        check_experts_header(self._map[:EXPERTS_HEADER.size], path)  # faults in the header page only
+        self.path = path
+        self.checksums = index.checksums if verify else None
         weight_dtype = DTYPES[index.tensors["gate"].dtype]
         self.wbuf = np.frombuffer(self._map, dtype=weight_dtype)  # weights, in their own dtype
         self.sbuf = np.frombuffer(self._map, dtype=np.float32)  # scales
@@ -78,6 +91,8 @@ class ExpertStore:
         self.hits = np.zeros((n_layers, n_experts), dtype=np.int64)
         self.touched = np.zeros((n_layers, n_experts), dtype=bool)
         self.mapped = np.zeros((n_layers, n_experts), dtype=bool)  # prefetched and not released since
+        self.verified = np.zeros((n_layers, n_experts), dtype=bool)
+        self._lock = threading.Lock()
         self.last_use = np.zeros((n_layers, n_experts), dtype=np.int64)
         self._clock = 0
         self.budget_spans = None if budget_bytes is None else budget_bytes // index.span_bytes
@@ -102,12 +117,27 @@ class ExpertStore:
 
     def touch(self, layer: int, ids: np.ndarray) -> None:
         """Count a routing decision `ids` [T, k] of `layer`; prefetch experts that are not mapped;
-        with a budget, release the least recently used others."""
-        self._clock += 1
-        for e in _count(self.hits[layer], self.touched[layer], self.mapped[layer], self.last_use[layer],
-                        self._clock, ids):
-            self._map.madvise(mmap.MADV_WILLNEED, int(self.offsets[layer, e]), self.span_bytes)
-        if self.budget_spans is not None:
-            for flat in _least_recently_used(self.mapped.reshape(-1), self.last_use.reshape(-1), self.budget_spans):
-                self._map.madvise(MADV_PAGEOUT, int(self.offsets.flat[flat]), self.span_bytes)
-                self.releases += 1
+        with a budget, release the least recently used others. An expert that fails its checksum
+        raises `BundleError` (and is checked again if routed to again)."""
+        with self._lock:
+            self._clock += 1
+            for e in _count(self.hits[layer], self.touched[layer], self.mapped[layer], self.last_use[layer],
+                            self._clock, ids):
+                self._map.madvise(mmap.MADV_WILLNEED, int(self.offsets[layer, e]), self.span_bytes)
+                if self.checksums is not None and not self.verified[layer, e]:
+                    self._verify(layer, e)
+            if self.budget_spans is not None:
+                for flat in _least_recently_used(self.mapped.reshape(-1), self.last_use.reshape(-1),
+                                                 self.budget_spans):
+                    self._map.madvise(MADV_PAGEOUT, int(self.offsets.flat[flat]), self.span_bytes)
+                    self.releases += 1
+
+    def _verify(self, layer: int, e: int) -> None:
+        start = int(self.offsets[layer, e])
+        try:
+            check_expert(os.pread(self._fd, self.span_bytes, start), layer, e, self.checksums[layer][e],
+                         self.path.name)
+        except BundleError:
+            self.mapped[layer, e] = False  # checked again if routed to again
+            raise
+        self.verified[layer, e] = True

@@ -39,6 +39,22 @@ def sample(logits: np.ndarray, rng: np.random.Generator, temperature: float = 0.
     return int(order[rng.choice(len(order), p=probs)])
 
 
+def check_sampling(max_new_tokens: int, temperature: float, top_k: int, top_p: float, seed: int | None) -> None:
+    """Raise `InputError` naming the first sampling argument of the wrong type or out of range."""
+    def whole(value, name: str) -> None:
+        if type(value) not in (int, np.int64) or value < 0:
+            raise InputError(f"{name} must be a whole number >= 0, got {value!r}")
+
+    whole(max_new_tokens, "max_new_tokens")
+    whole(top_k, "top_k")
+    if seed is not None:
+        whole(seed, "seed")
+    if type(temperature) not in (int, float) or not 0 <= temperature < float("inf"):
+        raise InputError(f"temperature must be a finite number >= 0, got {temperature!r}")
+    if type(top_p) not in (int, float) or not 0 < top_p <= 1:
+        raise InputError(f"top_p must be a number in (0, 1], got {top_p!r}")
+
+
 def _stop_ids(model: Model) -> set[int]:
     eos = model.manifest.generation.get("eos_token_id")
     return set(eos if isinstance(eos, list) else [] if eos is None else [eos])
@@ -47,10 +63,17 @@ def _stop_ids(model: Model) -> set[int]:
 def generate(model: Model, prompt: str | list[int], max_new_tokens: int = 64, temperature: float = 0.0,
              top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
              stop: list[str] | None = None) -> Iterator[Token]:
-    """Stream up to `max_new_tokens` tokens after `prompt`; ends early at EOS or a stop string."""
-    if not 0.0 < top_p <= 1.0 or temperature < 0 or top_k < 0 or max_new_tokens < 0:
-        raise InputError("need temperature >= 0, top_k >= 0, 0 < top_p <= 1 and max_new_tokens >= 0")
-    ids = model.encode(prompt) if isinstance(prompt, str) else list(prompt)
+    """Stream up to `max_new_tokens` tokens after `prompt` (text, or token ids); ends early at EOS or a
+    stop string. Bad arguments raise `InputError` naming the argument, before any work."""
+    check_sampling(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    if stop is not None and (not isinstance(stop, (list, tuple)) or not all(isinstance(s, str) and s for s in stop)):
+        raise InputError("stop must be a list of non-empty strings")
+    if isinstance(prompt, str):
+        ids = model.encode(prompt)
+    elif isinstance(prompt, (list, tuple, np.ndarray)):
+        ids = model.check_tokens(prompt).tolist()
+    else:
+        raise InputError(f"the prompt must be text or a list of token ids, got {type(prompt).__name__}")
     session = model.session()
     if len(ids) + max_new_tokens > session.remaining:
         raise InputError(f"prompt of {len(ids)} tokens plus {max_new_tokens} new tokens exceeds the "

@@ -9,7 +9,8 @@ one scale per output channel). numba compiles one specialisation per weight dtyp
 Every matrix is read through a view shaped [rows, groups, group] so that inner loops start
 at 0: indexing a flat buffer at a run-time offset makes numba emit a wrap-around check that
 turns the loads into gathers (measured 6x slower). Activations stay float32, so results equal
-a float model with the dequantized weights up to rounding.
+a float model with the dequantized weights up to rounding. Every kernel uses numba's numpy error
+model: a NaN or a division by zero gives NaN/inf (which the session reports), never a Python exception.
 """
 
 from __future__ import annotations
@@ -21,14 +22,14 @@ _0 = np.float32(0.0)
 _1 = np.float32(1.0)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, error_model="numpy", inline="always")
 def _matrix(wbuf, sbuf, woff, soff, rows, cols, g):
     """(weights [rows, cols/g, g], scales [rows, cols/g]) of one matrix."""
     n = cols // g
     return (wbuf[woff:woff + rows * cols].reshape(rows, n, g), sbuf[soff:soff + rows * n].reshape(rows, n))
 
 
-@njit(cache=True, fastmath=True, inline="always")
+@njit(cache=True, error_model="numpy", fastmath=True, inline="always")
 def _dot(w3, s2, x2, r):
     """row r of (w3 · s2) dotted with x2 (x viewed as [groups, g])."""
     acc = _0
@@ -40,7 +41,7 @@ def _dot(w3, s2, x2, r):
     return acc
 
 
-@njit(cache=True, fastmath=True, inline="always")
+@njit(cache=True, error_model="numpy", fastmath=True, inline="always")
 def _gate_up(g3, gs, u3, us, x2, r):
     """silu(gate[r]·x) · (up[r]·x) in one pass over x."""
     ag = _0
@@ -57,7 +58,7 @@ def _gate_up(g3, gs, u3, us, x2, r):
     return ag / (_1 + np.exp(-ag)) * au
 
 
-@njit(cache=True, fastmath=True, inline="always")
+@njit(cache=True, error_model="numpy", fastmath=True, inline="always")
 def _expert_into(x, wbuf, sbuf, wbase, sbase, wlay, slay, gd, gi, weight, hidden, out):
     """out[D] += weight · expert(x[D]); hidden is scratch [I]."""
     d, i = x.shape[0], hidden.shape[0]
@@ -72,7 +73,7 @@ def _expert_into(x, wbuf, sbuf, wbase, sbase, wlay, slay, gd, gi, weight, hidden
         out[r] += weight * _dot(d3, ds, h2, r)
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True, error_model="numpy", fastmath=True)
 def moe_decode(x, wbuf, sbuf, wbases, sbases, weights, wlay, slay, gd, gi, hidden, out):
     """out[D] = Σ_j weights[j]·expert_j(x[D]) over the k experts at wbases/sbases; hidden: scratch [k, I]."""
     out[:] = _0
@@ -80,7 +81,7 @@ def moe_decode(x, wbuf, sbuf, wbases, sbases, weights, wlay, slay, gd, gi, hidde
         _expert_into(x, wbuf, sbuf, wbases[j], sbases[j], wlay, slay, gd, gi, weights[j], hidden[j], out)
 
 
-@njit(cache=True, fastmath=True, parallel=True)
+@njit(cache=True, error_model="numpy", fastmath=True, parallel=True)
 def moe_decode_parallel(x, wbuf, sbuf, wbases, sbases, weights, wlay, slay, gd, gi, hidden, out):
     """`moe_decode` with the k experts spread over the threads (one fork/join per layer)."""
     k, d = wbases.shape[0], x.shape[0]
@@ -94,7 +95,7 @@ def moe_decode_parallel(x, wbuf, sbuf, wbases, sbases, weights, wlay, slay, gd, 
         out[r] = acc
 
 
-@njit(cache=True, fastmath=True, parallel=True)
+@njit(cache=True, error_model="numpy", fastmath=True, parallel=True)
 def expert_tokens(x, wbuf, sbuf, wbase, sbase, wlay, slay, gd, gi, hidden, out):
     """out[n, D] = expert(x[n, D]) for a few tokens: each weight row is read once for all of them."""
     n, d = x.shape
@@ -112,7 +113,7 @@ def expert_tokens(x, wbuf, sbuf, wbase, sbase, wlay, slay, gd, gi, hidden, out):
             out[t, r] = _dot(d3, ds, h3[t], r)
 
 
-@njit(cache=True, fastmath=True, parallel=True)
+@njit(cache=True, error_model="numpy", fastmath=True, parallel=True)
 def dequantize_rows(wbuf, sbuf, woff, soff, rows, cols, g, out):
     """out[rows, cols] = the matrix at element woff of wbuf times its scales at soff of sbuf."""
     w3, s2 = _matrix(wbuf, sbuf, woff, soff, rows, cols, g)
@@ -124,7 +125,7 @@ def dequantize_rows(wbuf, sbuf, woff, soff, rows, cols, g, out):
                 out3[r, gi, j] = np.float32(w3[r, gi, j]) * scale
 
 
-@njit(cache=True, fastmath=True, parallel=True)
+@njit(cache=True, error_model="numpy", fastmath=True, parallel=True)
 def norm_linear(x, norm_weight, eps, weight, scale, out):
     """out[T, V] = rmsnorm(x[T, D])·norm_weight @ (weight[V, D] · scale[V, D/g])ᵀ (an int8 or float LM head)."""
     t_n, d = x.shape

@@ -17,18 +17,23 @@ from .spec import ModelSpec
 PREFILL_GEMM_MIN_TOKENS = 16
 
 
+class ExpertScratch:
+    """Buffers the expert kernels write into, one set per session (never shared between threads)."""
+
+    def __init__(self, spec: ModelSpec):
+        self.hidden = np.empty((spec.routing.top_k, spec.expert_intermediate_size), dtype=np.float32)  # [k, I]
+        self.dequantized: dict[int, np.ndarray] = {}  # gate/up/down for prefill, allocated on first use
+
+
 class MoELayer:
     """The routed experts of layer `index` (the shared expert runs in the layer's ONNX graph)."""
 
-    def __init__(self, index: int, spec: ModelSpec, group_size: int, store: ExpertStore, threads: int,
-                 dequantized: dict[int, np.ndarray]):
+    def __init__(self, index: int, spec: ModelSpec, group_size: int, store: ExpertStore, threads: int):
         self.index = index
         self.routing = spec.routing
         self.store = store
         self.d, self.i = spec.hidden_size, spec.expert_intermediate_size
         self.gd, self.gi = (group_size, group_size) if group_size else (self.d, self.i)
-        self.scratch = np.empty((self.routing.top_k, self.i), dtype=np.float32)
-        self.dequantized = dequantized  # gate/up/down buffers shared by the model's MoE layers
         # one thread streams the experts one after another; more threads take one expert each
         self.decode_kernel = kernels.moe_decode if threads == 1 else kernels.moe_decode_parallel
 
@@ -38,14 +43,14 @@ class MoELayer:
         self.store.touch(self.index, ids)
         return ids, weights
 
-    def compute(self, x: np.ndarray, ids: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    def compute(self, x: np.ndarray, ids: np.ndarray, weights: np.ndarray, scratch: ExpertScratch) -> np.ndarray:
         """The weighted sum of the selected experts [T, D] for the normed input x [T, D]."""
         store, layer = self.store, self.index
         wbases, sbases = store.woffsets[layer][ids], store.soffsets[layer][ids]  # [T, k]
         if x.shape[0] == 1:  # decode: the kernel writes every element
             out = np.empty_like(x)
             self.decode_kernel(x[0], store.wbuf, store.sbuf, wbases[0], sbases[0], weights[0], store.wlay,
-                               store.slay, self.gd, self.gi, self.scratch, out[0])
+                               store.slay, self.gd, self.gi, scratch.hidden, out[0])
             return out
         out = np.zeros_like(x)
         flat = ids.ravel()
@@ -53,11 +58,11 @@ class MoELayer:
         _, starts = np.unique(flat[order], return_index=True)
         for rows in np.split(order, starts[1:]):  # the (token, slot) pairs of one expert
             tokens = rows // self.routing.top_k
-            y = self._expert(int(wbases.flat[rows[0]]), int(sbases.flat[rows[0]]), x[tokens])
+            y = self._expert(int(wbases.flat[rows[0]]), int(sbases.flat[rows[0]]), x[tokens], scratch)
             out[tokens] += weights.ravel()[rows, None] * y
         return out
 
-    def _expert(self, wbase: int, sbase: int, x: np.ndarray) -> np.ndarray:
+    def _expert(self, wbase: int, sbase: int, x: np.ndarray, scratch: ExpertScratch) -> np.ndarray:
         """One expert on n tokens x [n, D] → [n, D]."""
         store = self.store
         if x.shape[0] < PREFILL_GEMM_MIN_TOKENS:
@@ -66,16 +71,16 @@ class MoELayer:
             kernels.expert_tokens(x, store.wbuf, store.sbuf, wbase, sbase, store.wlay, store.slay, self.gd,
                                   self.gi, hidden, out)
             return out
-        gate, up, down = (self._dequantize(wbase, sbase, part) for part in range(3))
+        gate, up, down = (self._dequantize(wbase, sbase, part, scratch) for part in range(3))
         h = x @ gate.T
         h = h / (1.0 + np.exp(-h)) * (x @ up.T)
         return h @ down.T
 
-    def _dequantize(self, wbase: int, sbase: int, part: int) -> np.ndarray:
+    def _dequantize(self, wbase: int, sbase: int, part: int, scratch: ExpertScratch) -> np.ndarray:
         rows, cols, group = (self.d, self.i, self.gi) if part == 2 else (self.i, self.d, self.gd)
-        if part not in self.dequantized:  # allocated once: fresh 2 MB arrays would page-fault on every write
-            self.dequantized[part] = np.empty((rows, cols), dtype=np.float32)
-        out = self.dequantized[part]
+        if part not in scratch.dequantized:  # allocated once: fresh 2 MB arrays would page-fault on every write
+            scratch.dequantized[part] = np.empty((rows, cols), dtype=np.float32)
+        out = scratch.dequantized[part]
         store = self.store
         kernels.dequantize_rows(store.wbuf, store.sbuf, wbase + store.wlay[part], sbase + store.slay[part],
                                 rows, cols, group, out)

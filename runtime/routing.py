@@ -8,7 +8,7 @@ from numba import njit
 from .spec import RoutingSpec
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _route(logits, k, sigmoid, normalize, scaling, ids, weights):
     t_n, e_n = logits.shape
     scores = np.empty(e_n, dtype=np.float64)

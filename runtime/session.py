@@ -6,7 +6,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .errors import InputError
+from .errors import InputError, NumericalError
+from .moe import ExpertScratch
 
 if TYPE_CHECKING:
     from .model import Model
@@ -16,15 +17,21 @@ class Session:
     """Holds the KV cache of one sequence; `prefill` then `decode` one token at a time.
 
     The cache is [max_seq_len, kv_heads, head_dim] per layer, allocated once; the graphs read
-    the filled prefix as a view and the new rows are written in place.
+    the filled prefix as a view and the new rows are written in place. A session also owns the
+    expert kernels' scratch buffers, so sessions of one model can decode on several threads at once.
     """
 
     def __init__(self, model: Model, record_routing: bool = False):
         self.model = model
         spec = model.spec
         shape = (spec.max_seq_len, spec.n_kv_heads, spec.head_dim)
-        self.k_cache = [np.zeros(shape, dtype=np.float32) for _ in range(spec.n_layers)]
-        self.v_cache = [np.zeros(shape, dtype=np.float32) for _ in range(spec.n_layers)]
+        try:
+            self.k_cache = [np.zeros(shape, dtype=np.float32) for _ in range(spec.n_layers)]
+            self.v_cache = [np.zeros(shape, dtype=np.float32) for _ in range(spec.n_layers)]
+        except MemoryError:
+            raise InputError(f"the KV cache for the model's context of {spec.max_seq_len} tokens needs "
+                             f"{spec.kv_cache_bytes / 1e9:.1f} GB, more than this machine can allocate") from None
+        self.scratch = ExpertScratch(spec) if spec.is_moe else None
         self.pos = 0
         self.routing_trace: list[tuple[int, np.ndarray]] | None = [] if record_routing else None
 
@@ -61,9 +68,13 @@ class Session:
             if out.router_logits is not None:
                 moe = model.moe[i]
                 ids, weights = moe.select(out.router_logits)
-                routed = moe.compute(out.ffn_in, ids, weights)
+                routed = moe.compute(out.ffn_in, ids, weights, self.scratch)
                 hidden += routed * residual_mult if residual_mult != 1.0 else routed
                 if self.routing_trace is not None:
                     self.routing_trace.append((i, ids))
+        logits = model.logits(hidden[-1:] if last_only else hidden)
+        if not np.isfinite(logits).all():
+            raise NumericalError(f"the logits at positions {pos}..{pos + t - 1} are not finite: the activations "
+                                 "overflowed float32 (the model's weights are out of range)")
         self.pos += t
-        return model.logits(hidden[-1:] if last_only else hidden)
+        return logits

@@ -2,22 +2,34 @@
 
 `ModelSpec` says everything the runtime needs to run a canonical decoder-only transformer,
 dense or Mixture-of-Experts; `RoutingSpec` says how an MoE layer picks and weighs experts.
-Both are frozen dataclasses; `from_dict` ignores unknown keys so newer manifests stay readable.
+Both are frozen dataclasses; `from_dict` ignores unknown keys (a bundle's manifest is checked
+for exact keys before it gets here); `validate` checks every field's type and bounds.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from typing import Any
+
+from . import checks
+from .errors import MoedgeError
 
 SCORE_FUNCS = ("softmax", "sigmoid")
 QK_NORMS = ("none", "head", "full")
 LAYER_KINDS = ("dense", "moe")
 
 
-class SpecError(ValueError):
+MAX_DIM = 1 << 20  # hidden, FFN and expert widths, context length
+MAX_VOCAB = 1 << 24
+MAX_LAYERS = 1024
+MAX_HEADS = 1024
+MAX_HEAD_DIM = 2048
+MAX_EXPERTS = 4096
+MULTIPLIER_RANGE = (1e-6, 1e6)  # embedding/residual multipliers, attention scale, logits divisor, scaling
+
+
+class SpecError(MoedgeError, ValueError):
     """A model or routing description that is inconsistent or unsupported."""
 
 
@@ -51,16 +63,17 @@ class RoutingSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RoutingSpec:
+        _require(isinstance(data, dict), f"routing must be an object, got {type(data).__name__}")
         return cls(**_known_fields(cls, data))
 
     def validate(self) -> None:
-        _require(self.n_experts >= 1, f"n_experts must be >= 1, got {self.n_experts}")
-        _require(1 <= self.top_k <= self.n_experts,
-                 f"top_k must be in [1, n_experts={self.n_experts}], got {self.top_k}")
-        _require(self.score_func in SCORE_FUNCS,
-                 f"score_func must be one of {SCORE_FUNCS}, got {self.score_func!r}")
-        _require(math.isfinite(self.scaling_factor), "scaling_factor must be finite")
-        _require(self.shared_expert_size >= 0, "shared_expert_size must be >= 0")
+        checks.integer(self.n_experts, "routing.n_experts", 1, MAX_EXPERTS, SpecError)
+        checks.integer(self.top_k, "routing.top_k", 1, self.n_experts, SpecError)
+        checks.choice(self.score_func, "routing.score_func", SCORE_FUNCS, SpecError)
+        checks.boolean(self.normalize_top_k, "routing.normalize_top_k", SpecError)
+        checks.number(self.scaling_factor, "routing.scaling_factor", *MULTIPLIER_RANGE, SpecError)
+        checks.integer(self.shared_expert_size, "routing.shared_expert_size", 0, MAX_DIM, SpecError)
+        checks.boolean(self.shared_expert_gate, "routing.shared_expert_gate", SpecError)
         _require(not self.shared_expert_gate or self.shared_expert_size > 0,
                  "shared_expert_gate needs a shared expert (shared_expert_size > 0)")
 
@@ -99,9 +112,12 @@ class ModelSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
-        """Build from a manifest/JSON dict; unknown keys are ignored."""
+        """Build from a manifest/JSON dict; unknown keys are ignored. Call `validate` next."""
+        _require(isinstance(data, dict), f"the model spec must be an object, got {type(data).__name__}")
         known = _known_fields(cls, data)
-        known["layer_kinds"] = tuple(known.get("layer_kinds", ()))
+        kinds = known.get("layer_kinds", ())
+        _require(isinstance(kinds, (list, tuple)), f"layer_kinds must be a list, got {type(kinds).__name__}")
+        known["layer_kinds"] = tuple(kinds)
         if known.get("routing") is not None:
             known["routing"] = RoutingSpec.from_dict(known["routing"])
         return cls(**known)
@@ -116,31 +132,51 @@ class ModelSpec:
         return "moe" in self.layer_kinds
 
     @property
+    def moe_layers(self) -> tuple[int, ...]:
+        """Indices of the MoE layers."""
+        return tuple(i for i, kind in enumerate(self.layer_kinds) if kind == "moe")
+
+    @property
     def scale(self) -> float:
         """The factor applied to q·k before the softmax."""
         return self.attention_scale if self.attention_scale is not None else self.head_dim ** -0.5
 
     def validate(self) -> ModelSpec:
-        """Raise `SpecError` naming the first inconsistency; return self when valid."""
-        for name in ("vocab_size", "hidden_size", "n_layers", "n_heads", "n_kv_heads",
-                     "head_dim", "max_seq_len"):
-            value = getattr(self, name)
-            _require(isinstance(value, int) and value > 0, f"{name} must be a positive int, got {value!r}")
+        """Raise `SpecError` naming the first bad or inconsistent field; return self when valid."""
+        for name, lo, hi in (("vocab_size", 1, MAX_VOCAB), ("hidden_size", 1, MAX_DIM), ("n_layers", 1, MAX_LAYERS),
+                             ("n_heads", 1, MAX_HEADS), ("head_dim", 2, MAX_HEAD_DIM), ("max_seq_len", 1, MAX_DIM),
+                             ("intermediate_size", 0, MAX_DIM), ("expert_intermediate_size", 0, MAX_DIM)):
+            checks.integer(getattr(self, name), name, lo, hi, SpecError)
+        checks.integer(self.n_kv_heads, "n_kv_heads", 1, self.n_heads, SpecError)
         _require(self.n_heads % self.n_kv_heads == 0,
                  f"n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({self.n_kv_heads})")
         _require(self.head_dim % 2 == 0, f"head_dim must be even for RoPE, got {self.head_dim}")
         _require(len(self.layer_kinds) == self.n_layers,
                  f"layer_kinds has {len(self.layer_kinds)} entries for {self.n_layers} layers")
-        bad = sorted(set(self.layer_kinds) - set(LAYER_KINDS))
-        _require(not bad, f"unknown layer kind(s) {bad}; supported: {LAYER_KINDS}")
-        _require(self.qk_norm in QK_NORMS, f"qk_norm must be one of {QK_NORMS}, got {self.qk_norm!r}")
-        _require(self.activation == "silu", f"unsupported activation {self.activation!r} (supported: silu)")
-        _require(self.norm == "rmsnorm", f"unsupported norm {self.norm!r} (supported: rmsnorm)")
-        _require(self.norm_eps > 0 and self.rope_theta > 0, "norm_eps and rope_theta must be positive")
+        for kind in self.layer_kinds:
+            checks.choice(kind, "layer_kinds[i]", LAYER_KINDS, SpecError)
+        checks.number(self.norm_eps, "norm_eps", 1e-12, 0.1, SpecError)
+        checks.number(self.rope_theta, "rope_theta", 1.0, 1e10, SpecError)
+        checks.boolean(self.tie_embeddings, "tie_embeddings", SpecError)
+        for name in ("embedding_multiplier", "residual_multiplier", "logits_divisor"):
+            checks.number(getattr(self, name), name, *MULTIPLIER_RANGE, SpecError)
+        if self.attention_scale is not None:
+            checks.number(self.attention_scale, "attention_scale", *MULTIPLIER_RANGE, SpecError)
+        checks.choice(self.qk_norm, "qk_norm", QK_NORMS, SpecError)
+        checks.boolean(self.attention_bias, "attention_bias", SpecError)
+        checks.choice(self.activation, "activation", ("silu",), SpecError)
+        checks.choice(self.norm, "norm", ("rmsnorm",), SpecError)
         if "dense" in self.layer_kinds:
             _require(self.intermediate_size > 0, "dense layers need intermediate_size > 0")
         if self.is_moe:
-            _require(self.routing is not None, "MoE layers need a routing spec")
+            _require(isinstance(self.routing, RoutingSpec), "MoE layers need a routing spec")
             _require(self.expert_intermediate_size > 0, "MoE layers need expert_intermediate_size > 0")
             self.routing.validate()
+        else:
+            _require(self.routing is None, "a model without MoE layers has no routing spec")
         return self
+
+    @property
+    def kv_cache_bytes(self) -> int:
+        """Bytes of a full-context float32 KV cache (keys and values of every layer)."""
+        return 8 * self.n_layers * self.max_seq_len * self.n_kv_heads * self.head_dim

@@ -26,7 +26,7 @@ def test_export_inspect_run(default_checkpoint, tmp_path):
     bundle = tmp_path / "default.moedge"
     assert "experts" in moedge("export", default_checkpoint, "-o", bundle, "--group-size", "64").stdout
     shown = moedge("inspect", bundle, "--verify").stdout
-    assert "4 layers (4 MoE)" in shown and "group 64" in shown and "checksums: ok" in shown
+    assert "4 layers (4 MoE)" in shown and "group 64" in shown and "checksums: experts.bin: 32 expert spans ok" in shown
     ran = moedge("run", bundle, "--prompt", "The with statement", "-n", "12", "--temperature", "0.8",
                  "--seed", "1").stdout
     assert ran.startswith("The with statement")
@@ -34,7 +34,7 @@ def test_export_inspect_run(default_checkpoint, tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["run", "/nonexistent.moedge", "--prompt", "x"], "not a moedge bundle"),
+    (["run", "/nonexistent.moedge", "--prompt", "x"], "no such bundle"),
     (["export", "/nonexistent", "-o", "/tmp/never.moedge"], "is not a folder"),
     (["inspect", "/"], "not a moedge bundle"),
 ])
@@ -84,3 +84,51 @@ def test_terminated_export_leaves_nothing(tmp_path):
     proc.wait(timeout=60)
     assert proc.returncode == 143, proc.stderr.read()
     assert not out.exists() and list(out.parent.iterdir()) == []
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "B", "--prompt", "x", "--threads", "-1"], "argument --threads: must be a whole number in [1, 1024]"),
+    (["run", "B", "--prompt", "x", "--temperature", "nan"], "argument --temperature: must be a finite number >= 0"),
+    (["run", "B", "--prompt", "x", "--top-p", "0"], "argument --top-p: must be a finite number (0, 1]"),
+    (["run", "B", "--prompt", "x", "-n", "2.5"], "argument -n: must be a whole number"),
+    (["run", "B", "--prompt", "x", "--expert-budget-mb", "-3"], "argument --expert-budget-mb"),
+    (["bench", "B", "--threads", "0"], "argument --threads: must be a whole number in [1, 1024]"),
+    (["bench", "B", "--repeat", "0"], "argument --repeat: must be a whole number >= 1"),
+    (["bench", "B", "--new-tokens", "3"], "argument --new-tokens: must be a whole number >= 5"),
+    (["bench", "B", "--plot", "/nonexistent/r.png"], "argument --plot: the folder '/nonexistent' does not exist"),
+    (["bench", "B", "--plot", "r.jpg"], "argument --plot: must name a .png file"),
+    (["eval", "B", "--text", "t", "--threads", "-1"], "argument --threads"),
+    (["eval", "B", "--text", "t", "--usage", "/nonexistent/u.png"], "argument --usage: the folder"),
+    (["export", "S", "-o", "O", "--group-size", "48"], "argument --group-size: invalid choice: 48"),
+    (["frobnicate"], "invalid choice: 'frobnicate'"),
+])
+def test_bad_options_name_the_option_in_one_line(args, message, capsys):
+    from moedge.cli.main import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(args)
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and message in err, err
+    assert len([line for line in err.splitlines() if line.strip()]) == 1 and err.startswith("moedge: error: ")
+
+
+def test_missing_optional_dependency_names_the_extra(monkeypatch, tmp_path):
+    import importlib.util
+
+    from moedge.cli import options
+    from moedge.runtime import InputError
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
+    with pytest.raises(InputError, match=r"bench --plot needs matplotlib: pip install 'moedge\[plot\]'"):
+        options.require("matplotlib", purpose="bench --plot")
+
+
+def test_bundle_errors_are_one_line_through_the_cli(tmp_path, capsys):
+    from moedge.cli.main import main
+
+    (tmp_path / "b.moedge").mkdir()
+    (tmp_path / "b.moedge" / "manifest.json").write_text('{"format": "moedge-bundle", "format_version": 2}')
+    assert main(["inspect", str(tmp_path / "b.moedge")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("moedge: error: ") and "\n" not in err and "lacks the field(s)" in err

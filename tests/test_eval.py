@@ -106,7 +106,7 @@ def test_eval_cli_reports_perplexity_agreement_and_usage(shipped_bundle, heldout
 
 @pytest.mark.parametrize("args, message", [
     (["--text", "/nonexistent.txt"], "no such file or directory"),
-    (["--text", "/dev/null", "--context", "1"], "--context must be in"),
+    (["--text", "/dev/null", "--context", "1"], "argument --context: must be a whole number >= 2"),
 ])
 def test_eval_bad_input_is_one_line_error(shipped_bundle, args, message):
     result = moedge("eval", shipped_bundle, *args)

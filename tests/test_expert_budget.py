@@ -9,6 +9,9 @@ from conftest import drop_page_cache, tiny_moe_spec
 from moedge.runtime import InputError, Model
 
 PAGE = 4096
+# MADV_PAGEOUT skips pages still in a CPU's batch of pages waiting to join the LRU lists (up to 15 per
+# CPU; 2 CPUs here), so a few pages of released experts may stay mapped: far below one more span each step.
+LRU_BATCH_SLACK = 2 * 15 * PAGE
 
 
 def mapped_bytes(store) -> int:
@@ -43,7 +46,7 @@ def test_budget_caps_mapped_experts_and_keeps_results(exported):
     for token, want in zip(tokens, reference, strict=True):
         np.testing.assert_array_equal(session.decode(token), want)
         assert capped.experts.mapped.sum() <= 3
-        assert mapped_bytes(capped.experts) <= 3 * span + PAGE  # the experts kept, and the header page
+        assert mapped_bytes(capped.experts) <= 3 * span + PAGE + LRU_BATCH_SLACK  # the experts kept, the header
     assert capped.experts.releases > 0
 
 

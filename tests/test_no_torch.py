@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from conftest import tiny_moe_spec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,3 +40,30 @@ def test_device_sources_do_not_import_torch():
                 words = line.split()
                 if words[:1] in (["import"], ["from"]) and len(words) > 1:
                     assert not words[1].lstrip(".").startswith(FORBIDDEN), f"{path}: {line}"
+
+
+CLI_BLOCKED = """
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in ('torch', 'transformers', 'onnx', 'safetensors', 'matplotlib'):
+            raise ImportError('blocked: ' + name)
+sys.meta_path.insert(0, Block())
+from moedge.cli.main import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("args, extra", [
+    (["export", "SRC", "-o", "OUT"], "moedge export needs torch, onnx, safetensors: pip install 'moedge[export]'"),
+    (["bench", "BUNDLE", "--peers"], "bench --peers needs torch, onnx: pip install 'moedge[export]'"),
+    (["bench", "BUNDLE", "--plot", "r.png"], "bench --plot needs matplotlib: pip install 'moedge[plot]'"),
+    (["eval", "BUNDLE", "--text", "t", "--reference", "R"], "eval --reference needs torch"),
+])
+def test_runtime_only_install_names_the_missing_extra(exported, tmp_path, args, extra):
+    bundle = str(exported("no_torch", tiny_moe_spec()).bundle)
+    args = [bundle if a == "BUNDLE" else str(tmp_path / a) if a in ("SRC", "OUT", "r.png") else a for a in args]
+    result = subprocess.run([sys.executable, "-c", CLI_BLOCKED, *args], capture_output=True, text=True, timeout=300,
+                            cwd=tmp_path)
+    assert result.returncode == 2 and extra in result.stderr, result.stderr
+    assert len([line for line in result.stderr.splitlines() if line.strip()]) == 1

@@ -67,7 +67,7 @@ def test_moe_block_matches_numpy_reference(exported, routing):
     empty = np.zeros((0, spec.n_kv_heads, spec.head_dim), np.float32)
     out = model.run_layer(0, x, model.step_tables(0, 5), empty, empty)
     ids, weights = model.moe[0].select(out.router_logits)
-    got = out.hidden + model.moe[0].compute(out.ffn_in, ids, weights)
+    got = out.hidden + model.moe[0].compute(out.ffn_in, ids, weights, model.session().scratch)
 
     def w(name):
         return source.get(f"layers.0.ffn.{name}").astype(np.float64)

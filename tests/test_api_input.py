@@ -1,0 +1,130 @@
+"""The Python API: bad arguments raise `InputError` naming them; threads share a model safely; numerics."""
+
+import threading
+
+import numpy as np
+import pytest
+
+from conftest import tiny_moe_spec
+from moedge.runtime import InputError, Model, NumericalError, kernels
+
+
+@pytest.fixture(scope="module")
+def model(exported):
+    return Model.load(exported("api", tiny_moe_spec()).bundle, threads=1)
+
+
+@pytest.mark.parametrize("tokens, message", [
+    ([1, 2 ** 63], "token id 9223372036854775808 is outside the vocabulary"),
+    ([1, 203], "token id 203 is outside"), ([-1], "token id -1"),
+    ([1.0, 2.0], "token ids must be integers, got float"), ([float("nan")], "got float nan"),
+    (["1"], "got str"), ([None], "got NoneType"), ([[1, 2], [3]], "got list"), ([True], "got bool"),
+    (b"\x01\x02", "must be a list of integers, got bytes"), ("12", "got str"), (None, "got NoneType"),
+    (np.array([[1, 2]]), "1-D integer array, got 2-D"), (np.array([1.5]), "got 1-D float64"),
+    ([], "no tokens given"),
+])
+def test_bad_token_ids(model, tokens, message):
+    with pytest.raises(InputError, match=message.replace("[", r"\[")):
+        model.session().prefill(tokens)
+
+
+def test_bad_decode_and_context(model):
+    session = model.session()
+    with pytest.raises(InputError, match="token id -1"):
+        session.decode(-1)
+    with pytest.raises(InputError, match="exceed the context length 96"):
+        session.prefill(list(range(97)))
+    with pytest.raises(InputError, match="exceeds the context length"):
+        list(model.generate(list(range(90)), max_new_tokens=10))
+    with pytest.raises(InputError, match="no tokenizer"):
+        list(model.generate("text"))
+    assert session.pos == 0  # nothing was consumed by the refused calls
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"max_new_tokens": 2.5}, "max_new_tokens must be a whole number"),
+    ({"max_new_tokens": -1}, "max_new_tokens must be a whole number"),
+    ({"seed": "x"}, "seed must be a whole number"), ({"top_k": -1}, "top_k must be"),
+    ({"temperature": float("nan")}, "temperature must be a finite number"),
+    ({"temperature": float("inf")}, "temperature must be a finite number"),
+    ({"top_p": 0}, r"top_p must be a number in \(0, 1\]"), ({"top_p": float("nan")}, "top_p must be"),
+    ({"stop": "x"}, "stop must be a list"), ({"prompt": None}, "prompt must be text or a list of token ids"),
+    ({"prompt": [1.5]}, "token ids must be integers"),
+])
+def test_bad_generate_arguments(model, kwargs, message):
+    args = {"prompt": [1, 2, 3], **kwargs}
+    with pytest.raises(InputError, match=message):
+        list(model.generate(args.pop("prompt"), **args))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"threads": -1}, "threads must be an integer"), ({"threads": "2"}, "threads must be an integer"),
+    ({"threads": 2.5}, "threads must be an integer"), ({"threads": True}, "threads must be an integer"),
+    ({"expert_budget": -5}, "expert_budget must be"), ({"verify": "yes"}, "verify must be True or False"),
+])
+def test_bad_load_arguments(exported, kwargs, message):
+    with pytest.raises(InputError, match=message):
+        Model.load(exported("api", tiny_moe_spec()).bundle, **kwargs)
+    with pytest.raises(InputError, match="bundle path must be a string"):
+        Model.load(None)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_sessions_of_one_model_decode_in_parallel_bit_for_bit(exported, threads):
+    """Four threads, a session each, on one shared model: the same logits as one session after another."""
+    model = Model.load(exported("api", tiny_moe_spec()).bundle, threads=threads)
+    rng = np.random.default_rng(0)
+    prompts = [rng.integers(0, 203, 40).tolist() for _ in range(4)]  # 40 tokens: the prefill GEMM path too
+    steps = [rng.integers(0, 203, 24).tolist() for _ in range(4)]
+
+    def run(i: int, barrier=None) -> list[np.ndarray]:
+        session = model.session()
+        if barrier is not None:
+            barrier.wait()
+        out = [session.prefill(prompts[i])]
+        return out + [session.decode(t) for t in steps[i]]
+
+    serial = [run(i) for i in range(4)]
+    results: dict[int, list[np.ndarray]] = {}
+    barrier = threading.Barrier(4)
+    workers = [threading.Thread(target=lambda i=i: results.__setitem__(i, run(i, barrier))) for i in range(4)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    for i in range(4):
+        for got, want in zip(results[i], serial[i], strict=True):
+            np.testing.assert_array_equal(got, want)
+
+
+def test_kernels_take_nan_without_raising():
+    """numba's default error model would raise ZeroDivisionError here; ours gives NaN."""
+    d, i, k = 64, 32, 2
+    wbuf = np.ones(4 * (3 * d * i + 4 * (d + 2 * i)), dtype=np.int8)
+    sbuf = wbuf.view(np.float32)
+    wlay = np.array([0, d * i, 2 * d * i], dtype=np.int64)
+    slay = np.array([3 * d * i // 4, 3 * d * i // 4 + i, 3 * d * i // 4 + 2 * i], dtype=np.int64)
+    x = np.full(d, np.nan, dtype=np.float32)
+    out = np.empty(d, dtype=np.float32)
+    kernels.moe_decode(x, wbuf, sbuf, np.zeros(k, np.int64), np.zeros(k, np.int64), np.ones(k, np.float32),
+                       wlay, slay, d, i, np.empty((k, i), np.float32), out)
+    assert np.isnan(out).all()
+
+
+def test_overflowing_activations_are_a_numerical_error(exported, tmp_path):
+    """Finite weights that overflow float32 in the forward pass end in `NumericalError`, not garbage."""
+    import torch
+
+    from conftest import build_model
+    from moedge.exporter import export
+    from moedge.exporter.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    net = build_model(tiny_moe_spec())
+    with torch.no_grad():
+        net.lm_head.weight.fill_(3e38)  # finite, but logits overflow float32
+    export(save_checkpoint(net, tmp_path / "ckpt"), tmp_path / "b.moedge", show_progress=False)
+    session = Model.load(tmp_path / "b.moedge", threads=1).session()
+    with pytest.raises(NumericalError, match="not finite: the activations overflowed"):
+        session.prefill([1, 2, 3])
+    assert session.pos == 0
