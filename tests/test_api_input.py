@@ -74,14 +74,18 @@ def test_sessions_of_one_model_decode_in_parallel_bit_for_bit(exported, threads)
     """Four threads, a session each, on one shared model: the same logits as one session after another."""
     model = Model.load(exported("api", tiny_moe_spec()).bundle, threads=threads)
     rng = np.random.default_rng(0)
-    prompts = [rng.integers(0, 203, 40).tolist() for _ in range(4)]  # 40 tokens: the prefill GEMM path too
-    steps = [rng.integers(0, 203, 24).tolist() for _ in range(4)]
+    # 80-token prompts: ~20 tokens per expert, so prefill takes the dequantize + BLAS path (which releases the GIL)
+    prompts = [[rng.integers(0, 203, 80).tolist() for _ in range(3)] for _ in range(4)]
+    steps = [rng.integers(0, 203, 12).tolist() for _ in range(4)]
 
     def run(i: int, barrier=None) -> list[np.ndarray]:
         session = model.session()
         if barrier is not None:
             barrier.wait()
-        out = [session.prefill(prompts[i])]
+        out = []
+        for prompt in prompts[i]:
+            session.reset()
+            out.append(session.prefill(prompt))
         return out + [session.decode(t) for t in steps[i]]
 
     serial = [run(i) for i in range(4)]
