@@ -12,9 +12,7 @@ routed to again is prefetched again.
 from __future__ import annotations
 
 import mmap
-import os
 import threading
-import weakref
 from pathlib import Path
 
 import numpy as np
@@ -67,12 +65,9 @@ class ExpertStore:
     Safe to share between threads: routing decisions are counted under a lock.
     """
 
-    def __init__(self, experts_map: mmap.mmap, experts_fd: int, path: Path, index: ExpertsIndex, n_layers: int,
-                 n_experts: int, budget_bytes: int | None = None, verify: bool = True):
+    def __init__(self, experts_map: mmap.mmap, path: Path, index: ExpertsIndex, n_layers: int, n_experts: int,
+                 budget_bytes: int | None = None, verify: bool = True):
         self._map = experts_map
-        self._fd = experts_fd  # owned: checksums read through it, so they add no page to the mapping
-        weakref.finalize(self, os.close, experts_fd)
-        os.posix_fadvise(experts_fd, 0, 0, os.POSIX_FADV_RANDOM)  # no readahead into a neighbouring expert
         self._map.madvise(mmap.MADV_RANDOM)
         check_experts_header(self._map[:EXPERTS_HEADER.size], path)  # faults in the header page only
         self.path = path
@@ -80,6 +75,7 @@ class ExpertStore:
         weight_dtype = DTYPES[index.tensors["gate"].dtype]
         self.wbuf = np.frombuffer(self._map, dtype=weight_dtype)  # weights, in their own dtype
         self.sbuf = np.frombuffer(self._map, dtype=np.float32)  # scales
+        self._bytes = np.frombuffer(self._map, dtype=np.uint8)  # checksums hash the span in place
         item = self.wbuf.itemsize
         self.span_bytes = index.span_bytes
         layout = np.array([index.tensors[name].offset for name in EXPERT_TENSORS], dtype=np.int64)
@@ -135,7 +131,7 @@ class ExpertStore:
     def _verify(self, layer: int, e: int) -> None:
         start = int(self.offsets[layer, e])
         try:
-            check_expert(os.pread(self._fd, self.span_bytes, start), layer, e, self.checksums[layer][e],
+            check_expert(self._bytes[start:start + self.span_bytes], layer, e, self.checksums[layer][e],
                          self.path.name)
         except BundleError:
             self.mapped[layer, e] = False  # checked again if routed to again

@@ -124,8 +124,8 @@ class Model:
         if manifest.experts is not None:
             routing = self.spec.routing
             name = manifest.experts.file
-            self.experts = ExpertStore(bundle.map(name), bundle.open(name)[0], bundle.path / name, manifest.experts,
-                                       self.spec.n_layers, routing.n_experts, expert_budget, verify)
+            self.experts = ExpertStore(bundle.map(name), bundle.path / name, manifest.experts, self.spec.n_layers,
+                                       routing.n_experts, expert_budget, verify)
             for i in self.spec.moe_layers:
                 self.moe[i] = MoELayer(i, self.spec, manifest.experts.group_size, self.experts, threads)
         self.tokenizer = None
