@@ -233,6 +233,7 @@ def write_bundle(source: Source, out: str | Path, group_size: int | None = None,
     `force` replaces an existing moedge bundle, and nothing else.
     """
     out = check_output(out, force)
+    out.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_partials(out)
     tmp = Path(tempfile.mkdtemp(prefix=f"{_partial_prefix(out)}{os.getpid()}-", dir=out.parent))
     try:
@@ -263,12 +264,9 @@ def check_output(out: str | Path, force: bool) -> Path:
         if not _is_bundle(out):
             raise ExportError(f"{out} is not a moedge bundle (no moedge manifest.json); --force replaces only "
                               "bundles, so it is left alone")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ExportError(f"cannot create the folder {out.parent}: {exc.strerror}") from None
-    if not os.access(out.parent, os.W_OK | os.X_OK):
-        raise ExportError(f"{out.parent} is not writable")
+    existing = next(p for p in out.parents if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise ExportError(f"cannot write {out}: {existing} is not a writable folder")
     return out
 
 

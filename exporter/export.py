@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..quant import GROUP_SIZES
 from ..runtime.bundle import Manifest
-from .bundle_writer import write_bundle
+from .bundle_writer import check_output, write_bundle
 from .source import ExportError, open_source
 
 
@@ -26,6 +26,7 @@ def export(src: str | Path, out: str | Path, group_size: int | None = None, forc
     source_path, out_path = Path(src).resolve(), Path(out).absolute()
     if source_path == out_path.resolve() or out_path.resolve() in source_path.parents:
         raise ExportError(f"the bundle {out} would replace the checkpoint {src}: write it elsewhere")
+    check_output(out, force)  # before any work: a refused output costs nothing
     return write_bundle(open_source(src), out, group_size=group_size, force=force,
                         show_progress=show_progress, quantize=not float_experts, with_full_graph=full_graph,
                         dense_int8=dense_int8)
