@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from .bandwidth import read_bandwidth
 from .bundle import Manifest, read_manifest
+from .forward import Probe
 from .model import Model
 
 WARMUP_TOKENS = 4
@@ -64,27 +65,21 @@ def step_bytes(manifest: Manifest) -> dict[str, int]:
     return {"dense": dense, "experts": experts, "total": dense + experts}
 
 
-def _timed(fn, totals: dict[str, float], part: str):
-    def wrapper(*args, **kwargs):
-        start = time.perf_counter()
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            totals[part] += time.perf_counter() - start
+class PartTimer(Probe):
+    """Adds up the time of each part of a step (`forward` calls `lap` as each part ends)."""
 
-    return wrapper
+    def __init__(self):
+        self.totals: dict[str, float] = defaultdict(float)
+        self.last = time.perf_counter()
 
+    def start(self) -> None:
+        self.totals.clear()
+        self.last = time.perf_counter()
 
-def _instrument(model: Model) -> dict[str, float]:
-    """Wrap the model's parts (on this instance only) so their time adds up per part."""
-    totals: dict[str, float] = defaultdict(float)
-    for graph in model.layers:
-        graph.run = _timed(graph.run, totals, "dense")
-    for moe in model.moe.values():
-        moe.select = _timed(moe.select, totals, "routing")
-        moe.compute = _timed(moe.compute, totals, "experts")
-    model.head.run = _timed(model.head.run, totals, "head")
-    return totals
+    def lap(self, part: str) -> None:
+        now = time.perf_counter()
+        self.totals[part] += now - self.last
+        self.last = now
 
 
 def measure_decode(model: Model, prompt_tokens: int, new_tokens: int, repeat: int, seed: int,
@@ -92,23 +87,23 @@ def measure_decode(model: Model, prompt_tokens: int, new_tokens: int, repeat: in
     """Per-token decode latencies (s), prefill tokens/s and the mean time per part per token."""
     rng = np.random.default_rng(seed)
     vocab = model.spec.vocab_size
-    totals = _instrument(model)
+    timer = PartTimer()
     latencies, prefill_rates, parts = [], [], defaultdict(float)
     for _ in range(repeat):
-        session = model.session()
+        session = model.session(probe=timer)
         prompt = rng.integers(0, vocab, prompt_tokens)
         start = time.perf_counter()
         session.prefill(prompt, last_only=True)
         prefill_rates.append(prompt_tokens / (time.perf_counter() - start))
         for i, token in enumerate(rng.integers(0, vocab, new_tokens)):
-            totals.clear()
+            timer.start()
             start = time.perf_counter()
             session.decode(int(token))
             elapsed = time.perf_counter() - start
             if i >= WARMUP_TOKENS:
                 latencies.append(elapsed)
                 for part in PARTS:
-                    parts[part] += totals.get(part, 0.0)
+                    parts[part] += timer.totals.get(part, 0.0)
                 parts["total"] += elapsed
             progress.update(1)
     count = max(len(latencies), 1)

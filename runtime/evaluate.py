@@ -17,6 +17,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .errors import InputError
+from .forward import RoutingTrace
 
 if TYPE_CHECKING:
     from .model import Model
@@ -100,16 +101,17 @@ def score(windows_: list[np.ndarray], window_logits: Callable[[np.ndarray], np.n
 
 def evaluate(model: Model, windows_: list[np.ndarray]) -> Evaluation:
     """Run every window through a fresh sequence of `model`; count the experts its tokens chose."""
-    session = model.session(record_routing=True)
+    routing = RoutingTrace()
+    session = model.session(probe=routing)
     spec = model.spec
     usage = np.zeros((spec.n_layers, spec.routing.n_experts), dtype=np.int64) if spec.is_moe else None
 
     def window_logits(ids: np.ndarray) -> np.ndarray:
         session.reset()
-        session.routing_trace.clear()
+        routing.trace.clear()
         logits = session.prefill(ids)
         if usage is not None:
-            for layer, chosen in session.routing_trace:
+            for layer, chosen in routing.trace:
                 usage[layer] += np.bincount(chosen.reshape(-1), minlength=usage.shape[1])
         return logits
 

@@ -33,18 +33,26 @@ class MoELayer:
         self.routing = spec.routing
         self.store = store
         self.d, self.i = spec.hidden_size, spec.expert_intermediate_size
+        self.residual_multiplier = np.float32(spec.residual_multiplier)
         self.gd, self.gi = (group_size, group_size) if group_size else (self.d, self.i)
         # one thread streams the experts one after another; more threads take one expert each
         self.decode_kernel = kernels.moe_decode if threads == 1 else kernels.moe_decode_parallel
 
-    def select(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def route(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Route router logits [T, E] to expert ids and weights [T, k], and count the use."""
         ids, weights = route(logits, self.routing)
         self.store.touch(self.index, ids)
         return ids, weights
 
-    def compute(self, x: np.ndarray, ids: np.ndarray, weights: np.ndarray, scratch: ExpertScratch) -> np.ndarray:
-        """The weighted sum of the selected experts [T, D] for the normed input x [T, D]."""
+    def experts(self, x: np.ndarray, ids: np.ndarray, weights: np.ndarray, scratch: ExpertScratch) -> np.ndarray:
+        """The layer's routed-expert branch [T, D] for the normed input x [T, D]: the weighted sum of the
+        selected experts, times the residual multiplier, ready to add to the residual stream."""
+        out = self._weighted_sum(x, ids, weights, scratch)
+        if self.residual_multiplier != 1.0:
+            out *= self.residual_multiplier
+        return out
+
+    def _weighted_sum(self, x: np.ndarray, ids: np.ndarray, weights: np.ndarray, scratch: ExpertScratch) -> np.ndarray:
         store, layer = self.store, self.index
         wbases, sbases = store.woffsets[layer][ids], store.soffsets[layer][ids]  # [T, k]
         if x.shape[0] == 1:  # decode: the kernel writes every element

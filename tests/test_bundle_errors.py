@@ -14,6 +14,7 @@ from moedge.runtime import BundleError, Model
 from moedge.runtime.bundle import read_manifest
 from moedge.runtime.integrity import digest
 from moedge.runtime.verify import verify_bundle
+from moedge.runtime.weights import Weights
 
 
 @pytest.fixture
@@ -234,7 +235,7 @@ def test_a_load_keeps_reading_the_bundle_it_opened(bundle, exported, tmp_path):
     with BundleDir(bundle) as handle:
         manifest = read_manifest(handle)
         _replace(bundle, other, tmp_path)
-        model = Model(handle, manifest, threads=1)
+        model = Model(Weights(handle, manifest, threads=1), threads=1)
     np.testing.assert_array_equal(run_model(model), old_logits)
 
 
@@ -246,7 +247,7 @@ def test_a_load_whose_bundle_vanished_is_refused(bundle, exported, tmp_path):
         manifest = read_manifest(handle)
         shutil.rmtree(_replace(bundle, other, tmp_path))
         with pytest.raises(BundleError, match=re.escape("missing (or the bundle was replaced while loading")):
-            Model(handle, manifest, threads=1)
+            Weights(handle, manifest, threads=1)
 
 
 def test_graph_with_other_inputs_is_rejected(bundle):

@@ -6,6 +6,7 @@ import numpy as np
 
 from conftest import drop_page_cache, tiny_moe_spec
 from moedge.runtime import Model
+from moedge.runtime.forward import RoutingTrace
 from moedge.runtime.residency import resident_pages
 
 
@@ -22,14 +23,15 @@ def test_load_reads_no_expert_and_decode_touches_only_routed_ones(exported):
     assert set(np.flatnonzero(resident_pages(store.address, store.size))) <= {0}  # the header page only
     assert store.first_touches == 0 and store.hits.sum() == 0
 
-    session = model.session(record_routing=True)
+    routing = RoutingTrace()
+    session = model.session(probe=routing)
     for token in [3, 14, 15, 92]:
         session.decode(token)
 
-    routed = {(layer, int(e)) for layer, ids in session.routing_trace for e in ids.ravel()}
+    routed = {(layer, int(e)) for layer, ids in routing.trace for e in ids.ravel()}
     assert routed == {tuple(x) for x in np.argwhere(store.touched)}
     counts = np.zeros_like(store.hits)
-    for layer, ids in session.routing_trace:
+    for layer, ids in routing.trace:
         np.add.at(counts[layer], ids.ravel(), 1)
     np.testing.assert_array_equal(store.hits, counts)
     assert store.bytes_touched == len(routed) * store.span_bytes

@@ -1,0 +1,81 @@
+"""The forward pass of one step, top to bottom: tokens in, logits out, the KV cache one step longer.
+
+    token ids → embedding rows → for each layer:
+        dense graph (attention with the cached rows, norms, dense FFN or shared expert + router logits)
+        → cache the new k/v rows
+        → MoE layers: route on the CPU, add the selected experts' weighted sum (numba, from the mmap)
+    → head (final norm + logits, numba) → refuse non-finite logits → commit the cache rows
+
+A `Probe` watches a step without changing it: `moedge bench` times the parts, `moedge eval`
+counts the experts each layer chose.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import NumericalError
+from .kv_cache import KVCache
+from .moe import ExpertScratch
+from .rope import rope_rotation
+from .spec import ModelSpec
+from .weights import Weights
+
+
+class Probe:
+    """Watches forward passes; this base does nothing. `lap(part)` ends a span of work of that part
+    (dense, routing, experts, head); `routed(layer, ids)` sees the experts [T, k] a layer chose."""
+
+    def lap(self, part: str) -> None:
+        pass
+
+    def routed(self, layer: int, ids: np.ndarray) -> None:
+        pass
+
+
+SILENT = Probe()
+
+
+class RoutingTrace(Probe):
+    """Records the experts every MoE layer chose: `trace` is a list of (layer, ids [T, k])."""
+
+    def __init__(self):
+        self.trace: list[tuple[int, np.ndarray]] = []
+
+    def routed(self, layer: int, ids: np.ndarray) -> None:
+        self.trace.append((layer, ids))
+
+
+def step_tables(spec: ModelSpec, start: int, count: int) -> dict[str, np.ndarray]:
+    """Inputs shared by every layer graph of one step: the RoPE rotation and the causal bias."""
+    bias = np.triu(np.full((count, count), -np.inf, dtype=np.float32), 1)  # key after query: masked
+    groups = spec.n_heads // spec.n_kv_heads
+    return {"rope": rope_rotation(spec, start, count), "causal_bias": np.tile(bias, (groups, 1))}
+
+
+def forward(weights: Weights, cache: KVCache, scratch: ExpertScratch | None, tokens: np.ndarray, last_only: bool,
+            probe: Probe = SILENT) -> np.ndarray:
+    """Logits [T, V] (or [1, V] with `last_only`) for checked token ids [T] after the cached ones."""
+    spec, start, count = weights.spec, cache.length, len(tokens)
+    hidden = weights.embed(tokens)  # [T, D]
+    tables = step_tables(spec, start, count)
+    probe.lap("other")
+    for i, graph in enumerate(weights.graphs):
+        out = graph(hidden, tables, *cache.past(i))
+        cache.write(i, out.k, out.v)  # [T, K, Hd]
+        hidden = out.hidden  # attention (and a dense FFN or the shared expert) added
+        probe.lap("dense")
+        if out.router_logits is not None:
+            moe = weights.moe[i]
+            ids, gates = moe.route(out.router_logits)  # [T, k] each
+            probe.routed(i, ids)
+            probe.lap("routing")
+            hidden += moe.experts(out.ffn_in, ids, gates, scratch)  # the routed experts' residual branch
+            probe.lap("experts")
+    logits = weights.head.run(hidden[-1:] if last_only else hidden)  # [T or 1, V]
+    probe.lap("head")
+    if not np.isfinite(logits).all():
+        raise NumericalError(f"the logits at positions {start}..{start + count - 1} are not finite: the activations "
+                             "overflowed float32 (the model's weights are out of range)")
+    cache.commit(count)
+    return logits

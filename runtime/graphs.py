@@ -1,0 +1,76 @@
+"""The dense layer graphs: one onnxruntime session per layer, checked against the graph contract."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnxruntime as ort
+
+from .bundle import GRAPH_CONTRACT_KEY, GRAPH_LAYER_KEY
+from .errors import BundleError
+from .spec import ModelSpec
+
+
+@dataclass(frozen=True)
+class LayerOutputs:
+    hidden: np.ndarray  # [T, D]
+    k: np.ndarray  # [T, K, Hd]
+    v: np.ndarray
+    ffn_in: np.ndarray | None = None  # [T, D], MoE layers only
+    router_logits: np.ndarray | None = None  # [T, E]
+
+
+def session_options(threads: int, prepack: bool) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Float weights stay in the memory-mapped external-data file instead of a prepacked private
+    # copy (no slower, measured); int8 MatMulNBits needs its prepacked layout to be fast.
+    options.add_session_config_entry("session.disable_prepacking", "0" if prepack else "1")
+    # Idle ORT threads must not spin: the numba expert kernels need the cores between graphs.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
+
+LAYER_INPUTS = {"hidden", "rope", "causal_bias", "past_k", "past_v"}
+LAYER_OUTPUTS = (["hidden_out", "k", "v"], ["hidden_out", "k", "v", "ffn_in", "router_logits"])
+
+
+class DenseGraph:
+    """One onnxruntime session over layer graph `layer`, checked against the graph contract (FORMAT.md):
+    its inputs and outputs, their declared sizes, its layer index and the manifest it was built for."""
+
+    def __init__(self, path: str, name: str, options: ort.SessionOptions, layer: int, contract: str,
+                 spec: ModelSpec):
+        try:
+            self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise BundleError(f"{name}: onnxruntime cannot load this graph: {' '.join(str(exc).split())[:300]}") \
+                from None
+        inputs = {i.name: i.shape for i in self.session.get_inputs()}
+        outputs = {o.name: o.shape for o in self.session.get_outputs()}
+        self.outputs = list(outputs)
+        if set(inputs) != LAYER_INPUTS or self.outputs not in LAYER_OUTPUTS:
+            raise BundleError(f"{name}: inputs {sorted(inputs)} / outputs {self.outputs} are not the layer "
+                              "graph contract of this runtime; re-export the model")
+        meta = self.session.get_modelmeta().custom_metadata_map
+        if meta.get(GRAPH_LAYER_KEY) != str(layer) or meta.get(GRAPH_CONTRACT_KEY) != contract:
+            raise BundleError(f"{name}: this graph was not exported as layer {layer} of this manifest (the manifest "
+                              "or the graph list was edited, or the graph belongs to another bundle)")
+        kv = [spec.n_kv_heads, spec.head_dim]
+        declared = {"hidden": [spec.hidden_size], "past_k": kv, "past_v": kv, "hidden_out": [spec.hidden_size],
+                    "router_logits": [spec.routing.n_experts] if spec.routing else []}
+        for key, tail in declared.items():
+            shape = inputs.get(key) or outputs.get(key)
+            if shape is not None and tail and list(shape[-len(tail):]) != tail:
+                raise BundleError(f"{name}: {key} is declared {shape}, the model spec needs [..., {tail}]")
+
+
+    def __call__(self, hidden: np.ndarray, tables: dict[str, np.ndarray], past_k: np.ndarray,
+                 past_v: np.ndarray) -> LayerOutputs:
+        """The layer on hidden [T, D] with the step's tables and the cached rows [P, K, Hd]."""
+        return LayerOutputs(*self.session.run(self.outputs, {"hidden": hidden, "past_k": past_k, "past_v": past_v,
+                                                            **tables}))

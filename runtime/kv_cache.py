@@ -1,0 +1,44 @@
+"""The KV cache of one sequence: preallocated for the whole context, written in place."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import InputError
+from .spec import ModelSpec
+
+
+class KVCache:
+    """Keys and values [layers, max_seq_len, kv_heads, head_dim], allocated once.
+
+    A step reads `past(i)` (views of the filled prefix, never copies), `write`s its new rows
+    after them, and `commit`s once every layer has written: only then do they count as filled.
+    """
+
+    def __init__(self, spec: ModelSpec):
+        shape = (spec.n_layers, spec.max_seq_len, spec.n_kv_heads, spec.head_dim)
+        try:
+            self.k = np.zeros(shape, dtype=np.float32)
+            self.v = np.zeros(shape, dtype=np.float32)
+        except MemoryError:
+            raise InputError(f"the KV cache for the model's context of {spec.max_seq_len} tokens needs "
+                             f"{spec.kv_cache_bytes / 1e9:.1f} GB, more than this machine can allocate") from None
+        self.length = 0  # filled rows
+
+    @property
+    def capacity(self) -> int:
+        return self.k.shape[1]
+
+    def past(self, layer: int) -> tuple[np.ndarray, np.ndarray]:
+        """The filled rows of `layer`: keys, values [P, K, Hd]."""
+        return self.k[layer, :self.length], self.v[layer, :self.length]
+
+    def write(self, layer: int, k: np.ndarray, v: np.ndarray) -> None:
+        """Put a step's new rows [T, K, Hd] of `layer` after the filled ones."""
+        end = self.length + k.shape[0]
+        self.k[layer, self.length:end] = k
+        self.v[layer, self.length:end] = v
+
+    def commit(self, count: int) -> None:
+        """Count the `count` rows every layer has written as filled."""
+        self.length += count

@@ -1,0 +1,68 @@
+"""Everything a forward pass reads, loaded from one bundle: layer graphs, embedding, head, experts, tokenizer.
+
+Loading verifies the checksums of the dense files (unless told not to), creates one onnxruntime
+session per layer graph, maps the dense weights and the experts file read-only, and reads no
+expert byte. Every file is opened through the one directory handle it is given.
+"""
+
+from __future__ import annotations
+
+import mmap
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from .bundle import EMBEDDING, Manifest, graph_contract
+from .bundle_dir import BundleDir
+from .errors import BundleError
+from .expert_store import ExpertStore
+from .graphs import DenseGraph, session_options
+from .head import Head, tensor_view
+from .moe import MoELayer
+from .verify import read_tokenizer, verified_load_files
+
+
+class Weights:
+    """A loaded bundle: `graphs[i]` (layer i's dense part), `moe[i]` (its routed experts, MoE layers),
+    `embedding`, `head`, the `experts` store and the `tokenizer` (or None)."""
+
+    def __init__(self, bundle: BundleDir, manifest: Manifest, threads: int, expert_budget: int | None = None,
+                 verify: bool = True):
+        self.root = bundle.path
+        self.manifest = manifest
+        self.spec = spec = manifest.spec
+        tokenizer_json = verified_load_files(bundle, manifest) if verify else read_tokenizer(bundle, manifest)
+        options = session_options(threads, prepack=manifest.dense_linears == "int8")
+        contract = graph_contract(spec, manifest.quantization_dict(), manifest.dense_dict())
+        self.graphs = [DenseGraph(bundle.graph_path(name), name, options, i, contract, spec)
+                       for i, name in enumerate(manifest.layer_graphs)]
+        self._dense_map = bundle.map(manifest.dense_file)
+        dense = np.frombuffer(self._dense_map, dtype=np.uint8)
+        self.embedding = tensor_view(dense, manifest, EMBEDDING)  # [V, D]
+        embed = manifest.dense_tensors[EMBEDDING]  # page-aligned: a lookup reads its rows' pages only
+        self._dense_map.madvise(mmap.MADV_RANDOM, embed.offset - embed.offset % mmap.PAGESIZE, embed.nbytes)
+        self.head = Head(manifest, dense)
+        self.experts: ExpertStore | None = None
+        self.moe: dict[int, MoELayer] = {}
+        if manifest.experts is not None:
+            name = manifest.experts.file
+            self.experts = ExpertStore(bundle.map(name), bundle.path / name, manifest.experts, spec.n_layers,
+                                       spec.routing.n_experts, expert_budget, verify)
+            self.moe = {i: MoELayer(i, spec, manifest.experts.group_size, self.experts, threads)
+                        for i in spec.moe_layers}
+        self.tokenizer = _tokenizer(tokenizer_json, manifest.tokenizer)
+
+    def embed(self, tokens: np.ndarray) -> np.ndarray:
+        """Embedding rows [T, D] for token ids, scaled by the spec's embedding multiplier."""
+        rows = self.embedding[tokens]
+        mult = self.spec.embedding_multiplier
+        return rows if mult == 1.0 else rows * np.float32(mult)
+
+
+def _tokenizer(data: bytes | None, name: str | None) -> Tokenizer | None:
+    if data is None:
+        return None
+    try:
+        return Tokenizer.from_str(data.decode("utf-8"))
+    except Exception as exc:  # tokenizers raises a bare Exception
+        raise BundleError(f"{name}: not a valid tokenizers file: {' '.join(str(exc).split())[:200]}") from None
