@@ -36,6 +36,7 @@ from ..runtime.bundle import (
     TensorEntry,
     expert_span_layout,
     graph_contract,
+    pack_expert_span,
     read_manifest,
 )
 from ..runtime.bundle_dir import BundleDir
@@ -143,7 +144,8 @@ def _write_experts(source: Source, path: Path, group_size: int, layers: list[int
             offsets[layer], checksums[layer] = [], []
             for e in range(spec.routing.n_experts):
                 offsets[layer].append(f.tell())
-                data = _expert_span(quantized, e, layout, span)
+                data = pack_expert_span(layout, span, {**{p: t.q[e] for p, t in quantized.items()},
+                                                       **{f"{p}_scale": t.scale[e] for p, t in quantized.items()}})
                 checksums[layer].append(digest(data, seed=expert_seed(layer, e)))
                 f.write(data)
             report[str(layer)] = {"max_abs": max(x.max_abs for x in errors),
@@ -155,15 +157,6 @@ def _write_experts(source: Source, path: Path, group_size: int, layers: list[int
 
 def _expert_slice(t: QuantizedTensor, e: int) -> QuantizedTensor:
     return QuantizedTensor(q=t.q[e], scale=t.scale[e], group_size=t.group_size)
-
-
-def _expert_span(quantized, e: int, layout: dict[str, TensorEntry], span: int) -> bytes:
-    buf = bytearray(span)
-    for name, entry in layout.items():
-        part, is_scale = name.removesuffix("_scale"), name.endswith("_scale")
-        array = quantized[part].scale[e] if is_scale else quantized[part].q[e]
-        buf[entry.offset:entry.offset + entry.nbytes] = np.ascontiguousarray(array).tobytes()
-    return bytes(buf)
 
 
 def _write_graphs(spec: ModelSpec, root: Path, dense: dict[str, TensorEntry], contract: str,

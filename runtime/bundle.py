@@ -145,6 +145,17 @@ def expert_span_layout(spec: ModelSpec, group_size: int, dtype: str) -> tuple[di
     return layout, _align(cursor, PAGE)
 
 
+def pack_expert_span(layout: dict[str, TensorEntry], span_bytes: int, tensors: dict[str, np.ndarray]) -> bytes:
+    """One expert's span: each tensor of `EXPERT_TENSORS` at its `layout` entry, zeros elsewhere."""
+    span = bytearray(span_bytes)
+    for name, entry in layout.items():
+        data = np.ascontiguousarray(tensors[name], dtype=DTYPES[entry.dtype])
+        if data.shape != entry.shape:
+            raise ValueError(f"expert tensor {name} has shape {list(data.shape)}, the layout says {list(entry.shape)}")
+        span[entry.offset:entry.end] = data.tobytes()
+    return bytes(span)
+
+
 def head_groups(spec: ModelSpec, group_size: int) -> int:
     """Scale groups per row of the LM head: one per channel (0), or hidden / group size."""
     return spec.hidden_size // group_size if group_size else 1

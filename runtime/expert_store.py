@@ -20,6 +20,8 @@ from numba import njit
 
 from .bundle import DTYPES, EXPERT_TENSORS, EXPERTS_HEADER, ExpertsIndex, check_experts_header
 from .errors import BundleError
+from .kernels import ExpertBytes
+from .spec import ModelSpec
 from .verify import check_expert
 
 # Reclaim the pages, not only unmap them: unmapped but cached pages would be mapped back by the
@@ -59,34 +61,41 @@ def _least_recently_used(mapped, last_use, keep):
     return victims
 
 
+def layer_bytes(experts_map, index: ExpertsIndex, span_offsets: np.ndarray, spec: ModelSpec) -> ExpertBytes:
+    """The kernels' view of one layer's experts (`span_offsets`: [E] byte offset of each span)."""
+    weights = np.frombuffer(experts_map, dtype=DTYPES[index.tensors["gate"].dtype])
+    item = weights.itemsize
+    offset = np.array([index.tensors[name].offset for name in EXPERT_TENSORS], dtype=np.int64)  # bytes in a span
+    group = index.group_size
+    return ExpertBytes(weights=weights, scales=np.frombuffer(experts_map, dtype=np.float32),
+                       weight_start=span_offsets // item, scale_start=span_offsets // 4,
+                       weight_offset=offset[:3] // item, scale_offset=offset[3:] // 4,
+                       group_hidden=group or spec.hidden_size, group_inner=group or spec.expert_intermediate_size)
+
+
 class ExpertStore:
     """Views over the mapped experts file plus counters: hits, first touches and bytes first touched.
 
     Safe to share between threads: routing decisions are counted under a lock.
     """
 
-    def __init__(self, experts_map: mmap.mmap, path: Path, index: ExpertsIndex, n_layers: int, n_experts: int,
+    def __init__(self, experts_map: mmap.mmap, path: Path, index: ExpertsIndex, spec: ModelSpec,
                  budget_bytes: int | None = None, verify: bool = True):
+        n_layers, n_experts = spec.n_layers, spec.routing.n_experts
         self._map = experts_map
         self._map.madvise(mmap.MADV_RANDOM)
         check_experts_header(self._map[:EXPERTS_HEADER.size], path)  # faults in the header page only
         self.path = path
         self.checksums = index.checksums if verify else None
-        weight_dtype = DTYPES[index.tensors["gate"].dtype]
-        self.wbuf = np.frombuffer(self._map, dtype=weight_dtype)  # weights, in their own dtype
-        self.sbuf = np.frombuffer(self._map, dtype=np.float32)  # scales
         self._bytes = np.frombuffer(self._map, dtype=np.uint8)  # checksums hash the span in place
-        item = self.wbuf.itemsize
         self.span_bytes = index.span_bytes
-        layout = np.array([index.tensors[name].offset for name in EXPERT_TENSORS], dtype=np.int64)
-        self.wlay, self.slay = layout[:3] // item, layout[3:] // 4  # element offsets inside a span
-        self.offsets = np.full((n_layers, n_experts), -1, dtype=np.int64)  # bytes
+        self.offsets = np.full((n_layers, n_experts), -1, dtype=np.int64)  # byte offset of each span
         for layer, offsets in index.layers.items():
             self.offsets[layer] = offsets
-        self.woffsets, self.soffsets = self.offsets // item, self.offsets // 4
+        self.layers = {layer: layer_bytes(self._map, index, self.offsets[layer], spec) for layer in index.layers}
         self.hits = np.zeros((n_layers, n_experts), dtype=np.int64)
         self.touched = np.zeros((n_layers, n_experts), dtype=bool)
-        self.mapped = np.zeros((n_layers, n_experts), dtype=bool)  # prefetched and not released since
+        self.prefetched = np.zeros((n_layers, n_experts), dtype=bool)  # and not released since
         self.verified = np.zeros((n_layers, n_experts), dtype=bool)
         self._lock = threading.Lock()
         self.last_use = np.zeros((n_layers, n_experts), dtype=np.int64)
@@ -105,11 +114,11 @@ class ExpertStore:
     @property
     def address(self) -> int:
         """Start address of the mapping (for residency checks with mincore)."""
-        return self.sbuf.ctypes.data
+        return self._bytes.ctypes.data
 
     @property
     def size(self) -> int:
-        return self.sbuf.nbytes
+        return self._bytes.nbytes
 
     def touch(self, layer: int, ids: np.ndarray) -> None:
         """Count a routing decision `ids` [T, k] of `layer`; prefetch experts that are not mapped;
@@ -117,13 +126,13 @@ class ExpertStore:
         raises `BundleError` (and is checked again if routed to again)."""
         with self._lock:
             self._clock += 1
-            for e in _count(self.hits[layer], self.touched[layer], self.mapped[layer], self.last_use[layer],
+            for e in _count(self.hits[layer], self.touched[layer], self.prefetched[layer], self.last_use[layer],
                             self._clock, ids):
                 self._map.madvise(mmap.MADV_WILLNEED, int(self.offsets[layer, e]), self.span_bytes)
                 if self.checksums is not None and not self.verified[layer, e]:
                     self._verify(layer, e)
             if self.budget_spans is not None:
-                for flat in _least_recently_used(self.mapped.reshape(-1), self.last_use.reshape(-1),
+                for flat in _least_recently_used(self.prefetched.reshape(-1), self.last_use.reshape(-1),
                                                  self.budget_spans):
                     self._map.madvise(MADV_PAGEOUT, int(self.offsets.flat[flat]), self.span_bytes)
                     self.releases += 1
@@ -134,6 +143,6 @@ class ExpertStore:
             check_expert(self._bytes[start:start + self.span_bytes], layer, e, self.checksums[layer][e],
                          self.path.name)
         except BundleError:
-            self.mapped[layer, e] = False  # checked again if routed to again
+            self.prefetched[layer, e] = False  # checked again if routed to again
             raise
         self.verified[layer, e] = True

@@ -1,10 +1,9 @@
 """numba kernels that compute SwiGLU experts and the LM head straight from the mapped bytes.
 
-The experts file is seen as `wbuf` (the weights' dtype: int8, or float32 for unquantized
-experts) and `sbuf` (float32, the same bytes). An expert's gate/up [I, D] and down [D, I]
-rows start at element offsets `wbase + wlay[0..2]` of `wbuf`; their scales at
-`sbase + slay[0..2]` of `sbuf`. `gd`/`gi` are the group sizes along D and I (a whole row for
-one scale per output channel). numba compiles one specialisation per weight dtype.
+The experts of one layer reach the kernels as one `ExpertBytes` record: the experts file seen in
+the weights' dtype (int8, or float32 for unquantized experts) and as float32 (for the scales),
+where each expert's span starts, and where its GATE, UP and DOWN matrices and their scales sit
+inside a span. numba compiles one specialisation per weight dtype.
 
 Every matrix is read through a view shaped [rows, groups, group] so that inner loops start
 at 0: indexing a flat buffer at a run-time offset makes numba emit a wrap-around check that
@@ -15,29 +14,47 @@ model: a NaN or a division by zero gives NaN/inf (which the session reports), ne
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 from numba import njit, prange
 
 _0 = np.float32(0.0)
 _1 = np.float32(1.0)
+GATE, UP, DOWN = 0, 1, 2  # an expert's matrices, in span order
+
+
+class ExpertBytes(NamedTuple):
+    """Where one MoE layer's experts are in the mapped experts file, in the units the kernels index."""
+
+    weights: np.ndarray  # the whole file viewed in the weights' dtype
+    scales: np.ndarray  # the whole file viewed as float32
+    weight_start: np.ndarray  # [E] int64: index in `weights` of each expert's span
+    scale_start: np.ndarray  # [E] int64: index in `scales` of each expert's span
+    weight_offset: np.ndarray  # [3] int64: GATE, UP, DOWN weights inside a span (in `weights` elements)
+    scale_offset: np.ndarray  # [3] int64: their scales inside a span (in float32 elements)
+    group_hidden: int  # scale group along the hidden dimension D (GATE, UP rows); D for one per channel
+    group_inner: int  # scale group along the expert's inner dimension I (DOWN rows); I for one per channel
 
 
 @njit(cache=True, error_model="numpy", inline="always")
-def _matrix(wbuf, sbuf, woff, soff, rows, cols, g):
-    """(weights [rows, cols/g, g], scales [rows, cols/g]) of one matrix."""
-    n = cols // g
-    return (wbuf[woff:woff + rows * cols].reshape(rows, n, g), sbuf[soff:soff + rows * n].reshape(rows, n))
+def _matrix(b, expert, part, rows, cols, group):
+    """(weights [rows, cols/group, group], scales [rows, cols/group]) of matrix `part` of `expert`."""
+    n = cols // group
+    w0 = b.weight_start[expert] + b.weight_offset[part]
+    s0 = b.scale_start[expert] + b.scale_offset[part]
+    return b.weights[w0:w0 + rows * cols].reshape(rows, n, group), b.scales[s0:s0 + rows * n].reshape(rows, n)
 
 
 @njit(cache=True, error_model="numpy", fastmath=True, inline="always")
 def _dot(w3, s2, x2, r):
     """row r of (w3 · s2) dotted with x2 (x viewed as [groups, g])."""
     acc = _0
-    for gi in range(x2.shape[0]):
+    for g in range(x2.shape[0]):
         part = _0
         for j in range(x2.shape[1]):
-            part += np.float32(w3[r, gi, j]) * x2[gi, j]
-        acc += part * s2[r, gi]
+            part += np.float32(w3[r, g, j]) * x2[g, j]
+        acc += part * s2[r, g]
     return acc
 
 
@@ -46,48 +63,48 @@ def _gate_up(g3, gs, u3, us, x2, r):
     """silu(gate[r]·x) · (up[r]·x) in one pass over x."""
     ag = _0
     au = _0
-    for gi in range(x2.shape[0]):
+    for g in range(x2.shape[0]):
         pg = _0
         pu = _0
         for j in range(x2.shape[1]):
-            xv = x2[gi, j]
-            pg += np.float32(g3[r, gi, j]) * xv
-            pu += np.float32(u3[r, gi, j]) * xv
-        ag += pg * gs[r, gi]
-        au += pu * us[r, gi]
+            xv = x2[g, j]
+            pg += np.float32(g3[r, g, j]) * xv
+            pu += np.float32(u3[r, g, j]) * xv
+        ag += pg * gs[r, g]
+        au += pu * us[r, g]
     return ag / (_1 + np.exp(-ag)) * au
 
 
 @njit(cache=True, error_model="numpy", fastmath=True, inline="always")
-def _expert_into(x, wbuf, sbuf, wbase, sbase, wlay, slay, gd, gi, weight, hidden, out):
-    """out[D] += weight · expert(x[D]); hidden is scratch [I]."""
+def _expert_into(x, b, expert, weight, hidden, out):
+    """out[D] += weight · expert(x[D]) (GATE, UP [I, D]; DOWN [D, I]); hidden is scratch [I]."""
     d, i = x.shape[0], hidden.shape[0]
-    g3, gs = _matrix(wbuf, sbuf, wbase + wlay[0], sbase + slay[0], i, d, gd)
-    u3, us = _matrix(wbuf, sbuf, wbase + wlay[1], sbase + slay[1], i, d, gd)
-    d3, ds = _matrix(wbuf, sbuf, wbase + wlay[2], sbase + slay[2], d, i, gi)
-    x2 = x.reshape(d // gd, gd)
+    g3, gs = _matrix(b, expert, GATE, i, d, b.group_hidden)
+    u3, us = _matrix(b, expert, UP, i, d, b.group_hidden)
+    d3, ds = _matrix(b, expert, DOWN, d, i, b.group_inner)
+    x2 = x.reshape(d // b.group_hidden, b.group_hidden)
     for r in range(i):
         hidden[r] = _gate_up(g3, gs, u3, us, x2, r)
-    h2 = hidden.reshape(i // gi, gi)
+    h2 = hidden.reshape(i // b.group_inner, b.group_inner)
     for r in range(d):
         out[r] += weight * _dot(d3, ds, h2, r)
 
 
 @njit(cache=True, error_model="numpy", fastmath=True)
-def moe_decode(x, wbuf, sbuf, wbases, sbases, weights, wlay, slay, gd, gi, hidden, out):
-    """out[D] = Σ_j weights[j]·expert_j(x[D]) over the k experts at wbases/sbases; hidden: scratch [k, I]."""
+def moe_decode(x, b, experts, gates, hidden, out):
+    """out[D] = Σ_j gates[j]·expert_j(x[D]) over the k `experts` of record b; hidden: scratch [k, I]."""
     out[:] = _0
-    for j in range(wbases.shape[0]):
-        _expert_into(x, wbuf, sbuf, wbases[j], sbases[j], wlay, slay, gd, gi, weights[j], hidden[j], out)
+    for j in range(experts.shape[0]):
+        _expert_into(x, b, experts[j], gates[j], hidden[j], out)
 
 
 @njit(cache=True, error_model="numpy", fastmath=True, parallel=True)
-def moe_decode_parallel(x, wbuf, sbuf, wbases, sbases, weights, wlay, slay, gd, gi, hidden, out):
+def moe_decode_parallel(x, b, experts, gates, hidden, out):
     """`moe_decode` with the k experts spread over the threads (one fork/join per layer)."""
-    k, d = wbases.shape[0], x.shape[0]
+    k, d = experts.shape[0], x.shape[0]
     partial = np.zeros((k, d), dtype=np.float32)
     for j in prange(k):
-        _expert_into(x, wbuf, sbuf, wbases[j], sbases[j], wlay, slay, gd, gi, weights[j], hidden[j], partial[j])
+        _expert_into(x, b, experts[j], gates[j], hidden[j], partial[j])
     for r in range(d):
         acc = _0
         for j in range(k):
@@ -96,33 +113,34 @@ def moe_decode_parallel(x, wbuf, sbuf, wbases, sbases, weights, wlay, slay, gd, 
 
 
 @njit(cache=True, error_model="numpy", fastmath=True, parallel=True)
-def expert_tokens(x, wbuf, sbuf, wbase, sbase, wlay, slay, gd, gi, hidden, out):
+def expert_tokens(x, b, expert, hidden, out):
     """out[n, D] = expert(x[n, D]) for a few tokens: each weight row is read once for all of them."""
     n, d = x.shape
     i = hidden.shape[1]
-    g3, gs = _matrix(wbuf, sbuf, wbase + wlay[0], sbase + slay[0], i, d, gd)
-    u3, us = _matrix(wbuf, sbuf, wbase + wlay[1], sbase + slay[1], i, d, gd)
-    d3, ds = _matrix(wbuf, sbuf, wbase + wlay[2], sbase + slay[2], d, i, gi)
-    x3 = x.reshape(n, d // gd, gd)
+    g3, gs = _matrix(b, expert, GATE, i, d, b.group_hidden)
+    u3, us = _matrix(b, expert, UP, i, d, b.group_hidden)
+    d3, ds = _matrix(b, expert, DOWN, d, i, b.group_inner)
+    x3 = x.reshape(n, d // b.group_hidden, b.group_hidden)
     for r in prange(i):
         for t in range(n):
             hidden[t, r] = _gate_up(g3, gs, u3, us, x3[t], r)
-    h3 = hidden.reshape(n, i // gi, gi)
+    h3 = hidden.reshape(n, i // b.group_inner, b.group_inner)
     for r in prange(d):
         for t in range(n):
             out[t, r] = _dot(d3, ds, h3[t], r)
 
 
 @njit(cache=True, error_model="numpy", fastmath=True, parallel=True)
-def dequantize_rows(wbuf, sbuf, woff, soff, rows, cols, g, out):
-    """out[rows, cols] = the matrix at element woff of wbuf times its scales at soff of sbuf."""
-    w3, s2 = _matrix(wbuf, sbuf, woff, soff, rows, cols, g)
-    out3 = out.reshape(rows, cols // g, g)
+def dequantize(b, expert, part, out):
+    """out[rows, cols] = matrix `part` of `expert`, its weights times their scales."""
+    rows, cols = out.shape
+    w3, s2 = _matrix(b, expert, part, rows, cols, b.group_inner if part == DOWN else b.group_hidden)
+    out3 = out.reshape(rows, cols // w3.shape[2], w3.shape[2])
     for r in prange(rows):
-        for gi in range(cols // g):
-            scale = s2[r, gi]
-            for j in range(g):
-                out3[r, gi, j] = np.float32(w3[r, gi, j]) * scale
+        for g in range(w3.shape[1]):
+            scale = s2[r, g]
+            for j in range(w3.shape[2]):
+                out3[r, g, j] = np.float32(w3[r, g, j]) * scale
 
 
 @njit(cache=True, error_model="numpy", fastmath=True, parallel=True)

@@ -28,13 +28,13 @@ class ExpertScratch:
 class MoELayer:
     """The routed experts of layer `index` (the shared expert runs in the layer's ONNX graph)."""
 
-    def __init__(self, index: int, spec: ModelSpec, group_size: int, store: ExpertStore, threads: int):
+    def __init__(self, index: int, spec: ModelSpec, store: ExpertStore, threads: int):
         self.index = index
         self.routing = spec.routing
         self.store = store
+        self.bytes = store.layers[index]  # where the kernels find this layer's experts
         self.d, self.i = spec.hidden_size, spec.expert_intermediate_size
         self.residual_multiplier = np.float32(spec.residual_multiplier)
-        self.gd, self.gi = (group_size, group_size) if group_size else (self.d, self.i)
         # one thread streams the experts one after another; more threads take one expert each
         self.decode_kernel = kernels.moe_decode if threads == 1 else kernels.moe_decode_parallel
 
@@ -53,12 +53,9 @@ class MoELayer:
         return out
 
     def _weighted_sum(self, x: np.ndarray, ids: np.ndarray, weights: np.ndarray, scratch: ExpertScratch) -> np.ndarray:
-        store, layer = self.store, self.index
-        wbases, sbases = store.woffsets[layer][ids], store.soffsets[layer][ids]  # [T, k]
         if x.shape[0] == 1:  # decode: the kernel writes every element
             out = np.empty_like(x)
-            self.decode_kernel(x[0], store.wbuf, store.sbuf, wbases[0], sbases[0], weights[0], store.wlay,
-                               store.slay, self.gd, self.gi, scratch.hidden, out[0])
+            self.decode_kernel(x[0], self.bytes, ids[0], weights[0], scratch.hidden, out[0])
             return out
         out = np.zeros_like(x)
         flat = ids.ravel()
@@ -66,30 +63,26 @@ class MoELayer:
         _, starts = np.unique(flat[order], return_index=True)
         for rows in np.split(order, starts[1:]):  # the (token, slot) pairs of one expert
             tokens = rows // self.routing.top_k
-            y = self._expert(int(wbases.flat[rows[0]]), int(sbases.flat[rows[0]]), x[tokens], scratch)
+            y = self._expert(int(flat[rows[0]]), x[tokens], scratch)
             out[tokens] += weights.ravel()[rows, None] * y
         return out
 
-    def _expert(self, wbase: int, sbase: int, x: np.ndarray, scratch: ExpertScratch) -> np.ndarray:
+    def _expert(self, expert: int, x: np.ndarray, scratch: ExpertScratch) -> np.ndarray:
         """One expert on n tokens x [n, D] → [n, D]."""
-        store = self.store
         if x.shape[0] < PREFILL_GEMM_MIN_TOKENS:
             hidden = np.empty((x.shape[0], self.i), dtype=np.float32)
             out = np.empty_like(x)
-            kernels.expert_tokens(x, store.wbuf, store.sbuf, wbase, sbase, store.wlay, store.slay, self.gd,
-                                  self.gi, hidden, out)
+            kernels.expert_tokens(x, self.bytes, expert, hidden, out)
             return out
-        gate, up, down = (self._dequantize(wbase, sbase, part, scratch) for part in range(3))
+        gate, up, down = (self._dequantize(expert, part, scratch) for part in (kernels.GATE, kernels.UP, kernels.DOWN))
         h = x @ gate.T
         h = h / (1.0 + np.exp(-h)) * (x @ up.T)
         return h @ down.T
 
-    def _dequantize(self, wbase: int, sbase: int, part: int, scratch: ExpertScratch) -> np.ndarray:
-        rows, cols, group = (self.d, self.i, self.gi) if part == 2 else (self.i, self.d, self.gd)
+    def _dequantize(self, expert: int, part: int, scratch: ExpertScratch) -> np.ndarray:
         if part not in scratch.dequantized:  # allocated once: fresh 2 MB arrays would page-fault on every write
-            scratch.dequantized[part] = np.empty((rows, cols), dtype=np.float32)
+            shape = (self.d, self.i) if part == kernels.DOWN else (self.i, self.d)
+            scratch.dequantized[part] = np.empty(shape, dtype=np.float32)
         out = scratch.dequantized[part]
-        store = self.store
-        kernels.dequantize_rows(store.wbuf, store.sbuf, wbase + store.wlay[part], sbase + store.slay[part],
-                                rows, cols, group, out)
+        kernels.dequantize(self.bytes, expert, part, out)
         return out

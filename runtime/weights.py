@@ -46,10 +46,9 @@ class Weights:
         self.moe: dict[int, MoELayer] = {}
         if manifest.experts is not None:
             name = manifest.experts.file
-            self.experts = ExpertStore(bundle.map(name), bundle.path / name, manifest.experts, spec.n_layers,
-                                       spec.routing.n_experts, expert_budget, verify)
-            self.moe = {i: MoELayer(i, spec, manifest.experts.group_size, self.experts, threads)
-                        for i in spec.moe_layers}
+            self.experts = ExpertStore(bundle.map(name), bundle.path / name, manifest.experts, spec, expert_budget,
+                                       verify)
+            self.moe = {i: MoELayer(i, spec, self.experts, threads) for i in spec.moe_layers}
         self.tokenizer = _tokenizer(tokenizer_json, manifest.tokenizer)
 
     def embed(self, tokens: np.ndarray) -> np.ndarray:

@@ -45,7 +45,7 @@ def test_budget_caps_mapped_experts_and_keeps_results(exported):
     session = capped.session()
     for token, want in zip(tokens, reference, strict=True):
         np.testing.assert_array_equal(session.decode(token), want)
-        assert capped.experts.mapped.sum() <= 3
+        assert capped.experts.prefetched.sum() <= 3
         assert mapped_bytes(capped.experts) <= 3 * span + PAGE + LRU_BATCH_SLACK  # the experts kept, the header
     assert capped.experts.releases > 0
 

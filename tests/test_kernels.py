@@ -5,29 +5,28 @@ import pytest
 
 from moedge.quant import dequantize, quantize_int8
 from moedge.runtime import kernels
+from moedge.runtime.bundle import PAGE, ExpertsIndex, expert_span_layout, pack_expert_span
+from moedge.runtime.expert_store import layer_bytes
+from moedge.runtime.spec import ModelSpec, RoutingSpec
 
 DIM, HID = 72, 40  # not multiples of the vector width
 
 
 def pack(experts, group):
-    """Lay experts out like the experts file: [gate|up|down|scales] per 4096-byte span."""
-    spans, layouts = [], None
-    for gate, up, down in experts:
-        qs = [quantize_int8(w, group) for w in (gate, up, down)]
-        parts = [q.q for q in qs] + [q.scale for q in qs]
-        offsets, blob = [], b""
-        for p in parts:
-            blob += b"\0" * (-len(blob) % 64)
-            offsets.append(len(blob))
-            blob += np.ascontiguousarray(p).tobytes()
-        spans.append(blob + b"\0" * (-len(blob) % 4096))
-        layouts = np.array(offsets, np.int64)
-    buf = b"\0" * 4096 + b"".join(spans)
-    bases = np.array([4096 + sum(len(s) for s in spans[:i]) for i in range(len(spans))], np.int64)
-    deq = [[dequantize(quantize_int8(w, group)) for w in e] for e in experts]
-    # int8 weights: element offsets are byte offsets; scales are float32 elements
-    return np.frombuffer(buf, np.int8), np.frombuffer(buf, np.float32), bases, bases // 4, layouts[:3], \
-        layouts[3:] // 4, deq
+    """Experts laid out as in an experts file (header page, one span each, FORMAT.md), and the kernels' view."""
+    spec = ModelSpec(vocab_size=8, hidden_size=DIM, n_layers=1, n_heads=1, n_kv_heads=1, head_dim=2,
+                     intermediate_size=0, layer_kinds=("moe",), expert_intermediate_size=HID,
+                     routing=RoutingSpec(n_experts=len(experts), top_k=1))
+    layout, span = expert_span_layout(spec, group or 0, "int8")
+    spans, deq = [], []
+    for matrices in experts:
+        qs = dict(zip(("gate", "up", "down"), (quantize_int8(w, group) for w in matrices), strict=True))
+        spans.append(pack_expert_span(layout, span, {**{k: q.q for k, q in qs.items()},
+                                                     **{f"{k}_scale": q.scale for k, q in qs.items()}}))
+        deq.append([dequantize(q) for q in qs.values()])
+    offsets = np.array([PAGE + e * span for e in range(len(experts))], np.int64)
+    index = ExpertsIndex("experts.bin", span, group or 0, layout, {0: tuple(offsets)}, {})
+    return layer_bytes(b"\0" * PAGE + b"".join(spans), index, offsets, spec), deq
 
 
 def expert_ref(x, gate, up, down):
@@ -40,40 +39,45 @@ def packed(request):
     rng = np.random.default_rng(0)
     experts = [(rng.standard_normal((HID, DIM)), rng.standard_normal((HID, DIM)), rng.standard_normal((DIM, HID)))
                for _ in range(5)]
-    group = request.param
-    packed = pack([[w.astype(np.float32) for w in e] for e in experts], group)
-    gd, gi = (group, group) if group else (DIM, HID)
-    return (*packed, gd, gi)
+    return pack([[w.astype(np.float32) for w in e] for e in experts], request.param)
 
 
 @pytest.mark.parametrize("kernel", [kernels.moe_decode, kernels.moe_decode_parallel], ids=["serial", "parallel"])
 def test_moe_decode_matches_reference(packed, kernel):
-    wbuf, sbuf, wbases, sbases, wlay, slay, deq, gd, gi = packed
+    experts, deq = packed
     x = np.random.default_rng(1).standard_normal(DIM).astype(np.float32)
     chosen, w = np.array([3, 0, 4]), np.array([0.5, 0.3, 0.2], np.float32)
     out = np.empty(DIM, np.float32)
-    kernel(x, wbuf, sbuf, wbases[chosen], sbases[chosen], w, wlay, slay, gd, gi,
-                       np.empty((3, HID), np.float32), out)
+    kernel(x, experts, chosen, w, np.empty((3, HID), np.float32), out)
     ref = sum(wj * expert_ref(x.astype(np.float64), *deq[e]) for e, wj in zip(chosen, w, strict=True))
     np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
 
 
 @pytest.mark.parametrize("n", [1, 3, 17])
 def test_expert_tokens_matches_reference(packed, n):
-    wbuf, sbuf, wbases, sbases, wlay, slay, deq, gd, gi = packed
+    experts, deq = packed
     x = np.random.default_rng(n).standard_normal((n, DIM)).astype(np.float32)
     out = np.empty_like(x)
-    kernels.expert_tokens(x, wbuf, sbuf, wbases[2], sbases[2], wlay, slay, gd, gi, np.empty((n, HID), np.float32),
-                          out)
+    kernels.expert_tokens(x, experts, 2, np.empty((n, HID), np.float32), out)
     ref = expert_ref(x.astype(np.float64), *deq[2])
     np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
 
 
-def test_dequantize_rows_matches_quant(packed):
-    wbuf, sbuf, wbases, sbases, wlay, slay, deq, gd, gi = packed
-    out = np.empty((DIM, HID), np.float32)
-    kernels.dequantize_rows(wbuf, sbuf, wbases[1] + wlay[2], sbases[1] + slay[2], DIM, HID, gi, out)
-    np.testing.assert_array_equal(out, deq[1][2])
+@pytest.mark.parametrize("part", [kernels.GATE, kernels.UP, kernels.DOWN])
+def test_dequantize_matches_quant(packed, part):
+    experts, deq = packed
+    out = np.empty(deq[1][part].shape, np.float32)
+    kernels.dequantize(experts, 1, part, out)
+    np.testing.assert_array_equal(out, deq[1][part])
+
+
+def test_kernels_take_nan_without_raising(packed):
+    """numba's default error model raises ZeroDivisionError on NaN; ours gives NaN (the session reports it)."""
+    experts, _ = packed
+    x = np.full(DIM, np.nan, dtype=np.float32)
+    out = np.empty(DIM, np.float32)
+    kernels.moe_decode(x, experts, np.array([0, 1]), np.ones(2, np.float32), np.empty((2, HID), np.float32), out)
+    assert np.isnan(out).all()
 
 
 @pytest.mark.parametrize("group", [None, 8])
