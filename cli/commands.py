@@ -161,7 +161,7 @@ def _report_usage(model, counts: np.ndarray, image: str | None, title: str) -> N
 
     from moedge.runtime.evaluate import balance
 
-    layers = [i for i, kind in enumerate(model.spec.layer_kinds) if kind == "moe"]
+    layers = list(model.spec.moe_layers)
     counts = counts[layers]
     cv = balance(counts)
     print("expert usage (% of routed slots; cv = std/mean of counts, 0 is even):")

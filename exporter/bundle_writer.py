@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 from tqdm import tqdm
 
-from ..quant import QuantizedTensor, quant_error, quantize_int8
+from ..quant import QuantizedTensor, quant_error, quantize_int8, to_unsigned
 from ..quant.int8 import resolve_group_size
 from ..runtime.bundle import (
     EXPERTS_HEADER,
@@ -69,7 +69,7 @@ def _int8_codes(weight: np.ndarray, group_size: int) -> tuple[np.ndarray, np.nda
     """A dense linear as MatMulNBits wants it: uint8 codes q + 128 [out, in/b, b] and scales [out, in/b]."""
     block = _nbits_block(weight.shape[1], group_size)
     q = quantize_int8(weight, block)
-    codes = (q.q.astype(np.int16) + 128).astype(np.uint8).reshape(weight.shape[0], -1, block)
+    codes = to_unsigned(q.q).reshape(weight.shape[0], -1, block)
     return codes, q.scale
 
 

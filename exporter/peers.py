@@ -17,14 +17,18 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from ..quant import QuantizedTensor, dequantize
+from ..quant import QuantizedTensor, dequantize, from_unsigned
+from ..runtime import kernels
 from ..runtime.bench import WARMUP_TOKENS
 from ..runtime.bundle import Manifest, read_manifest
+from ..runtime.expert_store import layer_bytes
 from ..runtime.head import tensor_view
 from ..runtime.rope import rope_rotation
 from .full_graph import write_full_graph
 from .model import Transformer
 from .tensor_names import expert_names
+
+EXPERT_MATRICES = {"gate": kernels.GATE, "up": kernels.UP, "down": kernels.DOWN}
 
 
 def _token_stream(vocab: int, prompt_tokens: int, new_tokens: int, seed: int):
@@ -80,15 +84,13 @@ def torch_model_from_bundle(root: Path, manifest: Manifest) -> Transformer:
     if manifest.experts is not None:
         index = manifest.experts
         experts = np.memmap(root / index.file, dtype=np.uint8, mode="r")
-        for layer, offsets in index.layers.items():
+        for layer, offsets in index.layers.items():  # read as the runtime reads them
+            record = layer_bytes(experts, index, np.array(offsets, dtype=np.int64), manifest.spec)
             for part, name in expert_names(layer).items():
-                q, s = index.tensors[part], index.tensors[f"{part}_scale"]
-                dtype = np.int8 if q.dtype == "int8" else np.float32
-                stacked = [dequantize(QuantizedTensor(
-                    q=experts[o + q.offset:o + q.offset + q.nbytes].view(dtype).reshape(q.shape),
-                    scale=experts[o + s.offset:o + s.offset + s.nbytes].view(np.float32).reshape(s.shape),
-                    group_size=q.shape[1] // s.shape[1])) for o in offsets]
-                state[name] = torch.from_numpy(np.stack(stacked))
+                stacked = np.empty((len(offsets), *index.tensors[part].shape), dtype=np.float32)
+                for e in range(len(offsets)):
+                    kernels.dequantize(record, e, EXPERT_MATRICES[part], stacked[e])
+                state[name] = torch.from_numpy(stacked)
     missing = set(model.load_state_dict(state, strict=False).missing_keys) - {"lm_head.weight"}
     if missing:
         raise ValueError(f"the bundle lacks tensors the model needs: {sorted(missing)}")
@@ -105,7 +107,7 @@ def _dense_float(dense: np.ndarray, manifest: Manifest, name: str) -> np.ndarray
     if tensor.dtype != np.uint8:
         return tensor.copy()
     scale = tensor_view(dense, manifest, f"{name}_scale")
-    return ((tensor.astype(np.float32) - 128.0) * scale[:, :, None]).reshape(tensor.shape[0], -1)
+    return (from_unsigned(tensor) * scale[:, :, None]).reshape(tensor.shape[0], -1)
 
 
 def torch_eager_ms(root: Path, manifest: Manifest, threads: int, prompt, tokens) -> float:

@@ -1,5 +1,15 @@
 """Weight quantization (numpy only): int8 values, their error metrics and packed layouts."""
 
-from .int8 import GROUP_SIZES, QuantError, QuantizedTensor, dequantize, quant_error, quantize_int8
+from .int8 import (
+    GROUP_SIZES,
+    QuantizedTensor,
+    QuantMetrics,
+    dequantize,
+    from_unsigned,
+    quant_error,
+    quantize_int8,
+    to_unsigned,
+)
 
-__all__ = ["GROUP_SIZES", "QuantError", "QuantizedTensor", "dequantize", "quant_error", "quantize_int8"]
+__all__ = ["GROUP_SIZES", "QuantMetrics", "QuantizedTensor", "dequantize", "from_unsigned", "quant_error",
+           "quantize_int8", "to_unsigned"]

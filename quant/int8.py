@@ -35,7 +35,7 @@ class QuantizedTensor:
 
 
 @dataclass(frozen=True)
-class QuantError:
+class QuantMetrics:
     """How far a dequantized tensor is from the original."""
 
     max_abs: float
@@ -71,13 +71,26 @@ def quantize_int8(w: np.ndarray, group_size: int | None = None) -> QuantizedTens
     return QuantizedTensor(q=q, scale=scale, group_size=group)
 
 
+UNSIGNED_ZERO = 128  # MatMulNBits stores int8 codes as unsigned bytes q + 128
+
+
+def to_unsigned(q: np.ndarray) -> np.ndarray:
+    """int8 codes [-127, 127] as the unsigned bytes q + 128 that onnxruntime's MatMulNBits reads."""
+    return (q.astype(np.int16) + UNSIGNED_ZERO).astype(np.uint8)
+
+
+def from_unsigned(codes: np.ndarray) -> np.ndarray:
+    """The int8 values (as float32) of unsigned MatMulNBits codes."""
+    return codes.astype(np.float32) - np.float32(UNSIGNED_ZERO)
+
+
 def dequantize(t: QuantizedTensor) -> np.ndarray:
     """The float32 weight that `t` stands for."""
     scale = np.repeat(t.scale, t.group_size, axis=-1)
     return (t.q.astype(np.float32) * scale).astype(np.float32)
 
 
-def quant_error(w: np.ndarray, t: QuantizedTensor) -> QuantError:
+def quant_error(w: np.ndarray, t: QuantizedTensor) -> QuantMetrics:
     """Max abs error, relative Frobenius error and cosine similarity of `dequantize(t)` vs `w`."""
     ref = np.asarray(w, dtype=np.float64).ravel()
     deq = dequantize(t).astype(np.float64).ravel()
@@ -89,4 +102,4 @@ def quant_error(w: np.ndarray, t: QuantizedTensor) -> QuantError:
     else:
         cosine = 1.0 if ref_norm == deq_norm else 0.0
     max_abs = float(np.abs(diff).max()) if diff.size else 0.0
-    return QuantError(max_abs=max_abs, rel_fro=rel, cosine=cosine)
+    return QuantMetrics(max_abs=max_abs, rel_fro=rel, cosine=cosine)

@@ -1,10 +1,13 @@
 """Sampling and streaming generation: greedy, top-k/top-p, seeds, stop strings and EOS."""
 
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from conftest import tiny_moe_spec
+from fuzz_bundles import edit_manifest
 from moedge.runtime import InputError, Model
 from moedge.runtime.generate import sample
 
@@ -45,9 +48,18 @@ def test_stop_string_and_eos_end_generation(model):
     stop = free.strip()[:2]
     stopped = "".join(t.text for t in model.generate("def f(x):\n", max_new_tokens=40, stop=[stop]))
     assert stop in stopped and len(stopped) < len(free)
-    eos = model.manifest.generation["eos_token_id"]
-    greedy = [t.id for t in model.generate("def f(x):\n", max_new_tokens=40)]
-    assert eos not in greedy  # generation ends before an EOS token, never emits it
+
+
+def test_generation_ends_at_eos(exported, tmp_path):
+    """A bundle whose EOS is the 5th greedy token stops after 4 tokens (and never yields the EOS)."""
+    case = exported("eos", tiny_moe_spec())
+    free = [t.id for t in Model.load(case.bundle).generate([1, 2, 3], max_new_tokens=12)]
+    eos = free[4]
+    assert eos not in free[:4]
+    bundle = tmp_path / "eos.moedge"
+    shutil.copytree(case.bundle, bundle)
+    edit_manifest(bundle, lambda d: d["generation"].update(eos_token_id=[eos]))
+    assert [t.id for t in Model.load(bundle).generate([1, 2, 3], max_new_tokens=12)] == free[:4]
 
 
 def test_bad_sampling_arguments(model):
