@@ -5,7 +5,7 @@ import threading
 import numpy as np
 import pytest
 
-from conftest import tiny_moe_spec
+from helpers import tiny_moe_spec
 from moedge.runtime import InputError, Model, NumericalError
 
 
@@ -105,7 +105,7 @@ def test_overflowing_activations_are_a_numerical_error(exported, tmp_path):
     """Finite weights that overflow float32 in the forward pass end in `NumericalError`, not garbage."""
     import torch
 
-    from conftest import build_model
+    from helpers import build_model
     from moedge.exporter import export
     from moedge.exporter.checkpoint import save_checkpoint
 

@@ -1,10 +1,8 @@
 """`moedge bench` on a tiny bundle: it runs end to end and its JSON has every field."""
 
 import json
-import subprocess
-import sys
 
-from conftest import tiny_moe_spec
+from helpers import run_cli, tiny_moe_spec
 
 RESULT_FIELDS = {"threads", "decode_ms_median", "decode_ms_p90", "decode_ms_p99", "tokens_per_s",
                  "prefill_tokens_per_s", "breakdown_ms", "bandwidth_gb_s", "roofline_ms", "ratio_to_roofline",
@@ -16,10 +14,8 @@ COLD_FIELDS = {"time_to_first_token_s", "startup_s", "load_s", "prefill_s", "fir
 def test_bench_json_plot_and_peers(exported, tmp_path):
     case = exported("bench", tiny_moe_spec())
     report_path, plot_path = tmp_path / "bench.json", tmp_path / "bench.png"
-    result = subprocess.run([sys.executable, "-m", "moedge.cli.main", "bench", str(case.bundle), "--threads", "1",
-                             "--prompt-tokens", "16", "--new-tokens", "12", "--repeat", "2", "--peers",
-                             "--json", str(report_path), "--plot", str(plot_path)],
-                            capture_output=True, text=True, timeout=600)
+    result = run_cli("bench", case.bundle, "--threads", "1", "--prompt-tokens", "16", "--new-tokens", "12",
+                     "--repeat", "2", "--peers", "--json", report_path, "--plot", plot_path, timeout=600)
     assert result.returncode == 0, result.stderr
     assert "ratio to roofline" in result.stdout and "peer pytorch-eager" in result.stdout
     report = json.loads(report_path.read_text())

@@ -8,8 +8,8 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import tiny_moe_spec
 from fuzz_bundles import edit_manifest, read_manifest_json, run_bundle, run_model, write_manifest_json
+from helpers import tiny_moe_spec
 from moedge.runtime import BundleError, Model
 from moedge.runtime.bundle import read_manifest
 from moedge.runtime.integrity import digest

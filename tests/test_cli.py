@@ -2,16 +2,14 @@
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import ROOT, run_cli
 
 
 def moedge(*args, check=True):
-    result = subprocess.run([sys.executable, "-m", "moedge.cli.main", *map(str, args)], capture_output=True,
-                            text=True, timeout=300)
+    result = run_cli(*args)
     if check and result.returncode != 0:
         raise AssertionError(f"moedge {args} failed:\n{result.stderr}")
     return result
@@ -70,7 +68,7 @@ def test_terminated_export_leaves_nothing(tmp_path):
 
     import torch
 
-    from conftest import build_model, tiny_moe_spec
+    from helpers import build_model, tiny_moe_spec
     from moedge.exporter.checkpoint import save_checkpoint
 
     torch.manual_seed(0)

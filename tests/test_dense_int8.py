@@ -5,7 +5,7 @@ import onnx
 import pytest
 import torch
 
-from conftest import build_model, tiny_moe_spec
+from helpers import build_model, tiny_moe_spec
 from moedge.exporter import export
 from moedge.exporter.checkpoint import save_checkpoint
 from moedge.exporter.peers import torch_model_from_bundle

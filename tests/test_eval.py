@@ -2,15 +2,12 @@
 the windowing and likelihood helpers, and `moedge eval` end to end."""
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import tiny_dense_spec
+from helpers import ROOT, run_cli, sample_module, tiny_dense_spec
 from moedge.exporter import export
 from moedge.exporter.checkpoint import read_checkpoint, save_checkpoint
 from moedge.exporter.model import Transformer
@@ -18,16 +15,14 @@ from moedge.exporter.reference import evaluate_reference, reference_tokenizer
 from moedge.runtime import Model
 from moedge.runtime.evaluate import balance, evaluate, log_likelihood, windows
 
-ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "samples" / "default-moe"
 SLICE_TOKENS = 1024
-sys.path.insert(0, str(ROOT / "samples"))
-from corpus import documents, split  # noqa: E402
+corpus = sample_module("corpus")
 
 
 @pytest.fixture(scope="module")
 def heldout_text():
-    return [text for _, text in split(documents())[1]]
+    return [text for _, text in corpus.split(corpus.documents())[1]]
 
 
 @pytest.fixture(scope="module")
@@ -86,16 +81,11 @@ def test_balance_is_zero_when_even_and_grows_with_skew():
     assert cv[0] == 0 and cv[1] == pytest.approx(np.std([10, 0, 5, 5]) / 5) and cv[2] == 0
 
 
-def moedge(*args):
-    return subprocess.run([sys.executable, "-m", "moedge.cli.main", *map(str, args)], capture_output=True,
-                          text=True, timeout=300)
-
-
 def test_eval_cli_reports_perplexity_agreement_and_usage(shipped_bundle, heldout_text, tmp_path):
     text = tmp_path / "slice.txt"
     text.write_text(heldout_text[0][:3000])
     image = tmp_path / "usage.png"
-    result = moedge("eval", shipped_bundle, "--text", text, "--reference", SHIPPED, "--usage", image,
+    result = run_cli("eval", shipped_bundle, "--text", text, "--reference", SHIPPED, "--usage", image,
                     "--threads", "1")
     assert result.returncode == 0, result.stderr
     out = result.stdout
@@ -109,7 +99,7 @@ def test_eval_cli_reports_perplexity_agreement_and_usage(shipped_bundle, heldout
     (["--text", "/dev/null", "--context", "1"], "argument --context: must be a whole number >= 2"),
 ])
 def test_eval_bad_input_is_one_line_error(shipped_bundle, args, message):
-    result = moedge("eval", shipped_bundle, *args)
+    result = run_cli("eval", shipped_bundle, *args)
     assert result.returncode == 2 and message in result.stderr
     assert result.stderr.strip().count("\n") == 0 and "Traceback" not in result.stderr
 
@@ -117,5 +107,5 @@ def test_eval_bad_input_is_one_line_error(shipped_bundle, args, message):
 def test_eval_usage_on_a_dense_bundle_is_an_error(exported, tmp_path):
     text = tmp_path / "t.txt"
     text.write_text("x")
-    result = moedge("eval", exported("dense", tiny_dense_spec()).bundle, "--text", text, "--usage", tmp_path / "u.png")
+    result = run_cli("eval", exported("dense", tiny_dense_spec()).bundle, "--text", text, "--usage", tmp_path / "u.png")
     assert result.returncode == 2 and "--usage needs an MoE bundle" in result.stderr

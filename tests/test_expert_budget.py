@@ -5,7 +5,7 @@ import gc
 import numpy as np
 import pytest
 
-from conftest import drop_page_cache, tiny_moe_spec
+from helpers import drop_page_cache, tiny_moe_spec
 from moedge.runtime import InputError, Model
 
 PAGE = 4096

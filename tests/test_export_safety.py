@@ -7,7 +7,7 @@ import stat
 import pytest
 from safetensors.torch import load_file, save_file
 
-from conftest import build_model, tiny_moe_spec
+from helpers import build_model, tiny_moe_spec
 from moedge.exporter import ExportError, bundle_writer, export
 from moedge.exporter.checkpoint import save_checkpoint
 from moedge.runtime import Model, MoedgeError

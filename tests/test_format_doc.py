@@ -3,8 +3,8 @@
 import dataclasses
 from pathlib import Path
 
-from conftest import tiny_moe_spec
 from fuzz_bundles import read_manifest_json
+from helpers import tiny_moe_spec
 from moedge.runtime.spec import ModelSpec, RoutingSpec
 
 FORMAT = (Path(__file__).resolve().parents[1] / "FORMAT.md").read_text()

@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import tiny_moe_spec
 from fuzz_bundles import edit_manifest
+from helpers import tiny_moe_spec
 from moedge.runtime import InputError, Model
 from moedge.runtime.generate import sample
 

@@ -15,9 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hf_tiny import FAMILIES, build_hf_model, save_hf_model
 from safetensors.torch import save_file
 
+from helpers import run_cli
+from hf_tiny import FAMILIES, build_hf_model, save_hf_model
 from moedge.exporter import ExportError, export
 from moedge.exporter.adapters import ADAPTERS
 from moedge.exporter.adapters.adapter import moe_layer_kinds
@@ -245,14 +246,10 @@ def test_qwen_moe_layer_placement_follows_transformers():
 
 
 def test_cli_names_the_supported_architectures(tmp_path):
-    import subprocess
-    import sys
-
     src = tmp_path / "src"
     src.mkdir()
     (src / "config.json").write_text(json.dumps({"architectures": ["FooForCausalLM"]}))
-    result = subprocess.run([sys.executable, "-m", "moedge.cli.main", "export", str(src), "-o", str(tmp_path / "o")],
-                            capture_output=True, text=True, timeout=300)
+    result = run_cli("export", src, "-o", tmp_path / "o")
     assert result.returncode == 2
     assert "'FooForCausalLM' is not supported; supported: " + ", ".join(ARCHITECTURES) in result.stderr
 

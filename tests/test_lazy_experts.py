@@ -4,7 +4,7 @@ import mmap
 
 import numpy as np
 
-from conftest import drop_page_cache, tiny_moe_spec
+from helpers import drop_page_cache, tiny_moe_spec
 from moedge.runtime import Model
 from moedge.runtime.forward import RoutingTrace
 from moedge.runtime.residency import resident_pages

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import tiny_moe_spec
+from helpers import tiny_moe_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 FORBIDDEN = ("torch", "transformers", "moedge.exporter", "exporter")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import tiny_dense_spec, tiny_moe_spec
+from helpers import tiny_dense_spec, tiny_moe_spec
 from moedge.runtime import Model
 
 PROMPT = [5, 17, 99, 3, 150, 42, 7, 7, 201, 0, 64, 128]

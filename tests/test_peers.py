@@ -5,7 +5,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from conftest import tiny_moe_spec
+from helpers import tiny_moe_spec
 from moedge.exporter import export
 from moedge.exporter.peers import torch_model_from_bundle
 from moedge.runtime import Model

@@ -55,7 +55,7 @@ def test_ties_go_to_the_lower_index():
                                      dict(top_k=3, score_func="sigmoid")], ids=["gated", "ungated", "none"])
 def test_moe_block_matches_numpy_reference(exported, routing):
     """One MoE layer of the runtime (ONNX graph + CPU routing + kernels) vs numpy on the source weights."""
-    from conftest import tiny_moe_spec
+    from helpers import tiny_moe_spec
     from moedge.exporter.checkpoint import read_checkpoint
     from moedge.quant import dequantize, quantize_int8
     from moedge.runtime import Model

@@ -1,0 +1,106 @@
+"""What the tests share: tiny model specs, seeded models and their bundles, the CLI in a subprocess,
+and the sample scripts as modules. Fixtures live in `conftest.py`."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+from moedge.exporter import export
+from moedge.exporter.checkpoint import save_checkpoint
+from moedge.exporter.model import Transformer
+from moedge.quant import dequantize, quantize_int8
+from moedge.runtime.spec import ModelSpec, RoutingSpec
+
+VOCAB = 203  # not a multiple of 8 on purpose
+
+
+def tiny_moe_spec(**overrides) -> ModelSpec:
+    routing = RoutingSpec(**{"n_experts": 8, "top_k": 2, **overrides.pop("routing", {})})
+    fields = dict(vocab_size=VOCAB, hidden_size=64, n_layers=4, n_heads=4, n_kv_heads=2, head_dim=16,
+                  intermediate_size=96, layer_kinds=("moe",) * 4, max_seq_len=96,
+                  expert_intermediate_size=32, routing=routing)
+    fields.update(overrides)
+    return ModelSpec(**fields)
+
+
+def tiny_dense_spec(**overrides) -> ModelSpec:
+    fields = dict(vocab_size=VOCAB, hidden_size=64, n_layers=3, n_heads=4, n_kv_heads=4, head_dim=16,
+                  intermediate_size=96, layer_kinds=("dense",) * 3, max_seq_len=96, tie_embeddings=True)
+    fields.update(overrides)
+    return ModelSpec(**fields)
+
+
+def drop_page_cache(path) -> None:
+    """Evict a (written and synced) file from the page cache, so residency checks start from nothing."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def build_model(spec: ModelSpec, seed: int = 0) -> Transformer:
+    torch.manual_seed(seed)
+    model = Transformer(spec)
+    with torch.no_grad():  # non-trivial norm weights so a wrong norm shows
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+def round_trip(w: torch.Tensor, group_size: int | None) -> torch.Tensor:
+    return torch.from_numpy(dequantize(quantize_int8(w.detach().numpy(), group_size)))
+
+
+def dequantized_reference(model: Transformer, group_size: int | None) -> Transformer:
+    """The float model whose experts and LM head are replaced by their int8 round trip.
+
+    A tied head gets its own quantized copy; the embedding lookup stays float, as in a bundle.
+    """
+    with torch.no_grad():
+        for moe in model.moe_layers():
+            for w in (moe.experts.gate, moe.experts.up, moe.experts.down):
+                w.copy_(round_trip(w, group_size))
+        head = model.embed.weight if model.lm_head is None else model.lm_head.weight
+        model.lm_head = torch.nn.Linear(model.spec.hidden_size, model.spec.vocab_size, bias=False)
+        model.lm_head.weight.copy_(round_trip(head, group_size))
+    return model
+
+
+class Exported:
+    """A tiny model's checkpoint, its bundle, and the float reference matching the bundle's experts."""
+
+    def __init__(self, spec: ModelSpec, root: Path, group_size: int | None = None, float_experts: bool = False):
+        self.spec = spec
+        model = build_model(spec)
+        self.checkpoint = save_checkpoint(model, root / "ckpt")
+        self.bundle = root / "model.moedge"
+        export(self.checkpoint, self.bundle, group_size=group_size, show_progress=False,
+               float_experts=float_experts)
+        self.reference = model if float_experts else dequantized_reference(model, group_size)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
+    """`moedge ARGS...` in a fresh process (as a user runs it); text output captured."""
+    return subprocess.run([sys.executable, "-m", "moedge.cli.main", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, **kwargs)
+
+
+def sample_module(name: str) -> ModuleType:
+    """A script of `samples/` (not a package) imported as a module."""
+    spec = importlib.util.spec_from_file_location(f"samples_{name}", ROOT / "samples" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
