@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..quant import GROUP_SIZES
 from ..runtime.bundle import Manifest
-from .bundle_writer import check_output, write_bundle
+from .bundle_writer import write_bundle
+from .options import ExportOptions
+from .output import check_output
 from .source import ExportError, open_source
 
 
@@ -20,13 +21,12 @@ def export(src: str | Path, out: str | Path, group_size: int | None = None, forc
     whole-model ONNX graph computing every expert (a peer for benchmarks; the runtime ignores it).
     `dense_int8` stores the attention and dense-FFN matrices int8 too, run by onnxruntime's
     MatMulNBits with int8 activations (faster, about 1e-2 relative error per matrix).
+    `force` replaces an existing bundle (and nothing that is not a bundle).
     """
-    if group_size is not None and group_size not in GROUP_SIZES:
-        raise ExportError(f"--group-size must be one of {GROUP_SIZES} (or omitted for per-channel)")
+    options = ExportOptions(group_size=group_size, float_experts=float_experts, dense_int8=dense_int8,
+                            full_graph=full_graph, force=force, show_progress=show_progress)
     source_path, out_path = Path(src).resolve(), Path(out).absolute()
     if source_path == out_path.resolve() or out_path.resolve() in source_path.parents:
         raise ExportError(f"the bundle {out} would replace the checkpoint {src}: write it elsewhere")
-    check_output(out, force)  # before any work: a refused output costs nothing
-    return write_bundle(open_source(src), out, group_size=group_size, force=force,
-                        show_progress=show_progress, quantize=not float_experts, with_full_graph=full_graph,
-                        dense_int8=dense_int8)
+    check_output(out_path, force)  # before any work: a refused output costs nothing
+    return write_bundle(open_source(src), out_path, options)

@@ -188,3 +188,10 @@ class Transformer(nn.Module):
 
     def moe_layers(self) -> list[MoE]:
         return [layer.ffn for layer in self.layers if isinstance(layer.ffn, MoE)]
+
+
+def canonical_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
+    """Canonical tensor name → shape, for every tensor of `spec`'s model (built on the meta device: no memory)."""
+    with torch.device("meta"):
+        model = Transformer(spec)
+    return {name: tuple(t.shape) for name, t in model.state_dict().items()}

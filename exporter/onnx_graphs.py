@@ -20,6 +20,7 @@ from onnx import TensorProto, helper
 
 from ..runtime.bundle import TensorEntry
 from ..runtime.spec import ModelSpec
+from .tensor_names import LayerNames, layer_names, swiglu_names
 
 OPSET = 17
 F32 = TensorProto.FLOAT
@@ -90,9 +91,10 @@ class GraphBuilder:
         return self.op("Mul", self.op("Div", x, rms), self.weight(weight_name))
 
     def swiglu(self, x: str, prefix: str) -> str:
-        gate = self.linear(x, f"{prefix}.gate.weight")
-        act = self.op("Mul", gate, self.op("Sigmoid", gate))
-        return self.linear(self.op("Mul", act, self.linear(x, f"{prefix}.up.weight")), f"{prefix}.down.weight")
+        gate, up, down = swiglu_names(prefix)
+        gated = self.linear(x, gate)
+        act = self.op("Mul", gated, self.op("Sigmoid", gated))
+        return self.linear(self.op("Mul", act, self.linear(x, up)), down)
 
     def model(self, inputs, outputs, name: str) -> onnx.ModelProto:
         graph = helper.make_graph(self.nodes, name, inputs, outputs, self.initializers)
@@ -121,19 +123,18 @@ def _heads(g: GraphBuilder, x: str, n: int, hd: int) -> str:
     return g.op("Reshape", x, g.const([0, n, hd], np.int64))  # [T, n, Hd]
 
 
-def _projection(g: GraphBuilder, spec: ModelSpec, x: str, name: str, heads: int) -> str:
+def _projection(g: GraphBuilder, spec: ModelSpec, x: str, names: LayerNames, which: str, heads: int) -> str:
     """A q/k/v projection [T, heads·Hd], per head [T, heads, Hd] when q/k norms are per head."""
-    out = g.linear(x, f"{name}.weight", f"{name}.bias" if spec.attention_bias else None)
+    out = g.linear(x, names.projection(which), names.bias(which) if spec.attention_bias else None)
     return _heads(g, out, heads, spec.head_dim) if spec.qk_norm == "head" else out
 
 
-def attention(g: GraphBuilder, spec: ModelSpec, x: str, prefix: str, io: AttentionIO = AttentionIO()) -> str:
+def attention(g: GraphBuilder, spec: ModelSpec, x: str, names: LayerNames, io: AttentionIO = AttentionIO()) -> str:
     """Causal GQA over [past ‖ new] keys; emits the new rows `io.k` and `io.v` [T, K, Hd]."""
     kvh, hd, grp = spec.n_kv_heads, spec.head_dim, spec.n_heads // spec.n_kv_heads
-    q, k, v = (_projection(g, spec, x, f"{prefix}.{w}", n) for w, n in
-               (("wq", spec.n_heads), ("wk", kvh), ("wv", kvh)))
+    q, k, v = (_projection(g, spec, x, names, w, n) for w, n in (("wq", spec.n_heads), ("wk", kvh), ("wv", kvh)))
     if spec.qk_norm != "none":
-        q, k = (g.rmsnorm(t, f"{prefix}.{n}.weight", spec.norm_eps) for t, n in ((q, "q_norm"), (k, "k_norm")))
+        q, k = g.rmsnorm(q, names.q_norm, spec.norm_eps), g.rmsnorm(k, names.k_norm, spec.norm_eps)
     q = g.op("MatMul", _heads(g, q, spec.n_heads, hd), io.rope)  # [T, H, Hd] @ [T, Hd, Hd]
     g.op("MatMul", _heads(g, k, kvh, hd), io.rope, name=io.k)
     g.op("Identity", _heads(g, v, kvh, hd), name=io.v)
@@ -153,7 +154,7 @@ def attention(g: GraphBuilder, spec: ModelSpec, x: str, prefix: str, io: Attenti
     out = g.op("Reshape", out, g.const([kvh, grp, -1, hd], np.int64))  # [K, G, T, Hd]
     out = g.op("Transpose", out, perm=[2, 0, 1, 3])  # [T, K, G, Hd]
     out = g.op("Reshape", out, g.const([0, spec.n_heads * hd], np.int64))
-    return g.linear(out, f"{prefix}.wo.weight")
+    return g.linear(out, names.projection("wo"))
 
 
 def causal_bias(g: GraphBuilder, groups: int, hidden: str) -> str:
@@ -183,17 +184,17 @@ def layer_body(g: GraphBuilder, spec: ModelSpec, i: int, io: AttentionIO = Atten
     For a dense layer the residual stream is final; for an MoE layer it includes the shared
     expert and the routed experts' sum is still to be added.
     """
-    prefix = f"layers.{i}"
-    attn = attention(g, spec, g.rmsnorm(io.hidden, f"{prefix}.attn_norm.weight", spec.norm_eps), f"{prefix}.attn", io)
+    n = layer_names(i)
+    attn = attention(g, spec, g.rmsnorm(io.hidden, n.attn_norm, spec.norm_eps), n, io)
     h = residual(g, spec, io.hidden, attn)
-    ffn_in = g.rmsnorm(h, f"{prefix}.ffn_norm.weight", spec.norm_eps)
+    ffn_in = g.rmsnorm(h, n.ffn_norm, spec.norm_eps)
     if spec.layer_kinds[i] == "dense":
-        return residual(g, spec, h, g.swiglu(ffn_in, f"{prefix}.ffn")), ffn_in, None
-    logits = g.linear(ffn_in, f"{prefix}.ffn.router.weight")
+        return residual(g, spec, h, g.swiglu(ffn_in, n.ffn)), ffn_in, None
+    logits = g.linear(ffn_in, n.router)
     if spec.routing.shared_expert_size:
-        shared = g.swiglu(ffn_in, f"{prefix}.ffn.shared")
+        shared = g.swiglu(ffn_in, n.shared)
         if spec.routing.shared_expert_gate:
-            shared = g.op("Mul", shared, g.op("Sigmoid", g.linear(ffn_in, f"{prefix}.ffn.shared_gate.weight")))
+            shared = g.op("Mul", shared, g.op("Sigmoid", g.linear(ffn_in, n.shared_gate)))
         h = residual(g, spec, h, shared)
     return h, ffn_in, logits
 

@@ -1,61 +1,143 @@
 """The one table of canonical tensor names (the state-dict names of `model.Transformer`).
 
-Every source (our checkpoints, Hugging Face adapters) maps its tensors onto these names.
-Expert tensors are stacked per layer: gate/up [E, I, D], down [E, D, I].
+Every source (our checkpoints, Hugging Face adapters) maps its tensors onto these names and the
+graph builder reads them by these names; nothing else spells them. Expert tensors are stacked
+per layer: gate/up [E, I, D], down [E, D, I]. `layer_names("{i}")` gives templates for every layer.
 """
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
+
+from ..runtime.bundle import EMBEDDING, HEAD_NORM
 from ..runtime.spec import ModelSpec
 
-EXPERT_PARTS = ("gate", "up", "down")
+EXPERT_PARTS = ("gate", "up", "down")  # of every SwiGLU: dense FFN, shared expert, routed experts
+PROJECTIONS = ("wq", "wk", "wv", "wo")  # attention; q/k/v may have biases
+LM_HEAD = "lm_head.weight"
+
+
+def swiglu_names(prefix: str) -> list[str]:
+    """The gate, up and down matrices of the SwiGLU at `prefix`."""
+    return [f"{prefix}.{part}.weight" for part in EXPERT_PARTS]
+
+
+@dataclass(frozen=True)
+class LayerNames:
+    """The canonical names of one layer's tensors."""
+
+    prefix: str  # "layers.{i}"
+
+    def projection(self, which: str) -> str:
+        """An attention matrix: `which` in PROJECTIONS."""
+        return f"{self.prefix}.attn.{which}.weight"
+
+    def bias(self, which: str) -> str:
+        return f"{self.prefix}.attn.{which}.bias"
+
+    @property
+    def attn_norm(self) -> str:
+        return f"{self.prefix}.attn_norm.weight"
+
+    @property
+    def q_norm(self) -> str:
+        return f"{self.prefix}.attn.q_norm.weight"
+
+    @property
+    def k_norm(self) -> str:
+        return f"{self.prefix}.attn.k_norm.weight"
+
+    @property
+    def ffn_norm(self) -> str:
+        return f"{self.prefix}.ffn_norm.weight"
+
+    @property
+    def ffn(self) -> str:
+        """Prefix of a dense layer's SwiGLU."""
+        return f"{self.prefix}.ffn"
+
+    @property
+    def router(self) -> str:
+        return f"{self.prefix}.ffn.router.weight"
+
+    @property
+    def shared(self) -> str:
+        """Prefix of the shared expert's SwiGLU."""
+        return f"{self.prefix}.ffn.shared"
+
+    @property
+    def shared_gate(self) -> str:
+        return f"{self.prefix}.ffn.shared_gate.weight"
+
+    @property
+    def experts(self) -> dict[str, str]:
+        """Stacked expert tensors, by part."""
+        return {part: f"{self.prefix}.ffn.experts.{part}" for part in EXPERT_PARTS}
+
+
+def layer_names(layer: int | str) -> LayerNames:
+    return LayerNames(f"layers.{layer}")
+
+
+_IN_LAYER = re.compile(r"layers\.(\d+)\.(.+)")
+
+
+def template(name: str) -> tuple[str, int | None]:
+    """A canonical name as (the template `layer_names("{i}")` spells, its layer index); (name, None) outside layers."""
+    match = _IN_LAYER.fullmatch(name)
+    return (f"{layer_names('{i}').prefix}.{match[2]}", int(match[1])) if match else (name, None)
+
+
+def expert_part(name: str) -> tuple[int, str] | None:
+    """(layer, part) if `name` is a stacked expert tensor, else None."""
+    key, layer = template(name)
+    parts = layer_names("{i}").experts
+    return next(((layer, part) for part, full in parts.items() if full == key), None) if layer is not None else None
 
 
 def expert_names(layer: int) -> dict[str, str]:
     """Stacked expert tensors of an MoE layer, by part."""
-    return {part: f"layers.{layer}.ffn.experts.{part}" for part in EXPERT_PARTS}
-
-
-def swiglu_names(prefix: str) -> list[str]:
-    return [f"{prefix}.{part}.weight" for part in EXPERT_PARTS]
+    return layer_names(layer).experts
 
 
 def layer_dense_names(spec: ModelSpec, layer: int) -> list[str]:
     """Every non-expert tensor of one layer."""
-    p = f"layers.{layer}"
-    names = [f"{p}.attn_norm.weight", *(f"{p}.attn.{w}.weight" for w in ("wq", "wk", "wv", "wo")),
-             f"{p}.ffn_norm.weight"]
+    n = layer_names(layer)
+    names = [n.attn_norm, *(n.projection(w) for w in PROJECTIONS), n.ffn_norm]
     if spec.attention_bias:
-        names += [f"{p}.attn.{w}.bias" for w in ("wq", "wk", "wv")]
+        names += [n.bias(w) for w in PROJECTIONS[:3]]
     if spec.qk_norm != "none":
-        names += [f"{p}.attn.q_norm.weight", f"{p}.attn.k_norm.weight"]
+        names += [n.q_norm, n.k_norm]
     if spec.layer_kinds[layer] == "dense":
-        return names + swiglu_names(f"{p}.ffn")
-    names.append(f"{p}.ffn.router.weight")
+        return names + swiglu_names(n.ffn)
+    names.append(n.router)
     if spec.routing.shared_expert_size:
-        names += swiglu_names(f"{p}.ffn.shared")
+        names += swiglu_names(n.shared)
     if spec.routing.shared_expert_gate:
-        names.append(f"{p}.ffn.shared_gate.weight")
+        names.append(n.shared_gate)
     return names
 
 
 def dense_names(spec: ModelSpec) -> list[str]:
     """Every non-expert tensor of the model, in file order."""
-    names = ["embed.weight"]
+    names = [EMBEDDING]
     for layer in range(spec.n_layers):
         names += layer_dense_names(spec, layer)
-    names.append("norm.weight")
+    names.append(HEAD_NORM)
     if not spec.tie_embeddings:
-        names.append("lm_head.weight")
+        names.append(LM_HEAD)
     return names
 
 
-def is_dense_linear(name: str) -> bool:
-    """An attention projection or a dense/shared FFN matrix: what `--dense-int8` quantizes.
+def dense_linear_names(spec: ModelSpec) -> set[str]:
+    """The attention projections and dense/shared FFN matrices: what `--dense-int8` quantizes.
 
     The router and the shared expert's gate stay float32 (they decide, they are small).
     """
-    parts = name.split(".")
-    return parts[0] == "layers" and parts[-1] == "weight" and (
-        parts[2] == "attn" and parts[3] in ("wq", "wk", "wv", "wo")
-        or parts[2] == "ffn" and parts[-2] in EXPERT_PARTS)
+    names = set()
+    for layer in range(spec.n_layers):
+        n = layer_names(layer)
+        names.update(n.projection(w) for w in PROJECTIONS)
+        names.update(swiglu_names(n.ffn if spec.layer_kinds[layer] == "dense" else n.shared))
+    return names

@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from moedge.exporter.bundle_writer import write_bundle
+from moedge.exporter.model import canonical_shapes
+from moedge.exporter.options import ExportOptions
 from moedge.exporter.source import Source
 from moedge.runtime.spec import ModelSpec, RoutingSpec
 
@@ -42,11 +44,11 @@ SHAPES = {
 
 def random_source(spec: ModelSpec, seed: int = SEED) -> Source:
     """A `Source` whose tensors are drawn on demand from a per-name seed."""
-    shapes = _canonical_shapes(spec)
+    shapes = canonical_shapes(spec)
 
     def get(name: str) -> np.ndarray:
         rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
-        shape = shapes(name)
+        shape = shapes[name]
         if name.endswith("norm.weight"):
             return np.ones(shape, np.float32)
         scale = 1.0 if name == "embed.weight" else shape[-1] ** -0.5
@@ -55,38 +57,13 @@ def random_source(spec: ModelSpec, seed: int = SEED) -> Source:
     return Source(spec=spec, get=get)
 
 
-def _canonical_shapes(spec: ModelSpec):
-    d, hd = spec.hidden_size, spec.head_dim
-    fixed = {"wq": (spec.n_heads * hd, d), "wk": (spec.n_kv_heads * hd, d), "wv": (spec.n_kv_heads * hd, d),
-             "wo": (d, spec.n_heads * hd), "router": (spec.routing.n_experts if spec.routing else 0, d)}
-    qk = {"q_norm": spec.n_heads * hd, "k_norm": spec.n_kv_heads * hd} if spec.qk_norm == "full" else \
-        {"q_norm": hd, "k_norm": hd}
-
-    def shape(name: str) -> tuple[int, ...]:
-        parts = name.split(".")
-        if name in ("embed.weight", "lm_head.weight"):
-            return (spec.vocab_size, d)
-        if parts[-1] == "weight" and parts[-2] in fixed:
-            return fixed[parts[-2]]
-        if parts[-2] in qk:
-            return (qk[parts[-2]],)
-        if "norm" in parts[-2]:
-            return (d,)
-        if parts[-2] == "experts":
-            e, i = spec.routing.n_experts, spec.expert_intermediate_size
-            return (e, d, i) if parts[-1] == "down" else (e, i, d)
-        return (d, spec.intermediate_size) if parts[-2] == "down" else (spec.intermediate_size, d)
-
-    return shape
-
-
 def main(out: str, only: list[str] | None = None, group_size: int | None = None, dense_int8: bool = False) -> None:
     root = Path(out)
     for name in only or SHAPES:
         print(f"{name}:")
         suffix = "-dense-int8" if dense_int8 else ""
-        write_bundle(random_source(SHAPES[name]), root / f"{name}{suffix}.moedge", group_size=group_size, force=True,
-                     dense_int8=dense_int8)
+        write_bundle(random_source(SHAPES[name]), root / f"{name}{suffix}.moedge",
+                     ExportOptions(group_size=group_size, force=True, dense_int8=dense_int8))
 
 
 if __name__ == "__main__":

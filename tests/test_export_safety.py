@@ -77,7 +77,7 @@ def test_failed_export_leaves_nothing(checkpoint, tmp_path, monkeypatch):
     def explode(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(bundle_writer, "_write_experts", explode)
+    monkeypatch.setattr(bundle_writer, "write_experts", explode)
     with pytest.raises(RuntimeError, match="disk full"):
         export(checkpoint, out, show_progress=False)
     assert not out.exists() and list(out.parent.iterdir()) == []

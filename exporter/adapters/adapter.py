@@ -13,39 +13,39 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from ...runtime.bundle import EMBEDDING, HEAD_NORM
 from ...runtime.spec import ModelSpec
 from ..source import ExportError
+from ..tensor_names import EXPERT_PARTS, LM_HEAD, expert_part, layer_names, swiglu_names, template
 from .config import HFConfig
 from .experts import ExpertLayout
 from .tensors import SafetensorsFolder
 
-_LAYER = re.compile(r"layers\.(\d+)\.(.+)")
-_EXPERTS = re.compile(r"layers\.(\d+)\.ffn\.experts\.(gate|up|down)")
 _ATTENTION = {"wq": "q_proj", "wk": "k_proj", "wv": "v_proj", "wo": "o_proj"}
 
 Names = dict[str, str | tuple[str, ...]]
 
 
 def decoder_names() -> Names:
-    """The Llama-style layout every family here starts from."""
-    layer = "model.layers.{i}"
+    """The Llama-style layout every family here starts from (canonical name template → source template)."""
+    layer, n = "model.layers.{i}", layer_names("{i}")
     names: Names = {
-        "embed.weight": "model.embed_tokens.weight",
-        "norm.weight": "model.norm.weight",
-        "lm_head.weight": "lm_head.weight",
-        "layers.{i}.attn_norm.weight": f"{layer}.input_layernorm.weight",
-        "layers.{i}.ffn_norm.weight": f"{layer}.post_attention_layernorm.weight",
-        "layers.{i}.attn.q_norm.weight": f"{layer}.self_attn.q_norm.weight",
-        "layers.{i}.attn.k_norm.weight": f"{layer}.self_attn.k_norm.weight",
-        "layers.{i}.ffn.router.weight": f"{layer}.mlp.gate.weight",
-        "layers.{i}.ffn.shared_gate.weight": f"{layer}.mlp.shared_expert_gate.weight",
+        EMBEDDING: "model.embed_tokens.weight",
+        HEAD_NORM: "model.norm.weight",
+        LM_HEAD: "lm_head.weight",
+        n.attn_norm: f"{layer}.input_layernorm.weight",
+        n.ffn_norm: f"{layer}.post_attention_layernorm.weight",
+        n.q_norm: f"{layer}.self_attn.q_norm.weight",
+        n.k_norm: f"{layer}.self_attn.k_norm.weight",
+        n.router: f"{layer}.mlp.gate.weight",
+        n.shared_gate: f"{layer}.mlp.shared_expert_gate.weight",
     }
     for ours, theirs in _ATTENTION.items():
-        names[f"layers.{{i}}.attn.{ours}.weight"] = f"{layer}.self_attn.{theirs}.weight"
-        names[f"layers.{{i}}.attn.{ours}.bias"] = f"{layer}.self_attn.{theirs}.bias"
-    for part in ("gate", "up", "down"):
-        names[f"layers.{{i}}.ffn.{part}.weight"] = f"{layer}.mlp.{part}_proj.weight"
-        names[f"layers.{{i}}.ffn.shared.{part}.weight"] = f"{layer}.mlp.shared_expert.{part}_proj.weight"
+        names[n.projection(ours)] = f"{layer}.self_attn.{theirs}.weight"
+        names[n.bias(ours)] = f"{layer}.self_attn.{theirs}.bias"
+    for part, ours, shared in zip(EXPERT_PARTS, swiglu_names(n.ffn), swiglu_names(n.shared), strict=True):
+        names[ours] = f"{layer}.mlp.{part}_proj.weight"
+        names[shared] = f"{layer}.mlp.shared_expert.{part}_proj.weight"
     return names
 
 
@@ -89,29 +89,29 @@ class Adapter(ABC):
 
     def sources(self, spec: ModelSpec, tensors: SafetensorsFolder, name: str) -> list[str]:
         """The source tensors that make the canonical tensor `name`."""
-        experts = _EXPERTS.fullmatch(name)
+        experts = expert_part(name)
         if experts:
-            layer = int(experts[1])
+            layer = experts[0]
             return self._layout(tensors, layer, spec.routing.n_experts).names(layer, spec.routing.n_experts)
         return [self._source_name(tensors, name)]
 
     def read(self, spec: ModelSpec, tensors: SafetensorsFolder, name: str) -> np.ndarray:
         """The canonical tensor `name` as float32, experts stacked [E, out, in]."""
-        experts = _EXPERTS.fullmatch(name)
+        experts = expert_part(name)
         if experts:
-            layer, n = int(experts[1]), spec.routing.n_experts
-            return self._layout(tensors, layer, n).read(tensors, layer, experts[2], n)
+            layer, part = experts
+            return self._layout(tensors, layer, spec.routing.n_experts).read(tensors, layer, part,
+                                                                              spec.routing.n_experts)
         return tensors.get(self._source_name(tensors, name))
 
     def is_ignored(self, spec: ModelSpec, source_name: str) -> bool:
         """Whether a source tensor that no canonical tensor uses is harmless (else export refuses)."""
-        if spec.tie_embeddings and source_name == self.names["lm_head.weight"]:
+        if spec.tie_embeddings and source_name == self.names[LM_HEAD]:
             return True  # tied: the embedding is the head, as in the source model
         return any(re.search(pattern, source_name) for pattern in self.ignored)
 
     def _source_name(self, tensors: SafetensorsFolder, name: str) -> str:
-        layer = _LAYER.fullmatch(name)
-        key, index = (f"layers.{{i}}.{layer[2]}", int(layer[1])) if layer else (name, None)
+        key, index = template(name)
         if key not in self.names:
             raise ExportError(f"{type(self).__name__}: no source tensor for {name!r}")
         options = self.names[key]

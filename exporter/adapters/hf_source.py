@@ -11,23 +11,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ...runtime.spec import ModelSpec, SpecError
-from ..model import Transformer
+from ..model import canonical_shapes
 from ..source import ExportError, Source
 from .adapter import Adapter
 from .config import HFConfig
 from .generation import generation_defaults, tokenizer_file
 from .registry import adapter_for
 from .tensors import SafetensorsFolder
-
-
-def canonical_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
-    """Canonical tensor name → shape, for every tensor of `spec`'s model."""
-    with torch.device("meta"):
-        model = Transformer(spec)
-    return {name: tuple(t.shape) for name, t in model.state_dict().items()}
 
 
 def _check_coverage(adapter: Adapter, spec: ModelSpec, tensors: SafetensorsFolder, names: list[str]) -> None:

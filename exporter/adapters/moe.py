@@ -11,11 +11,13 @@ from __future__ import annotations
 from typing import Any
 
 from ...runtime.spec import ModelSpec, RoutingSpec
+from ..tensor_names import layer_names
 from .adapter import Adapter, decoder_names, moe_layer_kinds
 from .experts import FusedGateUp, PerExpert
 from .registry import register
 
 _LAYER = "model.layers.{i}"
+ROUTER = layer_names("{i}").router
 _GATE_UP_DOWN = {"gate": "gate_proj", "up": "up_proj", "down": "down_proj"}
 _FUSED = FusedGateUp(f"{_LAYER}.mlp.experts.gate_up_proj", f"{_LAYER}.mlp.experts.down_proj")
 _PER_EXPERT = PerExpert(_LAYER + ".mlp.experts.{e}.{w}.weight", _GATE_UP_DOWN)
@@ -40,7 +42,7 @@ class _QwenStyleMoE(Adapter):
 
 @register("MixtralForCausalLM")
 class Mixtral(Adapter):
-    names = {**decoder_names(), "layers.{i}.ffn.router.weight": (f"{_LAYER}.block_sparse_moe.gate.weight",
+    names = {**decoder_names(), ROUTER: (f"{_LAYER}.block_sparse_moe.gate.weight",
                                                                   f"{_LAYER}.mlp.gate.weight")}
     experts = (PerExpert(_LAYER + ".block_sparse_moe.experts.{e}.{w}.weight", {"gate": "w1", "up": "w3", "down": "w2"}),
                _FUSED)
@@ -80,7 +82,7 @@ class Olmoe(_QwenStyleMoE):
 
 @register("GraniteMoeForCausalLM")
 class GraniteMoe(Adapter):
-    names = {**decoder_names(), "layers.{i}.ffn.router.weight": (f"{_LAYER}.block_sparse_moe.router.layer.weight",
+    names = {**decoder_names(), ROUTER: (f"{_LAYER}.block_sparse_moe.router.layer.weight",
                                                                   f"{_LAYER}.block_sparse_moe.router.weight")}
     experts = (FusedGateUp(f"{_LAYER}.block_sparse_moe.input_linear.weight",
                            f"{_LAYER}.block_sparse_moe.output_linear.weight"),
