@@ -99,8 +99,8 @@ def bench(bundle: str, threads: list[int], prompt_tokens: int = 128, new_tokens:
         require("matplotlib", purpose="bench --plot")
     if peers:
         require("torch", "onnx", purpose="bench --peers")
-    from moedge.runtime.bench import bench as run_bench
-    from moedge.runtime.bench_report import format_report
+    from moedge.runtime.tools.bench import bench as run_bench
+    from moedge.runtime.tools.bench_report import format_report
 
     report = run_bench(bundle, threads, prompt_tokens=prompt_tokens, new_tokens=new_tokens, repeat=repeat,
                        seed=seed, cold=cold)
@@ -114,7 +114,7 @@ def bench(bundle: str, threads: list[int], prompt_tokens: int = 128, new_tokens:
         with open(json_path, "w") as f:
             json.dump(report, f, indent=1)
     if plot:
-        from moedge.runtime.bench_plot import plot_bench
+        from moedge.runtime.tools.bench_plot import plot_bench
 
         plot_bench(report, plot)
 
@@ -124,7 +124,7 @@ def eval(bundle: str, text: str, reference: str | None = None, context: int | No
          verify: bool = True) -> None:
     """Perplexity of a bundle on a text file or folder; compare with the float checkpoint; expert usage."""
     from moedge.runtime import InputError, Model
-    from moedge.runtime.evaluate import evaluate, read_texts, windows
+    from moedge.runtime.tools.evaluate import evaluate, read_texts, windows
 
     if reference:
         require("torch", "safetensors", purpose="eval --reference")
@@ -159,7 +159,7 @@ def _report_usage(model, counts: np.ndarray, image: str | None, title: str) -> N
     """Print each MoE layer's expert shares and balance; write the heatmap and its JSON if asked."""
     import json
 
-    from moedge.runtime.evaluate import balance
+    from moedge.runtime.tools.evaluate import balance
 
     layers = list(model.spec.moe_layers)
     counts = counts[layers]

@@ -6,8 +6,8 @@ import argparse
 import signal
 import sys
 
-from moedge.runtime.bench import WARMUP_TOKENS
 from moedge.runtime.errors import MoedgeError
+from moedge.runtime.tools.bench import WARMUP_TOKENS
 
 from . import commands
 from .options import integer, number, output_file

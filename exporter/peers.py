@@ -19,11 +19,11 @@ import torch
 
 from ..quant import QuantizedTensor, dequantize, from_unsigned
 from ..runtime import kernels
-from ..runtime.bench import WARMUP_TOKENS
 from ..runtime.bundle import Manifest, read_manifest
 from ..runtime.expert_store import layer_bytes
 from ..runtime.head import tensor_view
 from ..runtime.rope import rope_rotation
+from ..runtime.tools.bench import WARMUP_TOKENS
 from .full_graph import write_full_graph
 from .model import Transformer
 from .tensor_names import expert_names

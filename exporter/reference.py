@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer
 
-from ..runtime.evaluate import Evaluation, score
+from ..runtime.tools.evaluate import Evaluation, score
 from .checkpoint import TOKENIZER_FILE, load_model
 from .source import ExportError
 

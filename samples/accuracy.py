@@ -23,7 +23,7 @@ from moedge.exporter.checkpoint import WEIGHTS_FILE
 from moedge.exporter.reference import evaluate_reference, reference_tokenizer
 from moedge.runtime import Model
 from moedge.runtime.bundle import Manifest
-from moedge.runtime.evaluate import evaluate, windows
+from moedge.runtime.tools.evaluate import evaluate, windows
 
 SCHEMES = [("float32 experts", None, True, False), ("int8 per channel", None, False, False),
            ("int8 group 32", 32, False, False), ("int8 group 64", 64, False, False),

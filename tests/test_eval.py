@@ -13,7 +13,7 @@ from moedge.exporter.checkpoint import read_checkpoint, save_checkpoint
 from moedge.exporter.model import Transformer
 from moedge.exporter.reference import evaluate_reference, reference_tokenizer
 from moedge.runtime import Model
-from moedge.runtime.evaluate import balance, evaluate, log_likelihood, windows
+from moedge.runtime.tools.evaluate import balance, evaluate, log_likelihood, windows
 
 SHIPPED = ROOT / "samples" / "default-moe"
 SLICE_TOKENS = 1024

@@ -7,7 +7,7 @@ import numpy as np
 from helpers import drop_page_cache, tiny_moe_spec
 from moedge.runtime import Model
 from moedge.runtime.forward import RoutingTrace
-from moedge.runtime.residency import resident_pages
+from moedge.runtime.tools.residency import resident_pages
 
 
 def expert_pages(store, layer, expert):

@@ -1,6 +1,6 @@
 """One fresh-process run for `moedge bench`: time to first token and memory, printed as JSON.
 
-    python -m moedge.runtime.bench_child BUNDLE --threads N --prompt-tokens P --seed S --spawned-at T
+    python -m moedge.runtime.tools.bench_child BUNDLE --threads N --prompt-tokens P --seed S --spawned-at T
 
 Measures python start with imports, load, prefill and the first decode, then decodes a seeded random stream and
 reports peak RSS over the pre-load RSS and the experts file's resident bytes (mincore).
@@ -13,7 +13,7 @@ import time
 import numpy as np
 
 from moedge.runtime import Model
-from moedge.runtime.residency import resident_pages
+from moedge.runtime.tools.residency import resident_pages
 
 DECODE_TOKENS = 32
 

@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from ..bundle import Manifest, read_manifest
+from ..forward import Probe
+from ..model import Model
 from .bandwidth import read_bandwidth
-from .bundle import Manifest, read_manifest
-from .forward import Probe
-from .model import Model
 
 WARMUP_TOKENS = 4
 PARTS = ("dense", "routing", "experts", "head")
@@ -115,7 +115,7 @@ def cold_start(bundle: Path, threads: int, prompt_tokens: int, seed: int, numba_
     env = dict(os.environ)
     if numba_cache is not None:
         env["NUMBA_CACHE_DIR"] = numba_cache
-    cmd = [sys.executable, "-m", "moedge.runtime.bench_child", str(bundle), "--threads", str(threads),
+    cmd = [sys.executable, "-m", "moedge.runtime.tools.bench_child", str(bundle), "--threads", str(threads),
            "--prompt-tokens", str(prompt_tokens), "--seed", str(seed), "--spawned-at", repr(time.time())]
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
     if result.returncode != 0:

@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 from tqdm import tqdm
 
-from .errors import InputError
-from .forward import RoutingTrace
+from ..errors import InputError
+from ..forward import RoutingTrace
 
 if TYPE_CHECKING:
-    from .model import Model
+    from ..model import Model
 
 
 @dataclass(frozen=True)
