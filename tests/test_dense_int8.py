@@ -46,8 +46,8 @@ def test_close_to_the_round_tripped_reference_and_consistent(bundles):
     with torch.no_grad():  # weights as the bundle stores them; activations stay float here
         reference = torch_model_from_bundle(int8, read_manifest(int8))(torch.tensor([PROMPT]))[0].numpy()
     span = reference.max() - reference.min()
-    assert np.abs(got - reference).max() <= 3e-2 * span  # int8 activations: measured 2.8e-3
+    assert np.abs(got - reference).max() <= 1e-2 * span  # int8 activations: measured 2.8e-3
     assert (got.argmax(-1) == reference.argmax(-1)).mean() >= 0.9
     session = runtime.session()
     stepped = np.stack([session.decode(t) for t in PROMPT])  # rows are quantized independently
-    assert np.abs(stepped - got).max() <= 1e-3 * span
+    assert np.abs(stepped - got).max() <= 1e-5 * span  # measured 1.3e-7: rounding only
