@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from ..runtime.bundle import Manifest
+from ..runtime.bundle import EMBEDDING, Manifest
 from ..runtime.spec import ModelSpec
 from .onnx_graphs import AttentionIO, GraphBuilder, causal_bias, layer_body, residual, value_info
 
@@ -95,7 +95,7 @@ def full_graph(manifest: Manifest) -> onnx.ModelProto:
     inputs = [helper.make_tensor_value_info("tokens", TensorProto.INT64, ["T"]),
               value_info("rope", ["T", spec.head_dim, spec.head_dim])]
     outputs = []
-    h = g.op("Gather", g.weight("embed.weight"), "tokens", axis=0)
+    h = g.op("Gather", g.weight(EMBEDDING), "tokens", axis=0)
     if spec.embedding_multiplier != 1.0:
         h = g.op("Mul", h, g.const(spec.embedding_multiplier))
     bias = causal_bias(g, spec.n_heads // spec.n_kv_heads, h)

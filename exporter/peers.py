@@ -26,7 +26,7 @@ from ..runtime.rope import rope_rotation
 from ..runtime.tools.bench import WARMUP_TOKENS
 from .full_graph import write_full_graph
 from .model import Transformer
-from .tensor_names import expert_names
+from .tensor_names import LM_HEAD, expert_names
 
 EXPERT_MATRICES = {"gate": kernels.GATE, "up": kernels.UP, "down": kernels.DOWN}
 
@@ -91,7 +91,7 @@ def torch_model_from_bundle(root: Path, manifest: Manifest) -> Transformer:
                 for e in range(len(offsets)):
                     kernels.dequantize(record, e, EXPERT_MATRICES[part], stacked[e])
                 state[name] = torch.from_numpy(stacked)
-    missing = set(model.load_state_dict(state, strict=False).missing_keys) - {"lm_head.weight"}
+    missing = set(model.load_state_dict(state, strict=False).missing_keys) - {LM_HEAD}
     if missing:
         raise ValueError(f"the bundle lacks tensors the model needs: {sorted(missing)}")
     model.lm_head = torch.nn.Linear(manifest.spec.hidden_size, manifest.spec.vocab_size, bias=False)

@@ -25,9 +25,18 @@ def swiglu_names(prefix: str) -> list[str]:
 
 @dataclass(frozen=True)
 class LayerNames:
-    """The canonical names of one layer's tensors."""
+    """The canonical names of one layer's tensors (build with `layer_names`)."""
 
     prefix: str  # "layers.{i}"
+    attn_norm: str
+    q_norm: str
+    k_norm: str
+    ffn_norm: str
+    ffn: str  # prefix of a dense layer's SwiGLU
+    router: str
+    shared: str  # prefix of the shared expert's SwiGLU
+    shared_gate: str
+    experts: dict[str, str]  # stacked routed experts, by part
 
     def projection(self, which: str) -> str:
         """An attention matrix: `which` in PROJECTIONS."""
@@ -36,48 +45,14 @@ class LayerNames:
     def bias(self, which: str) -> str:
         return f"{self.prefix}.attn.{which}.bias"
 
-    @property
-    def attn_norm(self) -> str:
-        return f"{self.prefix}.attn_norm.weight"
-
-    @property
-    def q_norm(self) -> str:
-        return f"{self.prefix}.attn.q_norm.weight"
-
-    @property
-    def k_norm(self) -> str:
-        return f"{self.prefix}.attn.k_norm.weight"
-
-    @property
-    def ffn_norm(self) -> str:
-        return f"{self.prefix}.ffn_norm.weight"
-
-    @property
-    def ffn(self) -> str:
-        """Prefix of a dense layer's SwiGLU."""
-        return f"{self.prefix}.ffn"
-
-    @property
-    def router(self) -> str:
-        return f"{self.prefix}.ffn.router.weight"
-
-    @property
-    def shared(self) -> str:
-        """Prefix of the shared expert's SwiGLU."""
-        return f"{self.prefix}.ffn.shared"
-
-    @property
-    def shared_gate(self) -> str:
-        return f"{self.prefix}.ffn.shared_gate.weight"
-
-    @property
-    def experts(self) -> dict[str, str]:
-        """Stacked expert tensors, by part."""
-        return {part: f"{self.prefix}.ffn.experts.{part}" for part in EXPERT_PARTS}
-
 
 def layer_names(layer: int | str) -> LayerNames:
-    return LayerNames(f"layers.{layer}")
+    p = f"layers.{layer}"
+    return LayerNames(prefix=p, attn_norm=f"{p}.attn_norm.weight", q_norm=f"{p}.attn.q_norm.weight",
+                      k_norm=f"{p}.attn.k_norm.weight", ffn_norm=f"{p}.ffn_norm.weight", ffn=f"{p}.ffn",
+                      router=f"{p}.ffn.router.weight", shared=f"{p}.ffn.shared",
+                      shared_gate=f"{p}.ffn.shared_gate.weight",
+                      experts={part: f"{p}.ffn.experts.{part}" for part in EXPERT_PARTS})
 
 
 _IN_LAYER = re.compile(r"layers\.(\d+)\.(.+)")

@@ -19,6 +19,7 @@ from moedge.exporter.bundle_writer import write_bundle
 from moedge.exporter.model import canonical_shapes
 from moedge.exporter.options import ExportOptions
 from moedge.exporter.source import Source
+from moedge.runtime.bundle import EMBEDDING
 from moedge.runtime.spec import ModelSpec, RoutingSpec
 
 SEED = 1234
@@ -51,7 +52,7 @@ def random_source(spec: ModelSpec, seed: int = SEED) -> Source:
         shape = shapes[name]
         if name.endswith("norm.weight"):
             return np.ones(shape, np.float32)
-        scale = 1.0 if name == "embed.weight" else shape[-1] ** -0.5
+        scale = 1.0 if name == EMBEDDING else shape[-1] ** -0.5
         return (rng.standard_normal(shape, dtype=np.float32) * np.float32(scale))
 
     return Source(spec=spec, get=get)

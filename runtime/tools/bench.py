@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from ..bundle import Manifest, read_manifest
+from ..bundle import EMBEDDING, Manifest, read_manifest
 from ..forward import Probe
 from ..model import Model
 from .bandwidth import read_bandwidth
@@ -54,10 +54,10 @@ def step_bytes(manifest: Manifest) -> dict[str, int]:
     The embedding counts one row (the lookup) unless the head reads the whole of it.
     """
     spec = manifest.spec
-    used = {name for name in manifest.dense_tensors if name != "embed.weight"} | set(manifest.head.values())
+    used = {name for name in manifest.dense_tensors if name != EMBEDDING} | set(manifest.head.values())
     dense = sum(manifest.dense_tensors[name].nbytes for name in used)
-    if "embed.weight" not in used:
-        dense += manifest.dense_tensors["embed.weight"].nbytes // spec.vocab_size
+    if EMBEDDING not in used:
+        dense += manifest.dense_tensors[EMBEDDING].nbytes // spec.vocab_size
     experts = 0
     if manifest.experts is not None:
         per_expert = sum(t.nbytes for t in manifest.experts.tensors.values())
