@@ -118,3 +118,12 @@ def test_overflowing_activations_are_a_numerical_error(exported, tmp_path):
     with pytest.raises(NumericalError, match="not finite: the activations overflowed"):
         session.prefill([1, 2, 3])
     assert session.pos == 0
+
+
+def test_blas_threads_follow_the_model(exported):
+    from threadpoolctl import threadpool_info
+
+    for threads in (1, 2):
+        Model.load(exported("api", tiny_moe_spec()).bundle, threads=threads)
+        blas = [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+        assert blas and set(blas) == {threads}
