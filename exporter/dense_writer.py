@@ -13,9 +13,9 @@ import numpy as np
 
 from ..quant import QuantizedTensor, quant_error, quantize_int8, to_unsigned
 from ..runtime.bundle import EMBEDDING, HEAD_NORM, HEAD_SCALE, HEAD_WEIGHT, PAGE, TensorEntry
+from ..runtime.tensor_names import LM_HEAD, dense_linear_names, dense_names
 from .options import ExportOptions
 from .source import ExportError, Source
-from .tensor_names import LM_HEAD, dense_linear_names, dense_names
 
 DENSE_FILE = "dense.bin"
 

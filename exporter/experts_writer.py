@@ -19,10 +19,10 @@ from ..runtime.bundle import (
     pack_expert_span,
 )
 from ..runtime.integrity import digest, expert_seed
+from ..runtime.tensor_names import expert_names
 from .dense_writer import unquantized
 from .options import ExportOptions
 from .source import ExportError, Source
-from .tensor_names import expert_names
 
 EXPERTS_FILE = "experts.bin"
 

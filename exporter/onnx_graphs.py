@@ -20,7 +20,7 @@ from onnx import TensorProto, helper
 
 from ..runtime.bundle import TensorEntry
 from ..runtime.spec import ModelSpec
-from .tensor_names import LayerNames, layer_names, swiglu_names
+from ..runtime.tensor_names import LayerNames, layer_names, swiglu_names
 
 OPSET = 17
 F32 = TensorProto.FLOAT

@@ -23,10 +23,10 @@ from ..runtime.bundle import Manifest, read_manifest
 from ..runtime.expert_store import layer_bytes
 from ..runtime.head import tensor_view
 from ..runtime.rope import rope_rotation
+from ..runtime.tensor_names import LM_HEAD, expert_names
 from ..runtime.tools.bench import WARMUP_TOKENS
 from .full_graph import write_full_graph
 from .model import Transformer
-from .tensor_names import LM_HEAD, expert_names
 
 EXPERT_MATRICES = {"gate": kernels.GATE, "up": kernels.UP, "down": kernels.DOWN}
 

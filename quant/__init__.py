@@ -2,6 +2,7 @@
 
 from .int8 import (
     GROUP_SIZES,
+    UNSIGNED_ZERO,
     QuantizedTensor,
     QuantMetrics,
     dequantize,
@@ -11,5 +12,5 @@ from .int8 import (
     to_unsigned,
 )
 
-__all__ = ["GROUP_SIZES", "QuantMetrics", "QuantizedTensor", "dequantize", "from_unsigned", "quant_error",
-           "quantize_int8", "to_unsigned"]
+__all__ = ["GROUP_SIZES", "UNSIGNED_ZERO", "QuantMetrics", "QuantizedTensor", "dequantize", "from_unsigned",
+           "quant_error", "quantize_int8", "to_unsigned"]

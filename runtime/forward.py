@@ -1,8 +1,8 @@
 """The forward pass of one step, top to bottom: tokens in, logits out, the KV cache one step longer.
 
     token ids → embedding rows → for each layer:
-        dense graph (attention with the cached rows, norms, dense FFN or shared expert + router logits)
-        → cache the new k/v rows
+        dense part (attention over the KV cache, norms, dense FFN or shared expert + router logits; one
+        token in numba, a prompt in the layer's onnxruntime graph) → the new k/v rows into the cache
         → MoE layers: route on the CPU, add the selected experts' weighted sum (numba, from the mmap)
     → head (final norm + logits, numba) → refuse non-finite logits → commit the cache rows
 
@@ -17,8 +17,6 @@ import numpy as np
 from .errors import NumericalError
 from .kv_cache import KVCache
 from .moe import ExpertScratch
-from .rope import rope_rotation
-from .spec import ModelSpec
 from .weights import Weights
 
 
@@ -46,23 +44,16 @@ class RoutingTrace(Probe):
         self.trace.append((layer, ids))
 
 
-def step_tables(spec: ModelSpec, start: int, count: int) -> dict[str, np.ndarray]:
-    """Inputs shared by every layer graph of one step: the RoPE rotation and the causal bias."""
-    bias = np.triu(np.full((count, count), -np.inf, dtype=np.float32), 1)  # key after query: masked
-    groups = spec.n_heads // spec.n_kv_heads
-    return {"rope": rope_rotation(spec, start, count), "causal_bias": np.tile(bias, (groups, 1))}
-
-
 def forward(weights: Weights, cache: KVCache, scratch: ExpertScratch | None, tokens: np.ndarray, last_only: bool,
             probe: Probe = SILENT) -> np.ndarray:
     """Logits [T, V] (or [1, V] with `last_only`) for checked token ids [T] after the cached ones."""
-    spec, start, count = weights.spec, cache.length, len(tokens)
+    start, count = cache.length, len(tokens)
+    layers = weights.decode_layers if count == 1 else weights.graph_layers  # numba for a token, else ORT
     hidden = weights.embed(tokens)  # [T, D]
-    tables = step_tables(spec, start, count)
+    tables = layers.tables(start, count)  # RoPE (and the causal mask) of this step
     probe.lap("other")
-    for i, graph in enumerate(weights.graphs):
-        out = graph(hidden, tables, *cache.past(i))
-        cache.write(i, out.k, out.v)  # [T, K, Hd]
+    for i in range(weights.spec.n_layers):
+        out = layers(i, hidden, tables, cache)  # the new k/v rows go into the cache
         hidden = out.hidden  # attention (and a dense FFN or the shared expert) added
         probe.lap("dense")
         if out.router_logits is not None:

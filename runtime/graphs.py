@@ -9,15 +9,17 @@ import onnxruntime as ort
 
 from .bundle import GRAPH_CONTRACT_KEY, GRAPH_LAYER_KEY
 from .errors import BundleError
+from .kv_cache import KVCache
+from .rope import rope_rotation
 from .spec import ModelSpec
 
 
 @dataclass(frozen=True)
 class LayerOutputs:
-    hidden: np.ndarray  # [T, D]
-    k: np.ndarray  # [T, K, Hd]
-    v: np.ndarray
-    ffn_in: np.ndarray | None = None  # [T, D], MoE layers only
+    """What a layer's dense part hands on (its new k/v rows went into the KV cache)."""
+
+    hidden: np.ndarray  # [T, D]: attention and the dense FFN or shared expert added
+    ffn_in: np.ndarray | None = None  # [T, D], MoE layers only: the normed input of the routed experts
     router_logits: np.ndarray | None = None  # [T, E]
 
 
@@ -70,7 +72,26 @@ class DenseGraph:
 
 
     def __call__(self, hidden: np.ndarray, tables: dict[str, np.ndarray], past_k: np.ndarray,
-                 past_v: np.ndarray) -> LayerOutputs:
-        """The layer on hidden [T, D] with the step's tables and the cached rows [P, K, Hd]."""
-        return LayerOutputs(*self.session.run(self.outputs, {"hidden": hidden, "past_k": past_k, "past_v": past_v,
-                                                            **tables}))
+                 past_v: np.ndarray) -> list[np.ndarray]:
+        """The graph's outputs for hidden [T, D], the step's tables and the cached rows [P, K, Hd]."""
+        return self.session.run(self.outputs, {"hidden": hidden, "past_k": past_k, "past_v": past_v, **tables})
+
+
+class GraphLayers:
+    """The dense part of every layer in onnxruntime: the reference path, and the one prefill takes."""
+
+    def __init__(self, graphs: list[DenseGraph], spec: ModelSpec):
+        self.graphs = graphs
+        self.spec = spec
+
+    def tables(self, start: int, count: int) -> dict[str, np.ndarray]:
+        """Inputs shared by every layer graph of one step: the RoPE rotation and the causal bias."""
+        bias = np.triu(np.full((count, count), -np.inf, dtype=np.float32), 1)  # key after query: masked
+        groups = self.spec.n_heads // self.spec.n_kv_heads
+        return {"rope": rope_rotation(self.spec, start, count), "causal_bias": np.tile(bias, (groups, 1))}
+
+    def __call__(self, i: int, hidden: np.ndarray, tables: dict[str, np.ndarray], cache: KVCache) -> LayerOutputs:
+        """Layer i on hidden [T, D]; writes its k/v rows [T, K, Hd] into the cache."""
+        out, k, v, *moe = self.graphs[i](hidden, tables, *cache.past(i))
+        cache.write(i, k, v)
+        return LayerOutputs(out, *moe)

@@ -47,13 +47,15 @@ class Model:
 
     @classmethod
     def load(cls, path: str | os.PathLike, threads: int | None = None, expert_budget: int | None = None,
-             verify: bool = True) -> Model:
+             verify: bool = True, decode: str = "numba") -> Model:
         """Validate and open the bundle at `path` with `threads` threads (default: the CPU count).
 
         `expert_budget` (bytes) caps the experts kept mapped: least recently used ones are released.
         `verify` checks the checksum of every byte before its first use: the dense files here, each
         expert when it is first routed to. Bad bundles raise `BundleError`, bad arguments `InputError`.
-        numba has one thread pool per process: loading sets it up (see `threads.use_threads`).
+        `decode` runs one-token steps' dense parts in "numba" (fast) or in the layer graphs ("onnx", the
+        reference; prompts always run in the graphs). numba has one thread pool per process: loading sets
+        it up (see `threads.use_threads`).
         """
         if not isinstance(path, (str, os.PathLike)):
             raise InputError(f"the bundle path must be a string or a path, got {type(path).__name__}")
@@ -63,12 +65,14 @@ class Model:
             raise InputError(f"expert_budget must be a whole number of bytes >= 0, got {expert_budget!r}")
         if type(verify) is not bool:
             raise InputError(f"verify must be True or False, got {verify!r}")
+        if decode not in ("numba", "onnx"):
+            raise InputError(f"decode must be 'numba' or 'onnx', got {decode!r}")
         threads = threads or os.cpu_count() or 1
         use_threads(threads)
         with BundleDir(path) as bundle:
             manifest = read_manifest(bundle, verify)
             _check_budget(manifest, expert_budget)
-            return cls(Weights(bundle, manifest, threads, expert_budget, verify), threads)
+            return cls(Weights(bundle, manifest, threads, expert_budget, verify, decode), threads)
 
     def session(self, probe: Probe = SILENT) -> Session:
         """A new sequence with its own preallocated KV cache; `probe` watches its steps."""

@@ -7,6 +7,14 @@ import numpy as np
 from .spec import ModelSpec
 
 
+def rope_angles(spec: ModelSpec, start: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """cos and sin [T, Hd/2] of the angles (start + t)·θ^(−2i/Hd), computed in float32 as the reference models do."""
+    exponent = np.arange(0, spec.head_dim, 2, dtype=np.float32) / np.float32(spec.head_dim)
+    inv_freq = (1.0 / np.float32(spec.rope_theta) ** exponent).astype(np.float32)
+    angles = np.arange(start, start + count, dtype=np.float32)[:, None] * inv_freq  # [T, Hd/2]
+    return np.cos(angles), np.sin(angles)
+
+
 def rope_rotation(spec: ModelSpec, start: int, count: int) -> np.ndarray:
     """R [T, Hd, Hd] with rope(x_t) = x_t @ R_t for x_t [heads, Hd] (rotate-half convention).
 
@@ -14,10 +22,7 @@ def rope_rotation(spec: ModelSpec, start: int, count: int) -> np.ndarray:
     with angle (start + t)·θ^(−2i/Hd) computed in float32 as the reference models do.
     """
     half = spec.head_dim // 2
-    exponent = np.arange(0, spec.head_dim, 2, dtype=np.float32) / np.float32(spec.head_dim)
-    inv_freq = (1.0 / np.float32(spec.rope_theta) ** exponent).astype(np.float32)
-    angles = np.arange(start, start + count, dtype=np.float32)[:, None] * inv_freq  # [T, Hd/2]
-    cos, sin = np.cos(angles), np.sin(angles)
+    cos, sin = rope_angles(spec, start, count)
     rotation = np.zeros((count, spec.head_dim, spec.head_dim), dtype=np.float32)
     i = np.arange(half)
     rotation[:, i, i] = cos

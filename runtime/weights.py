@@ -14,30 +14,34 @@ from tokenizers import Tokenizer
 
 from .bundle import EMBEDDING, Manifest, graph_contract
 from .bundle_dir import BundleDir
+from .dense_decode import DecodeLayers
 from .errors import BundleError
 from .expert_store import ExpertStore
-from .graphs import DenseGraph, session_options
+from .graphs import DenseGraph, GraphLayers, session_options
 from .head import Head, tensor_view
 from .moe import MoELayer
 from .verify import read_tokenizer, verified_load_files
 
 
 class Weights:
-    """A loaded bundle: `graphs[i]` (layer i's dense part), `moe[i]` (its routed experts, MoE layers),
-    `embedding`, `head`, the `experts` store and the `tokenizer` (or None)."""
+    """A loaded bundle: the layers' dense parts (`graph_layers` in onnxruntime, `decode_layers` for one
+    token), `moe[i]` (layer i's routed experts), `embedding`, `head`, the `experts` store and the
+    `tokenizer` (or None)."""
 
     def __init__(self, bundle: BundleDir, manifest: Manifest, threads: int, expert_budget: int | None = None,
-                 verify: bool = True):
+                 verify: bool = True, decode: str = "numba"):
         self.root = bundle.path
         self.manifest = manifest
         self.spec = spec = manifest.spec
         tokenizer_json = verified_load_files(bundle, manifest) if verify else read_tokenizer(bundle, manifest)
         options = session_options(threads, prepack=manifest.dense_linears == "int8")
         contract = graph_contract(spec, manifest.quantization_dict(), manifest.dense_dict())
-        self.graphs = [DenseGraph(bundle.graph_path(name), name, options, i, contract, spec)
-                       for i, name in enumerate(manifest.layer_graphs)]
+        self.graph_layers = GraphLayers([DenseGraph(bundle.graph_path(name), name, options, i, contract, spec)
+                                         for i, name in enumerate(manifest.layer_graphs)], spec)
         self._dense_map = bundle.map(manifest.dense_file)
         dense = np.frombuffer(self._dense_map, dtype=np.uint8)
+        # one token: numba over the same tensors (decode="onnx": the graphs, the reference)
+        self.decode_layers = DecodeLayers(manifest, dense) if decode == "numba" else self.graph_layers
         self.embedding = tensor_view(dense, manifest, EMBEDDING)  # [V, D]
         embed = manifest.dense_tensors[EMBEDDING]  # page-aligned: a lookup reads its rows' pages only
         self._dense_map.madvise(mmap.MADV_RANDOM, embed.offset - embed.offset % mmap.PAGESIZE, embed.nbytes)

@@ -83,3 +83,13 @@ def test_decode_step_by_step_equals_prefill(case):
     split = model.session()
     split.prefill(PROMPT[:5])
     assert np.abs(split.prefill(PROMPT[5:]) - full[5:]).max() <= TOLERANCE * scale
+
+
+def test_numba_decode_equals_the_onnx_graphs(case):
+    """One-token steps run in numba; the layer graphs (decode="onnx") are the reference."""
+    fast, reference = (Model.load(case.bundle, threads=1, decode=path).session() for path in ("numba", "onnx"))
+    fast.prefill(PROMPT[:4])
+    want = reference.prefill(PROMPT[:4])
+    scale = want.max() - want.min()
+    for token in PROMPT[4:] * 4:  # 36 steps: past a page of cache rows, every expert path
+        np.testing.assert_array_less(np.abs(fast.decode(token) - reference.decode(token)).max(), TOLERANCE * scale)

@@ -59,14 +59,14 @@ def test_moe_block_matches_numpy_reference(exported, routing):
     from moedge.exporter.checkpoint import read_checkpoint
     from moedge.quant import dequantize, quantize_int8
     from moedge.runtime import Model
-    from moedge.runtime.forward import step_tables
+    from moedge.runtime.kv_cache import KVCache
 
     case = exported("block_" + "_".join(f"{k}{v}" for k, v in routing.items()), tiny_moe_spec(routing=routing))
     model, source = Model.load(case.bundle, threads=1), read_checkpoint(case.checkpoint)
     spec = model.spec
     x = np.random.default_rng(0).standard_normal((5, spec.hidden_size)).astype(np.float32)
-    empty = np.zeros((0, spec.n_kv_heads, spec.head_dim), np.float32)
-    out = model.weights.graphs[0](x, step_tables(spec, 0, 5), empty, empty)
+    layers = model.weights.graph_layers
+    out = layers(0, x, layers.tables(0, 5), KVCache(spec))
     moe = model.weights.moe[0]
     ids, weights = moe.route(out.router_logits)
     got = out.hidden + moe.experts(out.ffn_in, ids, weights, model.session().scratch)

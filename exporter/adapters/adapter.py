@@ -15,8 +15,8 @@ import numpy as np
 
 from ...runtime.bundle import EMBEDDING, HEAD_NORM
 from ...runtime.spec import ModelSpec
+from ...runtime.tensor_names import EXPERT_PARTS, LM_HEAD, expert_part, layer_names, swiglu_names, template
 from ..source import ExportError
-from ..tensor_names import EXPERT_PARTS, LM_HEAD, expert_part, layer_names, swiglu_names, template
 from .config import HFConfig
 from .experts import ExpertLayout
 from .tensors import SafetensorsFolder

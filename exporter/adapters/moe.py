@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from ...runtime.spec import ModelSpec, RoutingSpec
-from ..tensor_names import layer_names
+from ...runtime.tensor_names import layer_names
 from .adapter import Adapter, decoder_names, moe_layer_kinds
 from .experts import FusedGateUp, PerExpert
 from .registry import register

@@ -1,7 +1,8 @@
-"""The one table of canonical tensor names (the state-dict names of `model.Transformer`).
+"""The one table of canonical tensor names (the state-dict names of the exporter's `model.Transformer`).
 
-Every source (our checkpoints, Hugging Face adapters) maps its tensors onto these names and the
-graph builder reads them by these names; nothing else spells them. Expert tensors are stacked
+Part of the bundle contract: every source (our checkpoints, Hugging Face adapters) maps its tensors
+onto these names, the graph builder and the runtime's decode path read the dense file by them;
+nothing else spells them. Expert tensors are stacked
 per layer: gate/up [E, I, D], down [E, D, I]. `layer_names("{i}")` gives templates for every layer.
 """
 
@@ -10,8 +11,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from ..runtime.bundle import EMBEDDING, HEAD_NORM
-from ..runtime.spec import ModelSpec
+from .bundle import EMBEDDING, HEAD_NORM
+from .spec import ModelSpec
 
 EXPERT_PARTS = ("gate", "up", "down")  # of every SwiGLU: dense FFN, shared expert, routed experts
 PROJECTIONS = ("wq", "wk", "wv", "wo")  # attention; q/k/v may have biases
