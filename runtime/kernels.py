@@ -76,17 +76,81 @@ def _gate_up(g3, gs, u3, us, x2, r):
 
 
 @njit(cache=True, error_model="numpy", fastmath=True, inline="always")
+def _dot4(w3, s2, x2, r0, r1, r2, r3):
+    """Rows r0..r3 of (w3 · s2) dotted with x2 in one pass. Rows a page or more apart give the core four
+    memory streams at once: one stream tops out near 13-20 GB/s, four reach ~90% of the read bandwidth."""
+    a0 = _0
+    a1 = _0
+    a2 = _0
+    a3 = _0
+    for g in range(x2.shape[0]):
+        p0 = _0
+        p1 = _0
+        p2 = _0
+        p3 = _0
+        for j in range(x2.shape[1]):
+            xv = x2[g, j]
+            p0 += np.float32(w3[r0, g, j]) * xv
+            p1 += np.float32(w3[r1, g, j]) * xv
+            p2 += np.float32(w3[r2, g, j]) * xv
+            p3 += np.float32(w3[r3, g, j]) * xv
+        a0 += p0 * s2[r0, g]
+        a1 += p1 * s2[r1, g]
+        a2 += p2 * s2[r2, g]
+        a3 += p3 * s2[r3, g]
+    return a0, a1, a2, a3
+
+
+@njit(cache=True, error_model="numpy", fastmath=True, inline="always")
+def _gate_up2(g3, gs, u3, us, x2, r0, r1):
+    """silu(gate·x)·(up·x) for rows r0 and r1 in one pass over x (four memory streams)."""
+    a0 = _0
+    a1 = _0
+    b0 = _0
+    b1 = _0
+    for g in range(x2.shape[0]):
+        p0 = _0
+        p1 = _0
+        q0 = _0
+        q1 = _0
+        for j in range(x2.shape[1]):
+            xv = x2[g, j]
+            p0 += np.float32(g3[r0, g, j]) * xv
+            p1 += np.float32(g3[r1, g, j]) * xv
+            q0 += np.float32(u3[r0, g, j]) * xv
+            q1 += np.float32(u3[r1, g, j]) * xv
+        a0 += p0 * gs[r0, g]
+        a1 += p1 * gs[r1, g]
+        b0 += q0 * us[r0, g]
+        b1 += q1 * us[r1, g]
+    return a0 / (_1 + np.exp(-a0)) * b0, a1 / (_1 + np.exp(-a1)) * b1
+
+
+@njit(cache=True, error_model="numpy", fastmath=True, inline="always")
 def _expert_into(x, b, expert, weight, hidden, out):
-    """out[D] += weight · expert(x[D]) (GATE, UP [I, D]; DOWN [D, I]); hidden is scratch [I]."""
+    """out[D] += weight · expert(x[D]) (GATE, UP [I, D]; DOWN [D, I]); hidden is scratch [I].
+
+    Rows r and r + I/2 of GATE and UP go together, and rows r + c·D/4 of DOWN: four streams each.
+    """
     d, i = x.shape[0], hidden.shape[0]
     g3, gs = _matrix(b, expert, GATE, i, d, b.group_hidden)
     u3, us = _matrix(b, expert, UP, i, d, b.group_hidden)
     d3, ds = _matrix(b, expert, DOWN, d, i, b.group_inner)
     x2 = x.reshape(d // b.group_hidden, b.group_hidden)
-    for r in range(i):
+    half = i // 2
+    for r in range(half):
+        hidden[r], hidden[r + half] = _gate_up2(g3, gs, u3, us, x2, r, r + half)
+    for r in range(2 * half, i):
         hidden[r] = _gate_up(g3, gs, u3, us, x2, r)
     h2 = hidden.reshape(i // b.group_inner, b.group_inner)
-    for r in range(d):
+    q = d // 4
+    for r in range(q):
+        a0, a1, a2, a3 = _dot4(d3, ds, h2, r, r + q, r + 2 * q, r + 3 * q)
+        out[r] += weight * a0
+        out[r + q] += weight * a1
+        out[r + 2 * q] += weight * a2
+        out[r + 3 * q] += weight * a3
+    for r in range(4 * q, d):
         out[r] += weight * _dot(d3, ds, h2, r)
 
 
@@ -158,6 +222,11 @@ def norm_linear(x, norm_weight, eps, weight, scale, out):
         for j in range(d):
             xn[t, j // g, j % g] = x[t, j] * inv * norm_weight[j]
     w3 = weight.reshape(v, n_groups, g)
-    for r in prange(v):
+    q = v // 4  # rows r + c·V/4 together: four memory streams (see _dot4)
+    for r in prange(q):
+        for t in range(t_n):
+            out[t, r], out[t, r + q], out[t, r + 2 * q], out[t, r + 3 * q] = _dot4(w3, scale, xn[t], r, r + q,
+                                                                                   r + 2 * q, r + 3 * q)
+    for r in range(4 * q, v):
         for t in range(t_n):
             out[t, r] = _dot(w3, scale, xn[t], r)
