@@ -130,3 +130,19 @@ def test_bundle_errors_are_one_line_through_the_cli(tmp_path, capsys):
     assert main(["inspect", str(tmp_path / "b.moedge")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("moedge: error: ") and "\n" not in err and "lacks the field(s)" in err
+
+
+def test_a_first_run_says_it_compiles(monkeypatch, exported):
+    import os
+
+    from helpers import tiny_moe_spec
+    from moedge.runtime import Model
+    from moedge.runtime.jit_cache import kernels_cached
+
+    for threads in (1, 2):  # serial and parallel kernels; 80 tokens take the prefill GEMM path too
+        session = Model.load(exported("cli-compile", tiny_moe_spec()).bundle, threads=threads).session()
+        session.prefill(list(range(80)))
+        session.decode(4)
+    assert kernels_cached()  # every kernel ran, so every kernel is in numba's cache
+    monkeypatch.setattr(os.path, "exists", lambda path: not str(path).endswith(".nbi"))
+    assert not kernels_cached()
