@@ -20,6 +20,7 @@ from ..quant import UNSIGNED_ZERO
 from .bundle import Manifest
 from .graphs import LayerOutputs
 from .head import tensor_view
+from .kernels import dot_row, dot_rows4
 from .kv_cache import KVCache
 from .rope import rope_angles
 from .spec import ModelSpec
@@ -124,57 +125,30 @@ def _rmsnorm(x, weight, eps, out):
         out[j] = x[j] * inv * weight[j]
 
 
-@njit(cache=True, error_model="numpy", fastmath=True, inline="always")
-def _row(w, scale, x2, sums, zero, r):
-    acc = _0
-    for g in range(x2.shape[0]):
-        part = _0
-        for j in range(x2.shape[1]):
-            part += np.float32(w[r, g, j]) * x2[g, j]
-        acc += (part - zero * sums[g]) * scale[r, g]
-    return acc
-
-
 @njit(cache=True, error_model="numpy", fastmath=True)
 def _apply(lin, x, out):
-    """out[out] = W x (+ b) for x [in]; rows r + c·out/4 in one pass (four memory streams, see kernels._dot4)."""
+    """out[out] = W x (+ b) for x [in], four rows a page apart per pass (`kernels.dot_rows4`)."""
     w, scale, bias = lin.w, lin.scale, lin.bias
     rows, groups, group = w.shape
     x2 = x.reshape(groups, group)
-    zero = np.float32(lin.zero)
-    sums = np.zeros(groups, dtype=np.float32)
-    if zero != _0:  # Σ (code − zero)·x = Σ code·x − zero·Σx, per group
-        for g in range(groups):
-            for j in range(group):
-                sums[g] += x2[g, j]
     q = rows // 4
     for r in range(q):
-        a0 = _0
-        a1 = _0
-        a2 = _0
-        a3 = _0
-        for g in range(groups):
-            p0 = _0
-            p1 = _0
-            p2 = _0
-            p3 = _0
-            for j in range(group):
-                xv = x2[g, j]
-                p0 += np.float32(w[r, g, j]) * xv
-                p1 += np.float32(w[r + q, g, j]) * xv
-                p2 += np.float32(w[r + 2 * q, g, j]) * xv
-                p3 += np.float32(w[r + 3 * q, g, j]) * xv
-            zs = zero * sums[g]
-            a0 += (p0 - zs) * scale[r, g]
-            a1 += (p1 - zs) * scale[r + q, g]
-            a2 += (p2 - zs) * scale[r + 2 * q, g]
-            a3 += (p3 - zs) * scale[r + 3 * q, g]
-        out[r] = a0
-        out[r + q] = a1
-        out[r + 2 * q] = a2
-        out[r + 3 * q] = a3
+        out[r], out[r + q], out[r + 2 * q], out[r + 3 * q] = dot_rows4(w, scale, x2, r, r + q, r + 2 * q, r + 3 * q)
     for r in range(4 * q, rows):
-        out[r] = _row(w, scale, x2, sums, zero, r)
+        out[r] = dot_row(w, scale, x2, r)
+    zero = np.float32(lin.zero)
+    if zero != _0:  # codes are q + zero: Σ (code − zero)·x·s = Σ code·x·s − zero·Σ_g s·Σx
+        shift = np.empty(groups, dtype=np.float32)
+        for g in range(groups):
+            total = _0
+            for j in range(group):
+                total += x2[g, j]
+            shift[g] = zero * total
+        for r in range(rows):
+            acc = _0
+            for g in range(groups):
+                acc += shift[g] * scale[r, g]
+            out[r] -= acc
     if bias.shape[0]:
         for r in range(rows):
             out[r] += bias[r]

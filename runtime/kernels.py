@@ -47,7 +47,7 @@ def _matrix(b, expert, part, rows, cols, group):
 
 
 @njit(cache=True, error_model="numpy", fastmath=True, inline="always")
-def _dot(w3, s2, x2, r):
+def dot_row(w3, s2, x2, r):
     """row r of (w3 · s2) dotted with x2 (x viewed as [groups, g])."""
     acc = _0
     for g in range(x2.shape[0]):
@@ -76,54 +76,36 @@ def _gate_up(g3, gs, u3, us, x2, r):
 
 
 @njit(cache=True, error_model="numpy", fastmath=True, inline="always")
-def _dot4(w3, s2, x2, r0, r1, r2, r3):
-    """Rows r0..r3 of (w3 · s2) dotted with x2 in one pass. Rows a page or more apart give the core four
-    memory streams at once: one stream tops out near 13-20 GB/s, four reach ~90% of the read bandwidth."""
-    a0 = _0
-    a1 = _0
-    a2 = _0
-    a3 = _0
+def _dots4(wa, sa, ra, wb, sb, rb, wc, sc, rc, wd, sd, rd, x2):
+    """Four rows (of one or several matrices [rows, groups, group] with their scales) dotted with x2 in one
+    pass. Rows a page or more apart give the core four memory streams at once: one stream tops out near
+    13-20 GB/s here, four reach ~90% of the read bandwidth (kernel microbenchmark, one thread)."""
+    a = _0
+    b = _0
+    c = _0
+    d = _0
     for g in range(x2.shape[0]):
-        p0 = _0
-        p1 = _0
-        p2 = _0
-        p3 = _0
+        pa = _0
+        pb = _0
+        pc = _0
+        pd = _0
         for j in range(x2.shape[1]):
             xv = x2[g, j]
-            p0 += np.float32(w3[r0, g, j]) * xv
-            p1 += np.float32(w3[r1, g, j]) * xv
-            p2 += np.float32(w3[r2, g, j]) * xv
-            p3 += np.float32(w3[r3, g, j]) * xv
-        a0 += p0 * s2[r0, g]
-        a1 += p1 * s2[r1, g]
-        a2 += p2 * s2[r2, g]
-        a3 += p3 * s2[r3, g]
-    return a0, a1, a2, a3
+            pa += np.float32(wa[ra, g, j]) * xv
+            pb += np.float32(wb[rb, g, j]) * xv
+            pc += np.float32(wc[rc, g, j]) * xv
+            pd += np.float32(wd[rd, g, j]) * xv
+        a += pa * sa[ra, g]
+        b += pb * sb[rb, g]
+        c += pc * sc[rc, g]
+        d += pd * sd[rd, g]
+    return a, b, c, d
 
 
 @njit(cache=True, error_model="numpy", fastmath=True, inline="always")
-def _gate_up2(g3, gs, u3, us, x2, r0, r1):
-    """silu(gate·x)·(up·x) for rows r0 and r1 in one pass over x (four memory streams)."""
-    a0 = _0
-    a1 = _0
-    b0 = _0
-    b1 = _0
-    for g in range(x2.shape[0]):
-        p0 = _0
-        p1 = _0
-        q0 = _0
-        q1 = _0
-        for j in range(x2.shape[1]):
-            xv = x2[g, j]
-            p0 += np.float32(g3[r0, g, j]) * xv
-            p1 += np.float32(g3[r1, g, j]) * xv
-            q0 += np.float32(u3[r0, g, j]) * xv
-            q1 += np.float32(u3[r1, g, j]) * xv
-        a0 += p0 * gs[r0, g]
-        a1 += p1 * gs[r1, g]
-        b0 += q0 * us[r0, g]
-        b1 += q1 * us[r1, g]
-    return a0 / (_1 + np.exp(-a0)) * b0, a1 / (_1 + np.exp(-a1)) * b1
+def dot_rows4(w3, s2, x2, r0, r1, r2, r3):
+    """Rows r0..r3 of (w3 · s2) dotted with x2 in one pass (four streams, see `_dots4`)."""
+    return _dots4(w3, s2, r0, w3, s2, r1, w3, s2, r2, w3, s2, r3, x2)
 
 
 @njit(cache=True, error_model="numpy", fastmath=True, inline="always")
@@ -139,19 +121,21 @@ def _expert_into(x, b, expert, weight, hidden, out):
     x2 = x.reshape(d // b.group_hidden, b.group_hidden)
     half = i // 2
     for r in range(half):
-        hidden[r], hidden[r + half] = _gate_up2(g3, gs, u3, us, x2, r, r + half)
+        g0, g1, u0, u1 = _dots4(g3, gs, r, g3, gs, r + half, u3, us, r, u3, us, r + half, x2)
+        hidden[r] = g0 / (_1 + np.exp(-g0)) * u0
+        hidden[r + half] = g1 / (_1 + np.exp(-g1)) * u1
     for r in range(2 * half, i):
         hidden[r] = _gate_up(g3, gs, u3, us, x2, r)
     h2 = hidden.reshape(i // b.group_inner, b.group_inner)
     q = d // 4
     for r in range(q):
-        a0, a1, a2, a3 = _dot4(d3, ds, h2, r, r + q, r + 2 * q, r + 3 * q)
+        a0, a1, a2, a3 = dot_rows4(d3, ds, h2, r, r + q, r + 2 * q, r + 3 * q)
         out[r] += weight * a0
         out[r + q] += weight * a1
         out[r + 2 * q] += weight * a2
         out[r + 3 * q] += weight * a3
     for r in range(4 * q, d):
-        out[r] += weight * _dot(d3, ds, h2, r)
+        out[r] += weight * dot_row(d3, ds, h2, r)
 
 
 @njit(cache=True, error_model="numpy", fastmath=True)
@@ -191,7 +175,7 @@ def expert_tokens(x, b, expert, hidden, out):
     h3 = hidden.reshape(n, i // b.group_inner, b.group_inner)
     for r in prange(d):
         for t in range(n):
-            out[t, r] = _dot(d3, ds, h3[t], r)
+            out[t, r] = dot_row(d3, ds, h3[t], r)
 
 
 @njit(cache=True, error_model="numpy", fastmath=True, parallel=True)
@@ -222,11 +206,11 @@ def norm_linear(x, norm_weight, eps, weight, scale, out):
         for j in range(d):
             xn[t, j // g, j % g] = x[t, j] * inv * norm_weight[j]
     w3 = weight.reshape(v, n_groups, g)
-    q = v // 4  # rows r + c·V/4 together: four memory streams (see _dot4)
+    q = v // 4  # rows r + c·V/4 together: four memory streams (see dot_rows4)
     for r in prange(q):
         for t in range(t_n):
-            out[t, r], out[t, r + q], out[t, r + 2 * q], out[t, r + 3 * q] = _dot4(w3, scale, xn[t], r, r + q,
+            out[t, r], out[t, r + q], out[t, r + 2 * q], out[t, r + 3 * q] = dot_rows4(w3, scale, xn[t], r, r + q,
                                                                                    r + 2 * q, r + 3 * q)
     for r in range(4 * q, v):
         for t in range(t_n):
-            out[t, r] = _dot(w3, scale, xn[t], r)
+            out[t, r] = dot_row(w3, scale, xn[t], r)
