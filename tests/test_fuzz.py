@@ -1,7 +1,5 @@
 """A few hundred seeded mutations of real bundles: each ends in a one-line `MoedgeError` or identical logits."""
 
-import time
-
 from fuzz_bundles import OUTCOMES, export_samples, format_table, fuzz
 
 MUTATIONS = 600
@@ -9,12 +7,9 @@ MUTATIONS = 600
 
 def test_mutated_bundles_fail_cleanly_or_change_nothing(tmp_path):
     bundles = export_samples(tmp_path)  # the default MoE, its group-32 variant, the dense sample
-    start = time.perf_counter()
     result = fuzz(bundles, MUTATIONS, seed=20261129, workdir=tmp_path / "work")
-    elapsed = time.perf_counter() - start
     table = format_table(result["table"])
     assert not result["bugs"], f"{result['bugs'][:10]}\n{table}"
     totals = {o: sum(c[o] for c in result["table"].values()) for o in OUTCOMES}
     assert sum(totals.values()) == MUTATIONS
     assert totals["error"] > MUTATIONS // 2  # the mutations do break bundles: the fuzzer is not idle
-    assert elapsed < 60, f"{MUTATIONS} mutations took {elapsed:.0f} s"
