@@ -179,32 +179,40 @@ def _rope(x, heads, hd, cos, sin):
 
 @njit(cache=True, error_model="numpy", fastmath=True)
 def _attend(q, k_cache, v_cache, length, cfg, out):
-    """out [H·Hd] = softmax(q·Kᵀ·scale) V over the `length` cached rows, per head (grouped-query)."""
-    hd, group = cfg.head_dim, cfg.n_heads // cfg.n_kv_heads
+    """out [H·Hd] = softmax(q·Kᵀ·scale) V over the `length` cached rows [S, K, Hd]. The heads sharing a
+    kv head go together, so each cached row is read once per kv head, in memory order."""
+    hd, kvh = cfg.head_dim, cfg.n_kv_heads
+    group = cfg.n_heads // kvh
     scale = np.float32(cfg.scale)
-    scores = np.empty(length, dtype=np.float32)
-    for h in range(cfg.n_heads):
-        kv = h // group
-        qh = q[h * hd:(h + 1) * hd]
-        top = np.float32(-np.inf)
+    scores = np.empty((group, length), dtype=np.float32)
+    qg = q.reshape(kvh, group, hd)
+    og = out.reshape(kvh, group, hd)
+    for kv in range(kvh):
         for j in range(length):
             kj = k_cache[j, kv]
-            s = _0
-            for d in range(hd):
-                s += qh[d] * kj[d]
-            scores[j] = s * scale
-            top = max(top, scores[j])
-        total = _0
+            for g in range(group):
+                s = _0
+                for d in range(hd):
+                    s += qg[kv, g, d] * kj[d]
+                scores[g, j] = s * scale
+        for g in range(group):
+            top = scores[g, 0]
+            for j in range(length):
+                top = max(top, scores[g, j])
+            total = _0
+            for j in range(length):
+                scores[g, j] = np.exp(scores[g, j] - top)
+                total += scores[g, j]
+            inv = _1 / total
+            for j in range(length):
+                scores[g, j] *= inv
+        og[kv] = _0
         for j in range(length):
-            scores[j] = np.exp(scores[j] - top)
-            total += scores[j]
-        oh = out[h * hd:(h + 1) * hd]
-        oh[:] = _0
-        for j in range(length):  # rows of V in memory order
-            p = scores[j] / total
             vj = v_cache[j, kv]
-            for d in range(hd):
-                oh[d] += p * vj[d]
+            for g in range(group):
+                p = scores[g, j]
+                for d in range(hd):
+                    og[kv, g, d] += p * vj[d]
 
 
 @njit(cache=True, error_model="numpy", fastmath=True)
