@@ -42,6 +42,8 @@ class Linear(NamedTuple):
 
 
 class LayerConfig(NamedTuple):
+    """The spec's numbers one layer's kernel needs (run-time values: one compiled kernel for every layer)."""
+
     n_heads: int
     n_kv_heads: int
     head_dim: int
@@ -55,6 +57,8 @@ class LayerConfig(NamedTuple):
 
 
 class LayerTensors(NamedTuple):
+    """Views over the dense file of one layer's tensors; absent ones are empty (e.g. q/k norms, biases)."""
+
     attn_norm: np.ndarray
     wq: Linear
     wk: Linear
@@ -109,6 +113,7 @@ def layer_tensors(dense: np.ndarray, manifest: Manifest, layer: int) -> LayerTen
 
 
 def layer_config(spec: ModelSpec, layer: int) -> LayerConfig:
+    """Layer `layer`'s `LayerConfig`."""
     moe = spec.layer_kinds[layer] == "moe"
     return LayerConfig(spec.n_heads, spec.n_kv_heads, spec.head_dim, float(spec.norm_eps), float(spec.scale),
                        QK_NORM_MODES[spec.qk_norm], float(spec.residual_multiplier), moe,
