@@ -74,12 +74,19 @@ class LayerTensors(NamedTuple):
     shared_gate: Linear
 
 
-_EMPTY = np.zeros(0, dtype=np.float32)
+def _readonly(array: np.ndarray) -> np.ndarray:
+    """Read-only, like the views over the mapped file: numba types read-only arrays apart, and one type
+    for every tensor means one compiled kernel per bundle (each extra specialisation costs seconds)."""
+    array.setflags(write=False)
+    return array
+
+
+_EMPTY = _readonly(np.zeros(0, dtype=np.float32))
 
 
 def _no_linear(dtype) -> Linear:
-    """An absent matrix, of the dtype the present ones have (one numba specialisation per bundle)."""
-    return Linear(np.zeros((0, 1, 1), dtype), np.zeros((0, 1), np.float32), 0.0, _EMPTY)
+    """An absent matrix, of the dtype the present ones have."""
+    return Linear(_readonly(np.zeros((0, 1, 1), dtype)), _readonly(np.zeros((0, 1), np.float32)), 0.0, _EMPTY)
 
 
 def _linear(dense: np.ndarray, manifest: Manifest, name: str, bias: str | None) -> Linear:
@@ -87,7 +94,7 @@ def _linear(dense: np.ndarray, manifest: Manifest, name: str, bias: str | None) 
     b = tensor_view(dense, manifest, bias) if bias else _EMPTY
     if w.dtype == np.uint8:  # --dense-int8: codes [out, in/b, b] and scales [out, in/b]
         return Linear(w, tensor_view(dense, manifest, f"{name}_scale"), float(UNSIGNED_ZERO), b)
-    return Linear(w.reshape(w.shape[0], 1, w.shape[1]), np.ones((w.shape[0], 1), np.float32), 0.0, b)
+    return Linear(w.reshape(w.shape[0], 1, w.shape[1]), _readonly(np.ones((w.shape[0], 1), np.float32)), 0.0, b)
 
 
 def layer_tensors(dense: np.ndarray, manifest: Manifest, layer: int) -> LayerTensors:
@@ -244,7 +251,9 @@ def decode_layer(x, t, cfg, k_cache, v_cache, pos, cos, sin, hidden_out, ffn_in,
             _rmsnorm(k[h * hd:(h + 1) * hd].copy(), t.k_norm, cfg.eps, k[h * hd:(h + 1) * hd])
     _rope(q, heads, hd, cos, sin)
     _rope(k, kvh, hd, cos, sin)
-    k_cache[pos] = k.reshape(kvh, hd)
+    for h in range(kvh):  # element by element: an array assignment compiles a shape check costing seconds
+        for j in range(hd):
+            k_cache[pos, h, j] = k[h * hd + j]
     attended = np.empty(heads * hd, dtype=np.float32)
     _attend(q, k_cache, v_cache, pos + 1, cfg, attended)
     branch = np.empty(d, dtype=np.float32)

@@ -1,6 +1,6 @@
 """Whether numba's on-disk cache already holds the runtime's kernels, so that a first run can say it compiles.
 
-Compiling every kernel takes ~15 s on a small CPU (once after an install or an update; `cache=True`
+Compiling every kernel takes ~10-15 s on a small CPU (once after an install or an update; `cache=True`
 keeps the machine code beside the sources afterwards).
 """
 
