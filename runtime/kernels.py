@@ -108,7 +108,7 @@ def dot_rows4(w3, s2, x2, r0, r1, r2, r3):
     return _dots4(w3, s2, r0, w3, s2, r1, w3, s2, r2, w3, s2, r3, x2)
 
 
-@njit(cache=True, error_model="numpy", fastmath=True, inline="always")
+@njit(cache=True, error_model="numpy", fastmath=True)
 def _expert_into(x, b, expert, weight, hidden, out):
     """out[D] += weight · expert(x[D]) (GATE, UP [I, D]; DOWN [D, I]); hidden is scratch [I].
 
