@@ -12,17 +12,18 @@ from .options import require
 
 
 def export(src: str, out: str, group_size: int | None = None, force: bool = False,
-           float_experts: bool = False, full_graph: bool = False, dense_int8: bool = False) -> None:
+           float_experts: bool = False, full_graph: bool = False, float_dense: bool = False) -> None:
     """Export a checkpoint folder (moedge or Hugging Face) to a bundle."""
     require("torch", "onnx", "safetensors", purpose="moedge export")
     from moedge.exporter import export as export_bundle  # torch is only needed here
 
     manifest = export_bundle(src, out, group_size=group_size, force=force, float_experts=float_experts,
-                             full_graph=full_graph, dense_int8=dense_int8)
+                             full_graph=full_graph, float_dense=float_dense)
     sizes = manifest.files
     experts = sizes.get(manifest.experts.file, {}).get("size", 0) if manifest.experts else 0
     dense = sum(v["size"] for k, v in sizes.items() if k.endswith((".bin", ".onnx"))) - experts
-    print(f"wrote {out}: dense {dense / 1e6:.1f} MB, experts {experts / 1e6:.1f} MB ({manifest.quant_scheme})")
+    print(f"wrote {out}: dense {dense / 1e6:.1f} MB, experts {experts / 1e6:.1f} MB ({manifest.quant_scheme}; "
+          f"dense linears {manifest.dense_linears})")
 
 
 def run(bundle: str, prompt: str, n: int = 64, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,

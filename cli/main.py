@@ -30,9 +30,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--group-size", type=int, choices=(32, 64, 128), default=None,
                    help="int8 group size 32/64/128 (default: per channel)")
     p.add_argument("--force", action="store_true", help="replace an existing bundle (and nothing but a bundle)")
-    p.add_argument("--float-experts", action="store_true", help="keep experts float32 (no quantization)")
-    p.add_argument("--dense-int8", action="store_true",
-                   help="int8 attention/dense-FFN matrices too (onnxruntime MatMulNBits, int8 activations)")
+    p.add_argument("--float-experts", action="store_true", help="keep every weight float32 (no quantization)")
+    p.add_argument("--float-dense", action="store_true",
+                   help="keep the attention/dense-FFN matrices float32 (default: int8 like the experts)")
     p.add_argument("--full-graph", action="store_true",
                    help="also write one whole-model ONNX graph computing every expert (a benchmark peer)")
 

@@ -55,8 +55,8 @@ def write_bundle_files(source: Source, root: Path, options: ExportOptions) -> Ma
     spec = source.spec
     with tqdm(total=spec.n_layers + len(spec.moe_layers), desc="export", unit="layer",
               disable=not options.show_progress) as progress:
-        dense, head, head_error = write_dense(source, root / DENSE_FILE, options)
-        quantization = options.quantization()
+        dense, head, head_error, dense_int8 = write_dense(source, root / DENSE_FILE, options)
+        quantization = options.quantization(dense_int8)
         contract = graph_contract(spec, quantization, {"file": DENSE_FILE,
                                                        "tensors": {k: v.to_dict() for k, v in dense.items()}})
         graphs = _write_graphs(spec, root, dense, contract, progress)

@@ -1,7 +1,8 @@
 """The dense-weights file: every non-expert tensor, page-aligned, and the LM head (FORMAT.md, `dense`).
 
-Tensors are float32, except that with `dense_int8` the attention and dense-FFN matrices are stored
-as MatMulNBits wants them (unsigned codes + scales); the LM head is int8 (or float32) with its scales.
+Tensors are float32, except that in int8 bundles the attention and dense-FFN matrices are stored as
+MatMulNBits wants them (unsigned codes + scales) unless `float_dense`; the LM head is int8 (or float32)
+with its scales.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import numpy as np
 from ..quant import QuantizedTensor, quant_error, quantize_int8, to_unsigned
 from ..runtime.bundle import EMBEDDING, HEAD_NORM, HEAD_SCALE, HEAD_WEIGHT, PAGE, TensorEntry
 from ..runtime.tensor_names import LM_HEAD, dense_linear_names, dense_names
-from .options import ExportOptions
+from .model import canonical_shapes
+from .options import ExportOptions, nbits_block
 from .source import ExportError, Source
 
 DENSE_FILE = "dense.bin"
@@ -24,33 +26,27 @@ def _align(n: int, to: int) -> int:
     return -(-n // to) * to
 
 
-def _nbits_block(in_features: int, group_size: int) -> int:
-    """MatMulNBits block: the group size, else the largest power of two ≤ 128 dividing the input."""
-    for block in (group_size,) if group_size else (128, 64, 32, 16):
-        if in_features % block == 0:
-            return block
-    raise ExportError(f"--dense-int8 needs an input dimension divisible by 16 (got {in_features})")
-
-
 def _int8_codes(weight: np.ndarray, group_size: int) -> tuple[np.ndarray, np.ndarray]:
     """A dense linear as MatMulNBits wants it: uint8 codes q + 128 [out, in/b, b] and scales [out, in/b]."""
-    block = _nbits_block(weight.shape[1], group_size)
+    block = nbits_block(weight.shape[1], group_size)
     q = quantize_int8(weight, block)
     codes = to_unsigned(q.q).reshape(weight.shape[0], -1, block)
     return codes, q.scale
 
 
 def write_dense(source: Source, path: Path, options: ExportOptions):
-    """Dense tensors (float32, or int8 codes for the linears with `dense_int8`), plus the LM head
+    """Dense tensors (float32, or int8 codes for the linears: `ExportOptions.dense_int8`), plus the LM head
     as `head.weight` (int8 or float32) and `head.scale`, each at a page boundary (onnxruntime maps
     external data only at page-aligned offsets; elsewhere it copies).
 
-    Returns the tensor index, the head's names and its quantization error.
+    Returns the tensor index, the head's names, its quantization error and whether the linears are int8.
     """
     spec, group_size, quantize = source.spec, options.group, options.quantize
     entries = {}
     head_source = EMBEDDING if spec.tie_embeddings else LM_HEAD
-    int8_linears = dense_linear_names(spec) if options.dense_int8 else set()
+    shapes = canonical_shapes(spec)
+    linears = dense_linear_names(spec)
+    int8_linears = linears if options.dense_int8([shapes[n][1] for n in linears if n in shapes]) else set()
 
     def write(f, name: str, array: np.ndarray) -> None:
         f.write(b"\0" * (_align(f.tell(), PAGE) - f.tell()))
@@ -77,7 +73,7 @@ def write_dense(source: Source, path: Path, options: ExportOptions):
             write(f, HEAD_WEIGHT, head.q)
         write(f, HEAD_SCALE, head.scale)
     names = {"norm": HEAD_NORM, "weight": HEAD_WEIGHT if HEAD_WEIGHT in entries else head_source, "scale": HEAD_SCALE}
-    return entries, names, asdict(quant_error(weight, head))
+    return entries, names, asdict(quant_error(weight, head)), bool(int8_linears)
 
 
 def unquantized(weight: np.ndarray) -> QuantizedTensor:

@@ -13,17 +13,18 @@ from .source import ExportError, open_source
 
 def export(src: str | Path, out: str | Path, group_size: int | None = None, force: bool = False,
            show_progress: bool = True, float_experts: bool = False, full_graph: bool = False,
-           dense_int8: bool = False) -> Manifest:
+           float_dense: bool = False) -> Manifest:
     """Export the checkpoint folder `src` to the bundle `out`.
 
-    Experts are int8 per output channel, per group of `group_size` inputs, or left float32
-    with `float_experts` (for parity checks against a float reference). `full_graph` adds a
-    whole-model ONNX graph computing every expert (a peer for benchmarks; the runtime ignores it).
-    `dense_int8` stores the attention and dense-FFN matrices int8 too, run by onnxruntime's
-    MatMulNBits with int8 activations (faster, about 1e-2 relative error per matrix).
+    Experts and the LM head are int8 per output channel or per group of `group_size` inputs, and
+    so are the attention and dense-FFN matrices (run by onnxruntime's MatMulNBits with int8
+    activations, by the numba decode path with float ones) unless `float_dense` or an input
+    dimension is not a multiple of 16. `float_experts` keeps every weight float32 (for parity
+    checks against a float reference). `full_graph` adds a whole-model ONNX graph computing every
+    expert (a peer for benchmarks; the runtime ignores it).
     `force` replaces an existing bundle (and nothing that is not a bundle).
     """
-    options = ExportOptions(group_size=group_size, float_experts=float_experts, dense_int8=dense_int8,
+    options = ExportOptions(group_size=group_size, float_experts=float_experts, float_dense=float_dense,
                             full_graph=full_graph, force=force, show_progress=show_progress)
     source_path, out_path = Path(src).resolve(), Path(out).absolute()
     if source_path == out_path.resolve() or out_path.resolve() in source_path.parents:

@@ -11,13 +11,14 @@ from .source import ExportError
 @dataclass(frozen=True)
 class ExportOptions:
     """`group_size`: int8 scales per group of that many inputs (None: one per output channel);
-    `float_experts`: keep experts and head float32; `dense_int8`: attention and dense-FFN matrices int8
-    (MatMulNBits); `full_graph`: add a whole-model graph (a benchmark peer); `force`: replace an existing
-    bundle; `show_progress`: a progress bar."""
+    `float_experts`: keep every weight float32 (no quantization); `float_dense`: keep the attention and
+    dense-FFN matrices float32 while experts and head are int8 (by default they are int8 too, run as
+    MatMulNBits, when every input dimension is a multiple of 16); `full_graph`: add a whole-model graph
+    (a benchmark peer); `force`: replace an existing bundle; `show_progress`: a progress bar."""
 
     group_size: int | None = None
     float_experts: bool = False
-    dense_int8: bool = False
+    float_dense: bool = False
     full_graph: bool = False
     force: bool = False
     show_progress: bool = True
@@ -38,7 +39,17 @@ class ExportOptions:
         """The group size as the manifest writes it: 0 for one scale per output channel."""
         return self.group_size or 0
 
-    def quantization(self) -> dict[str, object]:
+    def dense_int8(self, in_features: list[int]) -> bool:
+        """Whether the dense linears, with these input dimensions, are stored int8."""
+        return self.quantize and not self.float_dense and all(nbits_block(n, self.group) for n in in_features)
+
+    def quantization(self, dense_int8: bool) -> dict[str, object]:
         """The manifest's `quantization` object."""
         return {"scheme": "int8" if self.quantize else "float32", "group_size": self.group,
-                "dense_linears": "int8" if self.dense_int8 else "float32"}
+                "dense_linears": "int8" if dense_int8 else "float32"}
+
+
+def nbits_block(in_features: int, group_size: int) -> int | None:
+    """The MatMulNBits block of an int8 dense linear: the group size, else the largest power of two
+    ≤ 128 dividing the input; None when there is none (the linears then stay float32)."""
+    return next((b for b in ((group_size,) if group_size else (128, 64, 32, 16)) if in_features % b == 0), None)

@@ -4,7 +4,7 @@ onnxruntime costs ~0.4 ms per layer call however small the layer (measured on gr
 of dense graphs per token for 75 MB of weights, about 3x their share of the roofline). This path does
 what a layer graph does — norms, q/k/v, q/k norms, RoPE, attention over the KV cache, output
 projection, residuals, then the dense FFN or the router and shared expert — in one numba call per
-layer, reading the dense file's float32 matrices or `--dense-int8` codes in place. Activations stay
+layer, reading the dense file's float32 matrices or int8 codes in place. Activations stay
 float32 (the graphs quantize them to int8 for MatMulNBits; this path is closer to the float model).
 The layer graphs stay the reference and run prefill; tests hold the two paths together.
 """
@@ -92,7 +92,7 @@ def _no_linear(dtype) -> Linear:
 def _linear(dense: np.ndarray, manifest: Manifest, name: str, bias: str | None) -> Linear:
     w = tensor_view(dense, manifest, name)
     b = tensor_view(dense, manifest, bias) if bias else _EMPTY
-    if w.dtype == np.uint8:  # --dense-int8: codes [out, in/b, b] and scales [out, in/b]
+    if w.dtype == np.uint8:  # int8 dense linears: codes [out, in/b, b] and scales [out, in/b]
         return Linear(w, tensor_view(dense, manifest, f"{name}_scale"), float(UNSIGNED_ZERO), b)
     return Linear(w.reshape(w.shape[0], 1, w.shape[1]), _readonly(np.ones((w.shape[0], 1), np.float32)), 0.0, b)
 

@@ -107,7 +107,7 @@ def dense_names(spec: ModelSpec) -> list[str]:
 
 
 def dense_linear_names(spec: ModelSpec) -> set[str]:
-    """The attention projections and dense/shared FFN matrices: what `--dense-int8` quantizes.
+    """The attention projections and dense/shared FFN matrices: what int8 bundles store int8 (unless `--float-dense`).
 
     The router and the shared expert's gate stay float32 (they decide, they are small).
     """

@@ -4,8 +4,9 @@ on the held-out split against its own float32 PyTorch model.
     python samples/accuracy.py samples/default-moe samples/default-dense [--max-tokens N]
 
 For each checkpoint: the float model's perplexity (PyTorch), then one bundle per scheme —
-float32 experts, int8 per output channel, int8 per group of 32/64/128, and int8 per channel with
-the attention/dense-FFN matrices int8 too (`--dense-int8`) — with its perplexity,
+float32 weights, int8 per output channel (the default: experts, head and the attention/dense-FFN
+matrices), the same with float32 attention/dense-FFN matrices (`--float-dense`), and int8 per group
+of 32/64/128 — with its perplexity,
 relative change, top-1 next-token agreement with the float model and size on disk. Rows show
 what the exporter actually wrote, read back from each manifest (a dense model has no experts).
 """
@@ -25,9 +26,9 @@ from moedge.runtime import Model
 from moedge.runtime.bundle import Manifest
 from moedge.runtime.tools.evaluate import evaluate, windows
 
-SCHEMES = [("float32 experts", None, True, False), ("int8 per channel", None, False, False),
-           ("int8 group 32", 32, False, False), ("int8 group 64", 64, False, False),
-           ("int8 group 128", 128, False, False), ("int8 per channel, dense int8", None, False, True)]
+SCHEMES = [("float32", None, True, False), ("int8 per channel", None, False, False),
+           ("int8 per channel, float dense", None, False, True), ("int8 group 32", 32, False, False),
+           ("int8 group 64", 64, False, False), ("int8 group 128", 128, False, False)]
 TARGET_CHANGE, TARGET_AGREEMENT = 0.003, 0.98
 
 
@@ -55,11 +56,11 @@ def rows_for(checkpoint: Path, texts: list[str], max_tokens: int | None, threads
     ref = None
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for label, group, float_experts, dense_int8 in SCHEMES:
+        for label, group, float_experts, float_dense in SCHEMES:
             bundle = Path(tmp) / f"{label.replace(' ', '-')}.moedge"
             try:
                 manifest = export(checkpoint, bundle, group_size=group, show_progress=False,
-                                  float_experts=float_experts, dense_int8=dense_int8)
+                                  float_experts=float_experts, float_dense=float_dense)
             except ExportError as exc:
                 rows.append(f"| {checkpoint.name} | {label}: not exportable ({exc}) | | | | | |")
                 continue

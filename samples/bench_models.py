@@ -58,13 +58,13 @@ def random_source(spec: ModelSpec, seed: int = SEED) -> Source:
     return Source(spec=spec, get=get)
 
 
-def main(out: str, only: list[str] | None = None, group_size: int | None = None, dense_int8: bool = False) -> None:
+def main(out: str, only: list[str] | None = None, group_size: int | None = None, float_dense: bool = False) -> None:
     root = Path(out)
     for name in only or SHAPES:
         print(f"{name}:")
-        suffix = "-dense-int8" if dense_int8 else ""
+        suffix = "-float-dense" if float_dense else ""
         write_bundle(random_source(SHAPES[name]), root / f"{name}{suffix}.moedge",
-                     ExportOptions(group_size=group_size, force=True, dense_int8=dense_int8))
+                     ExportOptions(group_size=group_size, force=True, float_dense=float_dense))
 
 
 if __name__ == "__main__":
@@ -72,6 +72,6 @@ if __name__ == "__main__":
     parser.add_argument("out")
     parser.add_argument("--only", nargs="*", choices=list(SHAPES))
     parser.add_argument("--group-size", type=int, default=None)
-    parser.add_argument("--dense-int8", action="store_true", help="int8 attention matrices too (see moedge export)")
+    parser.add_argument("--float-dense", action="store_true", help="float32 attention matrices (see moedge export)")
     args = parser.parse_args()
-    main(args.out, args.only, args.group_size, args.dense_int8)
+    main(args.out, args.only, args.group_size, args.float_dense)

@@ -76,7 +76,10 @@ def dequantized_reference(model: Transformer, group_size: int | None) -> Transfo
 
 
 class Exported:
-    """A tiny model's checkpoint, its bundle, and the float reference matching the bundle's experts."""
+    """A tiny model's checkpoint, its bundle, and the float reference matching the bundle's experts.
+
+    The attention/dense-FFN matrices stay float32 (`float_dense`): the reference is exact only with
+    float activations (int8 dense linears are tested in test_dense_int8)."""
 
     def __init__(self, spec: ModelSpec, root: Path, group_size: int | None = None, float_experts: bool = False):
         self.spec = spec
@@ -84,7 +87,7 @@ class Exported:
         self.checkpoint = save_checkpoint(model, root / "ckpt")
         self.bundle = root / "model.moedge"
         export(self.checkpoint, self.bundle, group_size=group_size, show_progress=False,
-               float_experts=float_experts)
+               float_experts=float_experts, float_dense=True)
         self.reference = model if float_experts else dequantized_reference(model, group_size)
 
 

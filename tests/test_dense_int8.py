@@ -1,4 +1,5 @@
-"""`--dense-int8`: attention and dense-FFN matrices as int8 MatMulNBits (int8 activations)."""
+"""int8 attention and dense-FFN matrices (the default of int8 bundles): MatMulNBits with int8 activations
+in the graphs, float activations in the numba decode path; `--float-dense` keeps them float32."""
 
 import numpy as np
 import onnx
@@ -21,8 +22,8 @@ def bundles(tmp_path_factory):
     root = tmp_path_factory.mktemp("dense_int8")
     model = build_model(SPEC)
     ckpt = save_checkpoint(model, root / "ckpt")
-    export(ckpt, root / "int8.moedge", dense_int8=True, show_progress=False)
-    export(ckpt, root / "float.moedge", show_progress=False)
+    export(ckpt, root / "int8.moedge", show_progress=False)
+    export(ckpt, root / "float.moedge", float_dense=True, show_progress=False)
     return root / "int8.moedge", root / "float.moedge", model
 
 
@@ -34,6 +35,7 @@ def test_linears_are_int8_matmulnbits(bundles):
     assert manifest.dense_tensors["layers.1.ffn.router.weight"].dtype == "float32"  # routing stays float
     ops = {n.op_type for n in onnx.load(str(int8 / manifest.layer_graphs[0]), load_external_data=False).graph.node}
     assert "MatMulNBits" in ops and "Gemm" not in ops
+    assert read_manifest(bundles[1]).dense_linears == "float32"
     floats = read_manifest(bundles[1]).dense_tensors
     linear = [name for name in floats if ".attn.w" in name]
     assert sum(manifest.dense_tensors[n].nbytes for n in linear) * 4 == sum(floats[n].nbytes for n in linear)
@@ -54,3 +56,15 @@ def test_close_to_the_round_tripped_reference_and_consistent(bundles):
     numba = runtime.session()  # one-token steps in numba keep activations float: the reference itself
     stepped = np.stack([numba.decode(t) for t in PROMPT])
     assert np.abs(stepped - reference).max() <= 1e-5 * span
+
+
+@pytest.mark.parametrize(("hidden", "float_experts", "float_dense", "want"), [
+    (64, False, False, "int8"), (64, False, True, "float32"), (64, True, False, "float32"),
+    (40, False, False, "float32")])
+def test_when_dense_linears_are_int8(tmp_path, hidden, float_experts, float_dense, want):
+    """int8 unless asked otherwise, unquantized, or an input dimension is not a multiple of 16."""
+    spec = tiny_moe_spec(hidden_size=hidden, n_heads=2, n_kv_heads=2, head_dim=hidden // 2)
+    out = tmp_path / "b.moedge"
+    export(save_checkpoint(build_model(spec), tmp_path / "ckpt"), out, float_experts=float_experts,
+           float_dense=float_dense, show_progress=False)
+    assert read_manifest(out).dense_linears == want

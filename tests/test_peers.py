@@ -39,8 +39,10 @@ def test_full_graph_matches_runtime(bundle):
 
 
 def test_torch_from_bundle_matches_runtime(bundle):
+    """Decode steps: activations float, like PyTorch's (prefill's int8 dense linears quantize them)."""
     manifest = read_manifest(bundle)
-    ours = Model.load(bundle).session().prefill(PROMPT)
+    session = Model.load(bundle).session()
+    ours = np.stack([session.decode(t) for t in PROMPT])
     with torch.no_grad():
         theirs = torch_model_from_bundle(bundle, manifest)(torch.tensor([PROMPT]))[0].numpy()
     assert np.abs(theirs - ours).max() <= 1e-4 * (ours.max() - ours.min())
