@@ -7,7 +7,7 @@ BUILD := build
 PROMPT ?= def __init__(self
 TOKENS ?= 48
 
-.PHONY: setup demo test lint clean
+.PHONY: setup peers demo test lint clean
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,10 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 setup: $(BIN)/.installed
+
+# llama.cpp as a `moedge bench --peers` peer: builds it from source with pip (several minutes).
+peers: setup
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,llama]'
 
 demo: setup
 	$(BIN)/moedge export samples/default-moe -o $(BUILD)/default.moedge --force

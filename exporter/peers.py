@@ -4,6 +4,8 @@
   (see `full_graph.py`), with onnxruntime's default session options.
 - `pytorch-eager`: the canonical PyTorch model in float32 with a KV cache, its expert weights
   the bundle's int8 experts dequantized.
+- `llama.cpp-q8_0`: llama.cpp (the optional `llama-cpp-python`, `make peers`) on the bundle's weights
+  written as GGUF Q8_0 (`gguf_writer.py`); its prefill speed is measured too.
 """
 
 from __future__ import annotations
@@ -17,18 +19,14 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from ..quant import QuantizedTensor, dequantize, from_unsigned
-from ..runtime import kernels
 from ..runtime.bundle import Manifest, read_manifest
-from ..runtime.expert_store import layer_bytes
-from ..runtime.head import tensor_view
 from ..runtime.rope import rope_rotation
-from ..runtime.tensor_names import LM_HEAD, expert_names
 from ..runtime.tools.bench import WARMUP_TOKENS
+from .bundle_weights import bundle_float_tensors
 from .full_graph import write_full_graph
+from .gguf_writer import gguf_architecture, write_gguf
 from .model import Transformer
-
-EXPERT_MATRICES = {"gate": kernels.GATE, "up": kernels.UP, "down": kernels.DOWN}
+from .source import ExportError
 
 
 def _token_stream(vocab: int, prompt_tokens: int, new_tokens: int, seed: int):
@@ -77,37 +75,12 @@ def ort_full_graph_ms(root: Path, manifest: Manifest, threads: int, prompt, toke
 def torch_model_from_bundle(root: Path, manifest: Manifest) -> Transformer:
     """The canonical float32 PyTorch model holding the bundle's weights (experts dequantized)."""
     model = Transformer(manifest.spec)
-    dense = np.fromfile(root / manifest.dense_file, dtype=np.uint8)
-    head = {key: tensor_view(dense, manifest, name) for key, name in manifest.head.items()}
-    state = {name: torch.from_numpy(_dense_float(dense, manifest, name))
-             for name in model.state_dict() if name in manifest.dense_tensors}
-    if manifest.experts is not None:
-        index = manifest.experts
-        experts = np.memmap(root / index.file, dtype=np.uint8, mode="r")
-        for layer, offsets in index.layers.items():  # read as the runtime reads them
-            record = layer_bytes(experts, index, np.array(offsets, dtype=np.int64), manifest.spec)
-            for part, name in expert_names(layer).items():
-                stacked = np.empty((len(offsets), *index.tensors[part].shape), dtype=np.float32)
-                for e in range(len(offsets)):
-                    kernels.dequantize(record, e, EXPERT_MATRICES[part], stacked[e])
-                state[name] = torch.from_numpy(stacked)
-    missing = set(model.load_state_dict(state, strict=False).missing_keys) - {LM_HEAD}
+    model.lm_head = torch.nn.Linear(manifest.spec.hidden_size, manifest.spec.vocab_size, bias=False)
+    state = {name: torch.from_numpy(tensor) for name, tensor in bundle_float_tensors(root, manifest)}
+    missing = model.load_state_dict(state, strict=False).missing_keys
     if missing:
         raise ValueError(f"the bundle lacks tensors the model needs: {sorted(missing)}")
-    model.lm_head = torch.nn.Linear(manifest.spec.hidden_size, manifest.spec.vocab_size, bias=False)
-    with torch.no_grad():  # the bundle's head (quantized when the bundle is), untied from the embedding
-        model.lm_head.weight.copy_(torch.from_numpy(dequantize(QuantizedTensor(
-            q=head["weight"], scale=head["scale"], group_size=head["weight"].shape[1] // head["scale"].shape[1]))))
     return model.eval()
-
-
-def _dense_float(dense: np.ndarray, manifest: Manifest, name: str) -> np.ndarray:
-    """A dense tensor as float32; int8 linears (uint8 codes + scales) are dequantized."""
-    tensor = tensor_view(dense, manifest, name)
-    if tensor.dtype != np.uint8:
-        return tensor.copy()
-    scale = tensor_view(dense, manifest, f"{name}_scale")
-    return (from_unsigned(tensor) * scale[:, :, None]).reshape(tensor.shape[0], -1)
 
 
 def torch_eager_ms(root: Path, manifest: Manifest, threads: int, prompt, tokens) -> float:
@@ -120,16 +93,48 @@ def torch_eager_ms(root: Path, manifest: Manifest, threads: int, prompt, tokens)
         return _median_ms(lambda t: model(torch.tensor([[t]]), cache), tokens)
 
 
+def llama_cpp_runs(root: Path, manifest: Manifest, threads: list[int], prompt, tokens) -> list[dict]:
+    """llama.cpp on the bundle's weights as GGUF Q8_0, at each thread count: decode ms/token (median) and
+    prefill tokens/s; a row saying why not when llama-cpp-python is missing or the model has no GGUF form."""
+    name = "llama.cpp-q8_0"
+    try:
+        from llama_cpp import Llama
+
+        gguf_architecture(manifest.spec)
+    except (ImportError, ExportError) as exc:
+        why = str(exc) if isinstance(exc, ExportError) else "llama-cpp-python is not installed (make peers)"
+        return [{"name": name, "threads": n, "skipped": why} for n in threads]
+    runs = []
+    with tempfile.TemporaryDirectory(dir=root.parent, prefix=".peer-") as tmp:
+        path = write_gguf(root, manifest, Path(tmp) / "model.gguf")
+        for n in threads:
+            llm = Llama(str(path), n_ctx=len(prompt) + len(tokens) + 1, n_batch=len(prompt), n_ubatch=len(prompt),
+                        n_threads=n, n_threads_batch=n, verbose=False)
+            start = time.perf_counter()
+            llm.eval(prompt.tolist())
+            prefill = len(prompt) / (time.perf_counter() - start)
+            decode = _median_ms(lambda t, llm=llm: llm.eval([t]), tokens)
+            runs.append({"name": name, "threads": n, "decode_ms_median": decode, "prefill_tokens_per_s": prefill})
+            llm.close()
+    return runs
+
+
 def measure_peers(bundle: str | Path, threads: list[int], prompt_tokens: int, new_tokens: int, seed: int,
                   ours: dict) -> list[dict]:
-    """Each peer at each thread count, as ms/token and the ratio to our median at that count."""
+    """Each peer at each thread count, as ms/token and the ratio to our median at that count (and, for
+    llama.cpp, prefill tokens/s and its ratio to ours)."""
     root = Path(bundle)
     manifest = read_manifest(root)
     prompt, tokens = _token_stream(manifest.spec.vocab_size, prompt_tokens, new_tokens, seed)
-    our_ms = {r["threads"]: r["decode_ms_median"] for r in ours["results"]}
+    our = {r["threads"]: r for r in ours["results"]}
     peers = []
     for name, run in (("onnxruntime-full-graph", ort_full_graph_ms), ("pytorch-eager", torch_eager_ms)):
         for n in threads:
-            ms = run(root, manifest, n, prompt, tokens)
-            peers.append({"name": name, "threads": n, "decode_ms_median": ms, "ratio_to_ours": ms / our_ms[n]})
+            peers.append({"name": name, "threads": n, "decode_ms_median": run(root, manifest, n, prompt, tokens)})
+    peers += llama_cpp_runs(root, manifest, threads, prompt, tokens)
+    for peer in peers:
+        if "decode_ms_median" in peer:
+            peer["ratio_to_ours"] = peer["decode_ms_median"] / our[peer["threads"]]["decode_ms_median"]
+        if "prefill_tokens_per_s" in peer:
+            peer["prefill_ratio_to_ours"] = peer["prefill_tokens_per_s"] / our[peer["threads"]]["prefill_tokens_per_s"]
     return peers

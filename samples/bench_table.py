@@ -5,7 +5,7 @@
 One row per bundle and thread count: our decode latency (median, p90), tokens/s, prefill speed,
 the roofline (weights per step / measured read bandwidth) and our ratio to it, time to first
 token in a fresh process (numba cache warm), memory growth against dense + touched experts, and
-each peer's latency as a multiple of ours.
+each peer's latency as a multiple of ours (and llama.cpp's prefill speed as a multiple of ours).
 """
 
 from __future__ import annotations
@@ -15,15 +15,18 @@ import json
 from pathlib import Path
 
 HEADER = ("| model | threads | decode ms/token (p90) | tokens/s | prefill tok/s | weights/step | roofline ms "
-          "| ratio to roofline | first token (warm) | RSS growth / (dense + touched) | ORT full graph | PyTorch eager |"
-          )
+          "| ratio to roofline | first token (warm) | RSS growth / (dense + touched) | ORT full graph | PyTorch eager "
+          "| llama.cpp Q8_0 decode, prefill |")
 HEADER_RULE = "|" + "---|" * (HEADER.count("|") - 1)
 
 
 def _peer(report: dict, name: str, threads: int) -> str:
     for peer in report.get("peers", []):
-        if peer["name"] == name and peer["threads"] == threads:
-            return f"{peer['decode_ms_median']:.0f} ms ({peer['ratio_to_ours']:.1f}x)"
+        if peer["name"] == name and peer["threads"] == threads and "decode_ms_median" in peer:
+            cell = f"{peer['decode_ms_median']:.1f} ms ({peer['ratio_to_ours']:.2f}x)"
+            if "prefill_tokens_per_s" in peer:
+                cell += f", {peer['prefill_tokens_per_s']:.0f} tok/s ({peer['prefill_ratio_to_ours']:.2f}x)"
+            return cell
     return "—"
 
 
@@ -41,7 +44,8 @@ def rows(report: dict) -> list[str]:
                    f"| {r['tokens_per_s']:.1f} | {r['prefill_tokens_per_s']:.0f} | {step:.0f} MB "
                    f"| {r['roofline_ms']:.1f} | {r['ratio_to_roofline']:.2f} | {first} | {memory} "
                    f"| {_peer(report, 'onnxruntime-full-graph', r['threads'])} "
-                   f"| {_peer(report, 'pytorch-eager', r['threads'])} |")
+                   f"| {_peer(report, 'pytorch-eager', r['threads'])} "
+                   f"| {_peer(report, 'llama.cpp-q8_0', r['threads'])} |")
     return out
 
 

@@ -42,5 +42,7 @@ def format_report(report: dict) -> str:
     for peer in report.get("peers", []):
         lines.append(f"  peer {peer['name']} ({peer['threads']} thread(s)): "
                      + (f"{peer['decode_ms_median']:.2f} ms/token, {peer['ratio_to_ours']:.2f}x ours"
-                        if "decode_ms_median" in peer else f"not measured: {peer['skipped']}"))
+                        if "decode_ms_median" in peer else f"not measured: {peer['skipped']}")
+                     + (f"; prefill {peer['prefill_tokens_per_s']:.0f} tokens/s, "
+                        f"{peer['prefill_ratio_to_ours']:.2f}x ours" if "prefill_tokens_per_s" in peer else ""))
     return "\n".join(lines)

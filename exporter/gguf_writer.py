@@ -1,0 +1,113 @@
+"""A bundle's weights as a GGUF file, so llama.cpp can run the very same model (`moedge bench --peers`).
+
+Every tensor is the bundle's own (int8 experts, head and dense linears dequantized), re-quantized to
+a GGUF type (Q8_0 by default: llama.cpp's int8, one scale per 32 weights). Two GGUF architectures
+cover the canonical models this can express exactly: "llama" (dense or Mixtral-style MoE; q and k rows
+permuted to llama.cpp's interleaved RoPE, as `convert_hf_to_gguf.py` does) and "olmoe" (q/k norm over
+all heads, un-normalised top-k weights). The vocabulary is placeholder strings: peers are fed token ids.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gguf
+import numpy as np
+
+from ..runtime.bundle import EMBEDDING, HEAD_NORM, Manifest
+from ..runtime.spec import ModelSpec
+from ..runtime.tensor_names import LM_HEAD, template
+from .bundle_weights import bundle_float_tensors
+from .source import ExportError
+
+GGUF_NAMES = {  # canonical template -> GGUF tensor name
+    EMBEDDING: "token_embd.weight", HEAD_NORM: "output_norm.weight", LM_HEAD: "output.weight",
+    **{f"layers.{{i}}.{ours}": f"blk.{{i}}.{theirs}" for ours, theirs in (
+        ("attn_norm.weight", "attn_norm.weight"), ("attn.wq.weight", "attn_q.weight"),
+        ("attn.wk.weight", "attn_k.weight"), ("attn.wv.weight", "attn_v.weight"),
+        ("attn.wo.weight", "attn_output.weight"), ("attn.q_norm.weight", "attn_q_norm.weight"),
+        ("attn.k_norm.weight", "attn_k_norm.weight"), ("ffn_norm.weight", "ffn_norm.weight"),
+        ("ffn.gate.weight", "ffn_gate.weight"), ("ffn.up.weight", "ffn_up.weight"),
+        ("ffn.down.weight", "ffn_down.weight"), ("ffn.router.weight", "ffn_gate_inp.weight"),
+        ("ffn.experts.gate", "ffn_gate_exps.weight"), ("ffn.experts.up", "ffn_up_exps.weight"),
+        ("ffn.experts.down", "ffn_down_exps.weight"))}}
+FLOAT_ONLY = ("ffn_gate_inp.weight",)  # kept float32 like llama.cpp's converter (with every 1-D tensor)
+
+
+def gguf_architecture(spec: ModelSpec) -> str:
+    """The GGUF architecture that computes exactly what `spec` does; ExportError naming what it lacks."""
+    routing = spec.routing
+    unsupported = [name for name, present in (
+        ("attention biases", spec.attention_bias), ("multipliers", (spec.embedding_multiplier, spec.residual_multiplier,
+                                                                   spec.logits_divisor) != (1.0, 1.0, 1.0)),
+        ("an attention scale", spec.attention_scale is not None), ("per-head q/k norm", spec.qk_norm == "head"),
+        ("a shared expert", routing is not None and routing.shared_expert_size > 0),
+        ("sigmoid routing or scaled weights", routing is not None and (routing.score_func != "softmax"
+                                                                        or routing.scaling_factor != 1.0)),
+        ("dense and MoE layers mixed", spec.is_moe and len(spec.moe_layers) != spec.n_layers)) if present]
+    if spec.qk_norm == "full":
+        if routing is None or routing.normalize_top_k or spec.n_kv_heads != spec.n_heads:
+            unsupported.append("q/k norm without OLMoE's un-normalised top-k and as many k as q heads")
+        arch = "olmoe"
+    else:
+        if routing is not None and not routing.normalize_top_k:
+            unsupported.append("un-normalised top-k without OLMoE's q/k norm")
+        arch = "llama"
+    if unsupported:
+        raise ExportError(f"no GGUF architecture runs this model as it is: {', '.join(unsupported)}")
+    return arch
+
+
+def _rope_interleaved(weight: np.ndarray, heads: int) -> np.ndarray:
+    """Rows of q or k reordered from rotate-half RoPE pairs (i, i + d/2) to interleaved ones (2i, 2i + 1)."""
+    rows = weight.shape[0]
+    return weight.reshape(heads, 2, rows // heads // 2, -1).swapaxes(1, 2).reshape(weight.shape)
+
+
+def _metadata(writer: gguf.GGUFWriter, spec: ModelSpec, file_type: int) -> None:
+    writer.add_context_length(spec.max_seq_len)
+    writer.add_embedding_length(spec.hidden_size)
+    writer.add_block_count(spec.n_layers)
+    writer.add_feed_forward_length(spec.expert_intermediate_size if spec.is_moe else spec.intermediate_size)
+    writer.add_head_count(spec.n_heads)
+    writer.add_head_count_kv(spec.n_kv_heads)
+    writer.add_key_length(spec.head_dim)
+    writer.add_value_length(spec.head_dim)
+    writer.add_rope_dimension_count(spec.head_dim)
+    writer.add_rope_freq_base(spec.rope_theta)
+    writer.add_layer_norm_rms_eps(spec.norm_eps)
+    writer.add_file_type(file_type)
+    if spec.is_moe:
+        writer.add_expert_count(spec.routing.n_experts)
+        writer.add_expert_used_count(spec.routing.top_k)
+        writer.add_expert_feed_forward_length(spec.expert_intermediate_size)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list([f"<{i}>" for i in range(spec.vocab_size)])
+    writer.add_token_types([gguf.TokenType.NORMAL] * spec.vocab_size)
+    writer.add_token_merges(["< 0"])
+
+
+def write_gguf(root: Path, manifest: Manifest, out: Path,
+               qtype: gguf.GGMLQuantizationType = gguf.GGMLQuantizationType.Q8_0) -> Path:
+    """Write the bundle at `root` as the GGUF file `out` with its matrices in `qtype`; returns `out`."""
+    spec = manifest.spec
+    arch = gguf_architecture(spec)
+    file_type = {gguf.GGMLQuantizationType.F32: gguf.LlamaFileType.ALL_F32,
+                 gguf.GGMLQuantizationType.Q8_0: gguf.LlamaFileType.MOSTLY_Q8_0}[qtype]
+    writer = gguf.GGUFWriter(str(out), arch)
+    _metadata(writer, spec, file_type)
+    for name, tensor in bundle_float_tensors(root, manifest):
+        key, layer = template(name)
+        gguf_name = GGUF_NAMES[key].replace("{i}", str(layer))
+        if arch == "llama" and key.endswith(("attn.wq.weight", "attn.wk.weight")):
+            tensor = _rope_interleaved(tensor, spec.n_heads if "wq" in key else spec.n_kv_heads)
+        if tensor.ndim == 1 or gguf_name.endswith(FLOAT_ONLY):
+            writer.add_tensor(gguf_name, tensor)
+        else:
+            writer.add_tensor(gguf_name, gguf.quants.quantize(tensor, qtype), raw_dtype=qtype)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return out
