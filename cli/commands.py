@@ -11,13 +11,13 @@ import numpy as np
 from .options import require
 
 
-def export(src: str, out: str, group_size: int | None = None, force: bool = False,
+def export(src: str, out: str, group_size: int | None = None, bits: int = 8, force: bool = False,
            float_experts: bool = False, full_graph: bool = False, float_dense: bool = False) -> None:
     """Export a checkpoint folder (moedge or Hugging Face) to a bundle."""
     require("torch", "onnx", "safetensors", purpose="moedge export")
     from moedge.exporter import export as export_bundle  # torch is only needed here
 
-    manifest = export_bundle(src, out, group_size=group_size, force=force, float_experts=float_experts,
+    manifest = export_bundle(src, out, group_size=group_size, bits=bits, force=force, float_experts=float_experts,
                              full_graph=full_graph, float_dense=float_dense)
     sizes = manifest.files
     experts = sizes.get(manifest.experts.file, {}).get("size", 0) if manifest.experts else 0

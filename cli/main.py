@@ -28,7 +28,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("src", help="checkpoint folder (moedge_spec.json or Hugging Face config.json)")
     p.add_argument("-o", "--out", required=True, help="bundle folder to write")
     p.add_argument("--group-size", type=int, choices=(32, 64, 128), default=None,
-                   help="int8 group size 32/64/128 (default: per channel)")
+                   help="scales per group of 32/64/128 inputs (default: per channel for int8, 32 for int4)")
+    p.add_argument("--bits", type=int, choices=(4, 8), default=8, help="expert weights int8 (default) or int4")
     p.add_argument("--force", action="store_true", help="replace an existing bundle (and nothing but a bundle)")
     p.add_argument("--float-experts", action="store_true", help="keep every weight float32 (no quantization)")
     p.add_argument("--float-dense", action="store_true",

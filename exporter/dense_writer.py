@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..quant import QuantizedTensor, quant_error, quantize_int8, to_unsigned
+from ..quant import SCHEMES, quant_error, quantize_int8, to_unsigned
 from ..runtime.bundle import EMBEDDING, HEAD_NORM, HEAD_SCALE, HEAD_WEIGHT, PAGE, TensorEntry
 from ..runtime.tensor_names import LM_HEAD, dense_linear_names, dense_names
 from .model import canonical_shapes
@@ -66,7 +66,7 @@ def write_dense(source: Source, path: Path, options: ExportOptions):
                 write(f, name, tensor)
         weight = np.asarray(source.get(head_source), dtype=np.float32)
         try:
-            head = quantize_int8(weight, group_size or None) if quantize else unquantized(weight)
+            head = SCHEMES["int8" if quantize else "float32"].quantize(weight, group_size)
         except ValueError as exc:
             raise ExportError(f"cannot quantize the LM head: {exc}") from None
         if quantize or not spec.tie_embeddings:
@@ -75,8 +75,3 @@ def write_dense(source: Source, path: Path, options: ExportOptions):
     names = {"norm": HEAD_NORM, "weight": HEAD_WEIGHT if HEAD_WEIGHT in entries else head_source, "scale": HEAD_SCALE}
     return entries, names, asdict(quant_error(weight, head)), bool(int8_linears)
 
-
-def unquantized(weight: np.ndarray) -> QuantizedTensor:
-    """Float experts in the same layout: the weights themselves, a unit scale per row."""
-    return QuantizedTensor(q=weight.astype(np.float32), scale=np.ones((*weight.shape[:-1], 1), np.float32),
-                           group_size=weight.shape[-1])

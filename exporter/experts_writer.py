@@ -7,8 +7,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ..quant import QuantizedTensor, quant_error, quantize_int8
-from ..quant.int8 import resolve_group_size
+from ..quant import SCHEMES, QuantizedTensor, quant_error
 from ..runtime.bundle import (
     EXPERTS_HEADER,
     EXPERTS_MAGIC,
@@ -20,7 +19,6 @@ from ..runtime.bundle import (
 )
 from ..runtime.integrity import digest, expert_seed
 from ..runtime.tensor_names import expert_names
-from .dense_writer import unquantized
 from .options import ExportOptions
 from .source import ExportError, Source
 
@@ -29,13 +27,13 @@ EXPERTS_FILE = "experts.bin"
 
 def write_experts(source: Source, path: Path, options: ExportOptions, progress: tqdm):
     """Write the experts file; return its index and each layer's quantization error (the manifest's report)."""
-    spec, group_size, quantize = source.spec, options.group, options.quantize
+    spec, group_size, scheme = source.spec, options.group, SCHEMES[options.scheme]
     try:
         for width in (spec.hidden_size, spec.expert_intermediate_size):
-            resolve_group_size(width, group_size)
+            scheme.check_group(width, group_size)
     except ValueError as exc:
         raise ExportError(f"cannot quantize experts: {exc}") from None
-    layout, span = expert_span_layout(spec, group_size, "int8" if quantize else "float32")
+    layout, span = expert_span_layout(spec, group_size, scheme.name)
     offsets, checksums, report = {}, {}, {}
     with open(path, "wb") as f:
         f.write(EXPERTS_HEADER.pack(EXPERTS_MAGIC, FORMAT_VERSION, PAGE).ljust(PAGE, b"\0"))
@@ -43,17 +41,18 @@ def write_experts(source: Source, path: Path, options: ExportOptions, progress: 
             quantized, errors = {}, []
             for part, name in expert_names(layer).items():
                 weight = source.get(name)  # [E, out, in]
-                expected = layout[part].shape
+                rows, stored_cols = layout[part].shape
+                expected = (rows, stored_cols * scheme.codes_per_byte)
                 if weight.shape != (spec.routing.n_experts, *expected):
                     raise ExportError(f"{name} has shape {list(weight.shape)}, expected "
                                       f"{[spec.routing.n_experts, *expected]}")
-                quantized[part] = quantize_int8(weight, group_size) if quantize else unquantized(weight)
+                quantized[part] = scheme.quantize(weight, group_size)
                 errors += [quant_error(weight[e], _expert_slice(quantized[part], e))
                            for e in range(weight.shape[0])]
             offsets[layer], checksums[layer] = [], []
             for e in range(spec.routing.n_experts):
                 offsets[layer].append(f.tell())
-                data = pack_expert_span(layout, span, {**{p: t.q[e] for p, t in quantized.items()},
+                data = pack_expert_span(layout, span, {**{p: scheme.pack(t.q[e]) for p, t in quantized.items()},
                                                        **{f"{p}_scale": t.scale[e] for p, t in quantized.items()}})
                 checksums[layer].append(digest(data, seed=expert_seed(layer, e)))
                 f.write(data)

@@ -11,20 +11,21 @@ from .output import check_output
 from .source import ExportError, open_source
 
 
-def export(src: str | Path, out: str | Path, group_size: int | None = None, force: bool = False,
+def export(src: str | Path, out: str | Path, group_size: int | None = None, bits: int = 8, force: bool = False,
            show_progress: bool = True, float_experts: bool = False, full_graph: bool = False,
            float_dense: bool = False) -> Manifest:
     """Export the checkpoint folder `src` to the bundle `out`.
 
-    Experts and the LM head are int8 per output channel or per group of `group_size` inputs, and
-    so are the attention and dense-FFN matrices (run by onnxruntime's MatMulNBits with int8
+    Experts are int8 (`bits` 8) or int4 (`bits` 4, per group of 32 unless `group_size` says), the LM
+    head int8; scales per output channel or per group of `group_size` inputs. The attention and
+    dense-FFN matrices are int8 too (run by onnxruntime's MatMulNBits with int8
     activations, by the numba decode path with float ones) unless `float_dense` or an input
     dimension is not a multiple of 16. `float_experts` keeps every weight float32 (for parity
     checks against a float reference). `full_graph` adds a whole-model ONNX graph computing every
     expert (a peer for benchmarks; the runtime ignores it).
     `force` replaces an existing bundle (and nothing that is not a bundle).
     """
-    options = ExportOptions(group_size=group_size, float_experts=float_experts, float_dense=float_dense,
+    options = ExportOptions(group_size=group_size, bits=bits, float_experts=float_experts, float_dense=float_dense,
                             full_graph=full_graph, force=force, show_progress=show_progress)
     source_path, out_path = Path(src).resolve(), Path(out).absolute()
     if source_path == out_path.resolve() or out_path.resolve() in source_path.parents:

@@ -7,16 +7,20 @@ from dataclasses import dataclass
 from ..quant import GROUP_SIZES
 from .source import ExportError
 
+DEFAULT_INT4_GROUP = 32
+
 
 @dataclass(frozen=True)
 class ExportOptions:
-    """`group_size`: int8 scales per group of that many inputs (None: one per output channel);
+    """`bits`: 8 (int8 experts, the default) or 4 (int4 experts, per group: 32 unless `group_size` says);
+    `group_size`: scales per group of that many inputs (None: one per output channel, int8 only);
     `float_experts`: keep every weight float32 (no quantization); `float_dense`: keep the attention and
     dense-FFN matrices float32 while experts and head are int8 (by default they are int8 too, run as
     MatMulNBits, when every input dimension is a multiple of 16); `full_graph`: add a whole-model graph
     (a benchmark peer); `force`: replace an existing bundle; `show_progress`: a progress bar."""
 
     group_size: int | None = None
+    bits: int = 8
     float_experts: bool = False
     float_dense: bool = False
     full_graph: bool = False
@@ -26,8 +30,10 @@ class ExportOptions:
     def __post_init__(self):
         if self.group_size is not None and self.group_size not in GROUP_SIZES:
             raise ExportError(f"--group-size must be one of {GROUP_SIZES} (or omitted for per-channel)")
-        if self.float_experts and self.group_size:
-            raise ExportError("a group size applies to int8 experts only")
+        if self.bits not in (4, 8):
+            raise ExportError(f"--bits must be 4 or 8, got {self.bits}")
+        if self.float_experts and (self.group_size or self.bits != 8):
+            raise ExportError("--float-experts keeps every weight float32: no --group-size or --bits")
 
     @property
     def quantize(self) -> bool:
@@ -35,9 +41,14 @@ class ExportOptions:
         return not self.float_experts
 
     @property
+    def scheme(self) -> str:
+        """The experts' scheme (quant.SCHEMES): float32, int8 or int4."""
+        return "float32" if self.float_experts else f"int{self.bits}"
+
+    @property
     def group(self) -> int:
-        """The group size as the manifest writes it: 0 for one scale per output channel."""
-        return self.group_size or 0
+        """The group size as the manifest writes it: 0 for one scale per output channel (int4: 32 by default)."""
+        return self.group_size or (DEFAULT_INT4_GROUP if self.bits == 4 else 0)
 
     def dense_int8(self, in_features: list[int]) -> bool:
         """Whether the dense linears, with these input dimensions, are stored int8."""
@@ -45,7 +56,7 @@ class ExportOptions:
 
     def quantization(self, dense_int8: bool) -> dict[str, object]:
         """The manifest's `quantization` object."""
-        return {"scheme": "int8" if self.quantize else "float32", "group_size": self.group,
+        return {"scheme": self.scheme, "group_size": self.group,
                 "dense_linears": "int8" if dense_int8 else "float32"}
 
 

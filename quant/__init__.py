@@ -1,5 +1,7 @@
-"""Weight quantization (numpy only): int8 values, their error metrics and packed layouts."""
+"""Weight quantization (numpy only): the scheme registry (float32, int8, int4), error metrics and
+the packed layouts the runtime reads."""
 
+from .int4 import pack_int4, quantize_int4, unpack_int4
 from .int8 import (
     GROUP_SIZES,
     UNSIGNED_ZERO,
@@ -11,6 +13,8 @@ from .int8 import (
     quantize_int8,
     to_unsigned,
 )
+from .schemes import SCHEMES, Scheme, dequantize_stored
 
-__all__ = ["GROUP_SIZES", "UNSIGNED_ZERO", "QuantMetrics", "QuantizedTensor", "dequantize", "from_unsigned",
-           "quant_error", "quantize_int8", "to_unsigned"]
+__all__ = ["GROUP_SIZES", "SCHEMES", "UNSIGNED_ZERO", "QuantMetrics", "QuantizedTensor", "Scheme", "dequantize",
+           "dequantize_stored", "from_unsigned", "pack_int4", "quant_error", "quantize_int4", "quantize_int8",
+           "to_unsigned", "unpack_int4"]

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ..quant import GROUP_SIZES
+from ..quant import GROUP_SIZES, SCHEMES
 from . import checks
 from .bundle_dir import BundleDir
 from .errors import BundleError
@@ -36,7 +36,7 @@ EXPERTS_MAGIC = b"MOEDGEXP"
 EXPERTS_HEADER = struct.Struct("<8sII")  # magic, format version, header bytes
 DTYPES = {"float32": np.float32, "int8": np.int8, "uint8": np.uint8}
 EXPERT_TENSORS = ("gate", "up", "down", "gate_scale", "up_scale", "down_scale")
-WEIGHT_DTYPES = {"int8": "int8", "float32": "float32"}  # quantization scheme -> dtype of experts and head
+HEAD_DTYPES = {"int8": "int8", "int4": "int8", "float32": "float32"}  # experts' scheme -> the LM head's dtype
 DENSE_LINEARS = ("float32", "int8")
 HEAD_NORM, HEAD_WEIGHT, HEAD_SCALE, EMBEDDING = "norm.weight", "head.weight", "head.scale", "embed.weight"
 GRAPH_LAYER_KEY, GRAPH_CONTRACT_KEY = "moedge.layer", "moedge.contract"  # ONNX metadata of each layer graph
@@ -90,7 +90,7 @@ class Manifest:
     """Everything a bundle says about itself (see FORMAT.md)."""
 
     spec: ModelSpec
-    quant_scheme: str  # "int8" or "float32": the experts and the LM head
+    quant_scheme: str  # the experts' scheme, "int8", "int4" or "float32" (the LM head: int8, or float32)
     group_size: int  # 0: one scale per output channel
     dense_linears: str  # "float32", or "int8": graph linears as MatMulNBits with int8 activations
     layer_graphs: tuple[str, ...]
@@ -130,17 +130,19 @@ def graph_contract(spec: ModelSpec, quantization: dict[str, Any], dense: dict[st
     return digest(canonical_json({"model": spec.to_dict(), "quantization": quantization, "dense": dense}))
 
 
-def expert_span_layout(spec: ModelSpec, group_size: int, dtype: str) -> tuple[dict[str, TensorEntry], int]:
-    """The one layout of an expert's span (FORMAT.md): gate, up, down weights of `dtype`, then their
-    float32 scales, each 64-byte aligned; and the span's size, rounded up to a page."""
+def expert_span_layout(spec: ModelSpec, group_size: int, scheme: str) -> tuple[dict[str, TensorEntry], int]:
+    """The one layout of an expert's span (FORMAT.md): gate, up, down codes as `scheme` stores them
+    (quant.SCHEMES), then their float32 scales, each 64-byte aligned; and the span's size, rounded up
+    to a page."""
     d, i = spec.hidden_size, spec.expert_intermediate_size
     groups_d, groups_i = (d // group_size, i // group_size) if group_size else (1, 1)
-    shapes = {"gate": (i, d), "up": (i, d), "down": (d, i),
+    stored = SCHEMES[scheme]
+    shapes = {"gate": stored.stored_shape(i, d), "up": stored.stored_shape(i, d), "down": stored.stored_shape(d, i),
               "gate_scale": (i, groups_d), "up_scale": (i, groups_d), "down_scale": (d, groups_i)}
     layout, cursor = {}, 0
     for name in EXPERT_TENSORS:
         cursor = _align(cursor, TENSOR_ALIGN)
-        layout[name] = TensorEntry(cursor, shapes[name], "float32" if name.endswith("_scale") else dtype)
+        layout[name] = TensorEntry(cursor, shapes[name], "float32" if name.endswith("_scale") else stored.code_dtype)
         cursor = layout[name].end
     return layout, _align(cursor, PAGE)
 
@@ -222,11 +224,12 @@ def _read_spec(data: Any) -> ModelSpec:
 
 def _read_quantization(data: Any) -> tuple[str, int, str]:
     data = checks.record(data, "manifest: quantization", ("scheme", "group_size", "dense_linears"), (), BundleError)
-    scheme = checks.choice(data["scheme"], "manifest: quantization.scheme", tuple(WEIGHT_DTYPES), BundleError)
+    scheme = checks.choice(data["scheme"], "manifest: quantization.scheme", tuple(HEAD_DTYPES), BundleError)
     group = data["group_size"]
     if type(group) is not int or group not in (0, *GROUP_SIZES):
         raise BundleError(f"manifest: quantization.group_size must be 0 or one of {list(GROUP_SIZES)}, got {group!r}")
-    _require(scheme == "int8" or group == 0, "float32 weights have no group size (quantization.group_size 0)")
+    _require(scheme != "float32" or group == 0, "float32 weights have no group size (quantization.group_size 0)")
+    _require(not SCHEMES[scheme].needs_group or group > 0, f"{scheme} weights need a group size")
     dense_linears = checks.choice(data["dense_linears"], "manifest: quantization.dense_linears", DENSE_LINEARS,
                                   BundleError)
     return scheme, group, dense_linears
@@ -266,9 +269,9 @@ def _read_head(data: Any, dense: dict[str, TensorEntry], spec: ModelSpec, scheme
     norm, weight, scale = (dense[names[k]] for k in ("norm", "weight", "scale"))
     groups = head_groups(spec, group)
     _require(norm.shape == (spec.hidden_size,) and norm.dtype == "float32"
-             and weight.shape == (spec.vocab_size, spec.hidden_size) and weight.dtype == WEIGHT_DTYPES[scheme]
+             and weight.shape == (spec.vocab_size, spec.hidden_size) and weight.dtype == HEAD_DTYPES[scheme]
              and scale.shape == (spec.vocab_size, groups) and scale.dtype == "float32",
-             f"the head tensors must be norm float32 [{spec.hidden_size}], weight {scheme} "
+             f"the head tensors must be norm float32 [{spec.hidden_size}], weight {HEAD_DTYPES[scheme]} "
              f"[{spec.vocab_size}, {spec.hidden_size}] and scale float32 [{spec.vocab_size}, {groups}]")
     return dict(names)
 
@@ -281,7 +284,7 @@ def _read_experts(data: Any, spec: ModelSpec, scheme: str, group: int, sizes: di
     _require(data["alignment"] == PAGE and type(data["alignment"]) is int, f"experts.alignment must be {PAGE}")
     _require(data["group_size"] == group and type(data["group_size"]) is int,
              f"experts.group_size must equal quantization.group_size ({group})")
-    layout, span = expert_span_layout(spec, group, WEIGHT_DTYPES[scheme])
+    layout, span = expert_span_layout(spec, group, scheme)
     tensors = checks.record(data["tensors"], f"{where}.tensors", EXPERT_TENSORS, (), BundleError)
     for key in EXPERT_TENSORS:
         entry = _tensor(tensors[key], f"{where}.tensors.{key}")

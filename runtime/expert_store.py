@@ -70,7 +70,8 @@ def layer_bytes(experts_map, index: ExpertsIndex, span_offsets: np.ndarray, spec
     return ExpertBytes(weights=weights, scales=np.frombuffer(experts_map, dtype=np.float32),
                        weight_start=span_offsets // item, scale_start=span_offsets // 4,
                        weight_offset=offset[:3] // item, scale_offset=offset[3:] // 4,
-                       group_hidden=group or spec.hidden_size, group_inner=group or spec.expert_intermediate_size)
+                       group_hidden=group or spec.hidden_size, group_inner=group or spec.expert_intermediate_size,
+                       codes_per_byte=2 if weights.dtype == np.uint8 else 1)
 
 
 class ExpertStore:

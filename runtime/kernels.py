@@ -1,15 +1,16 @@
 """numba kernels that compute SwiGLU experts and the LM head straight from the mapped bytes.
 
 The experts of one layer reach the kernels as one `ExpertBytes` record: the experts file seen in
-the weights' dtype (int8, or float32 for unquantized experts) and as float32 (for the scales),
-where each expert's span starts, and where its GATE, UP and DOWN matrices and their scales sit
-inside a span. numba compiles one specialisation per weight dtype.
+the codes' dtype (int8; uint8 for int4 codes packed two per byte; float32 for unquantized experts)
+and as float32 (for the scales), where each expert's span starts, and where its GATE, UP and DOWN
+matrices and their scales sit inside a span. numba compiles one specialisation per codes' dtype.
 
-Every matrix is read through a view shaped [rows, groups, group] so that inner loops start
-at 0: indexing a flat buffer at a run-time offset makes numba emit a wrap-around check that
-turns the loads into gathers (measured 6x slower). Activations stay float32, so results equal
-a float model with the dequantized weights up to rounding. Every kernel uses numba's numpy error
-model: a NaN or a division by zero gives NaN/inf (which the session reports), never a Python exception.
+Every matrix is read through a view shaped [rows, groups, group] (int4: [rows, groups, blocks, 16],
+see `kernel_codes`) so that inner loops start at 0: indexing a flat buffer at a run-time offset makes
+numba emit a wrap-around check that turns the loads into gathers (measured 6x slower). Activations
+stay float32, so results equal a float model with the dequantized weights up to rounding. Every
+kernel uses numba's numpy error model: a NaN or a division by zero gives NaN/inf (which the session
+reports), never a Python exception.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit, prange
 
+from .kernel_codes import codes_view, row_dot, row_values, rows_dot4
+
 _0 = np.float32(0.0)
 _1 = np.float32(1.0)
 GATE, UP, DOWN = 0, 1, 2  # an expert's matrices, in span order
@@ -27,7 +30,7 @@ GATE, UP, DOWN = 0, 1, 2  # an expert's matrices, in span order
 class ExpertBytes(NamedTuple):
     """Where one MoE layer's experts are in the mapped experts file, in the units the kernels index."""
 
-    weights: np.ndarray  # the whole file viewed in the weights' dtype
+    weights: np.ndarray  # the whole file viewed in the codes' dtype
     scales: np.ndarray  # the whole file viewed as float32
     weight_start: np.ndarray  # [E] int64: index in `weights` of each expert's span
     scale_start: np.ndarray  # [E] int64: index in `scales` of each expert's span
@@ -35,77 +38,44 @@ class ExpertBytes(NamedTuple):
     scale_offset: np.ndarray  # [3] int64: their scales inside a span (in float32 elements)
     group_hidden: int  # scale group along the hidden dimension D (GATE, UP rows); D for one per channel
     group_inner: int  # scale group along the expert's inner dimension I (DOWN rows); I for one per channel
+    codes_per_byte: int  # 2 for int4, else 1
 
 
 @njit(cache=True, error_model="numpy", inline="always")
 def _matrix(b, expert, part, rows, cols, group):
-    """(weights [rows, cols/group, group], scales [rows, cols/group]) of matrix `part` of `expert`."""
+    """(codes [rows, cols/group, ...] (see `kernel_codes`), scales [rows, cols/group]) of matrix `part` of `expert`."""
     n = cols // group
     w0 = b.weight_start[expert] + b.weight_offset[part]
     s0 = b.scale_start[expert] + b.scale_offset[part]
-    return b.weights[w0:w0 + rows * cols].reshape(rows, n, group), b.scales[s0:s0 + rows * n].reshape(rows, n)
+    codes = codes_view(b.weights[w0:w0 + rows * cols // b.codes_per_byte], rows, n, group)
+    return codes, b.scales[s0:s0 + rows * n].reshape(rows, n)
 
 
 @njit(cache=True, error_model="numpy", fastmath=True, inline="always")
 def dot_row(w3, s2, x2, r):
     """row r of (w3 · s2) dotted with x2 (x viewed as [groups, g])."""
-    acc = _0
-    for g in range(x2.shape[0]):
-        part = _0
-        for j in range(x2.shape[1]):
-            part += np.float32(w3[r, g, j]) * x2[g, j]
-        acc += part * s2[r, g]
-    return acc
+    return row_dot(w3, s2, r, x2)
 
 
 @njit(cache=True, error_model="numpy", fastmath=True, inline="always")
 def _gate_up(g3, gs, u3, us, x2, r):
-    """silu(gate[r]·x) · (up[r]·x) in one pass over x."""
-    ag = _0
-    au = _0
-    for g in range(x2.shape[0]):
-        pg = _0
-        pu = _0
-        for j in range(x2.shape[1]):
-            xv = x2[g, j]
-            pg += np.float32(g3[r, g, j]) * xv
-            pu += np.float32(u3[r, g, j]) * xv
-        ag += pg * gs[r, g]
-        au += pu * us[r, g]
+    """silu(gate[r]·x) · (up[r]·x)."""
+    ag = row_dot(g3, gs, r, x2)
+    au = row_dot(u3, us, r, x2)
     return ag / (_1 + np.exp(-ag)) * au
 
 
 @njit(cache=True, error_model="numpy", fastmath=True, inline="always")
 def _dots4(wa, sa, ra, wb, sb, rb, wc, sc, rc, wd, sd, rd, x2):
-    """Four rows (of one or several matrices [rows, groups, group] with their scales) dotted with x2 in one
-    pass. Rows a page or more apart give the core four memory streams at once: one stream tops out near
-    13-20 GB/s here, four reach ~90% of the read bandwidth (kernel microbenchmark, one thread)."""
-    a = _0
-    b = _0
-    c = _0
-    d = _0
-    for g in range(x2.shape[0]):
-        pa = _0
-        pb = _0
-        pc = _0
-        pd = _0
-        for j in range(x2.shape[1]):
-            xv = x2[g, j]
-            pa += np.float32(wa[ra, g, j]) * xv
-            pb += np.float32(wb[rb, g, j]) * xv
-            pc += np.float32(wc[rc, g, j]) * xv
-            pd += np.float32(wd[rd, g, j]) * xv
-        a += pa * sa[ra, g]
-        b += pb * sb[rb, g]
-        c += pc * sc[rc, g]
-        d += pd * sd[rd, g]
-    return a, b, c, d
+    """Four rows (of one or several matrices with their scales) dotted with x2 in one pass
+    (`kernel_codes.rows_dot4`: four memory streams)."""
+    return rows_dot4(wa, sa, ra, wb, sb, rb, wc, sc, rc, wd, sd, rd, x2)
 
 
 @njit(cache=True, error_model="numpy", fastmath=True, inline="always")
 def dot_rows4(w3, s2, x2, r0, r1, r2, r3):
     """Rows r0..r3 of (w3 · s2) dotted with x2 in one pass (four streams, see `_dots4`)."""
-    return _dots4(w3, s2, r0, w3, s2, r1, w3, s2, r2, w3, s2, r3, x2)
+    return rows_dot4(w3, s2, r0, w3, s2, r1, w3, s2, r2, w3, s2, r3, x2)
 
 
 @njit(cache=True, error_model="numpy", fastmath=True)
@@ -182,13 +152,11 @@ def expert_tokens(x, b, expert, hidden, out):
 def dequantize(b, expert, part, out):
     """out[rows, cols] = matrix `part` of `expert`, its weights times their scales."""
     rows, cols = out.shape
-    w3, s2 = _matrix(b, expert, part, rows, cols, b.group_inner if part == DOWN else b.group_hidden)
-    out3 = out.reshape(rows, cols // w3.shape[2], w3.shape[2])
+    group = b.group_inner if part == DOWN else b.group_hidden
+    w3, s2 = _matrix(b, expert, part, rows, cols, group)
+    out3 = out.reshape(rows, cols // group, group)
     for r in prange(rows):
-        for g in range(w3.shape[1]):
-            scale = s2[r, g]
-            for j in range(w3.shape[2]):
-                out3[r, g, j] = np.float32(w3[r, g, j]) * scale
+        row_values(w3, s2, r, out3[r])
 
 
 @njit(cache=True, error_model="numpy", fastmath=True, parallel=True)

@@ -1,6 +1,6 @@
 """Write the benchmark bundles from a fixed seed (nothing is downloaded).
 
-    python samples/bench_models.py OUT_DIR [--only granite-1b-shape ...] [--group-size 32]
+    python samples/bench_models.py OUT_DIR [--only granite-1b-shape ...] [--group-size 32] [--bits 4] [--float-dense]
 
 Weights are random (normal, scaled by 1/sqrt(fan-in)), generated tensor by tensor from a seed
 derived from each canonical name, so a bundle is reproducible and no float checkpoint of the
@@ -58,13 +58,15 @@ def random_source(spec: ModelSpec, seed: int = SEED) -> Source:
     return Source(spec=spec, get=get)
 
 
-def main(out: str, only: list[str] | None = None, group_size: int | None = None, float_dense: bool = False) -> None:
+def main(out: str, only: list[str] | None = None, group_size: int | None = None, float_dense: bool = False,
+         bits: int = 8) -> None:
     root = Path(out)
     for name in only or SHAPES:
         print(f"{name}:")
-        suffix = "-float-dense" if float_dense else ""
+        suffix = ("-int4" if bits == 4 else "") + (f"-g{group_size}" if group_size else "")
+        suffix += "-float-dense" if float_dense else ""
         write_bundle(random_source(SHAPES[name]), root / f"{name}{suffix}.moedge",
-                     ExportOptions(group_size=group_size, force=True, float_dense=float_dense))
+                     ExportOptions(group_size=group_size, bits=bits, force=True, float_dense=float_dense))
 
 
 if __name__ == "__main__":
@@ -73,5 +75,6 @@ if __name__ == "__main__":
     parser.add_argument("--only", nargs="*", choices=list(SHAPES))
     parser.add_argument("--group-size", type=int, default=None)
     parser.add_argument("--float-dense", action="store_true", help="float32 attention matrices (see moedge export)")
+    parser.add_argument("--bits", type=int, choices=(4, 8), default=8, help="int4 or int8 experts (see moedge export)")
     args = parser.parse_args()
-    main(args.out, args.only, args.group_size, args.float_dense)
+    main(args.out, args.only, args.group_size, args.float_dense, args.bits)

@@ -15,7 +15,7 @@ import torch
 from moedge.exporter import export
 from moedge.exporter.checkpoint import save_checkpoint
 from moedge.exporter.model import Transformer
-from moedge.quant import dequantize, quantize_int8
+from moedge.quant import SCHEMES, dequantize
 from moedge.runtime.spec import ModelSpec, RoutingSpec
 
 VOCAB = 203  # not a multiple of 8 on purpose
@@ -56,19 +56,22 @@ def build_model(spec: ModelSpec, seed: int = 0) -> Transformer:
     return model.eval()
 
 
-def round_trip(w: torch.Tensor, group_size: int | None) -> torch.Tensor:
-    return torch.from_numpy(dequantize(quantize_int8(w.detach().numpy(), group_size)))
+def round_trip(w: torch.Tensor, group_size: int | None, scheme: str = "int8") -> torch.Tensor:
+    """`w` quantized with `scheme` (quant.SCHEMES) and back."""
+    return torch.from_numpy(dequantize(SCHEMES[scheme].quantize(w.detach().numpy(), group_size or 0)))
 
 
-def dequantized_reference(model: Transformer, group_size: int | None) -> Transformer:
-    """The float model whose experts and LM head are replaced by their int8 round trip.
+def dequantized_reference(model: Transformer, group_size: int | None, bits: int = 8) -> Transformer:
+    """The float model whose experts are replaced by their int8 (or int4) round trip and the LM head by
+    its int8 one (int4 bundles: groups of 32 unless `group_size` says).
 
     A tied head gets its own quantized copy; the embedding lookup stays float, as in a bundle.
     """
+    group_size = group_size or (32 if bits == 4 else None)
     with torch.no_grad():
         for moe in model.moe_layers():
             for w in (moe.experts.gate, moe.experts.up, moe.experts.down):
-                w.copy_(round_trip(w, group_size))
+                w.copy_(round_trip(w, group_size, f"int{bits}"))
         head = model.embed.weight if model.lm_head is None else model.lm_head.weight
         model.lm_head = torch.nn.Linear(model.spec.hidden_size, model.spec.vocab_size, bias=False)
         model.lm_head.weight.copy_(round_trip(head, group_size))
@@ -81,14 +84,15 @@ class Exported:
     The attention/dense-FFN matrices stay float32 (`float_dense`): the reference is exact only with
     float activations (int8 dense linears are tested in test_dense_int8)."""
 
-    def __init__(self, spec: ModelSpec, root: Path, group_size: int | None = None, float_experts: bool = False):
+    def __init__(self, spec: ModelSpec, root: Path, group_size: int | None = None, float_experts: bool = False,
+                 bits: int = 8):
         self.spec = spec
         model = build_model(spec)
         self.checkpoint = save_checkpoint(model, root / "ckpt")
         self.bundle = root / "model.moedge"
-        export(self.checkpoint, self.bundle, group_size=group_size, show_progress=False,
+        export(self.checkpoint, self.bundle, group_size=group_size, bits=bits, show_progress=False,
                float_experts=float_experts, float_dense=True)
-        self.reference = model if float_experts else dequantized_reference(model, group_size)
+        self.reference = model if float_experts else dequantized_reference(model, group_size, bits)
 
 
 ROOT = Path(__file__).resolve().parents[1]

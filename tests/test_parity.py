@@ -1,6 +1,6 @@
-"""Runtime vs the PyTorch fp32 reference (experts replaced by their int8 round trip).
+"""Runtime vs the PyTorch fp32 reference (experts replaced by their int8 or int4 round trip).
 
-Every path — float or int8 experts, decode or prefill — differs from its reference by float32
+Every path — float, int8 or int4 experts, decode or prefill — differs from its reference by float32
 rounding only (measured ≤ 5e-7 of the logit range), so one bound holds them all: 1e-5 of the range.
 A 100× wrong final-norm epsilon or a flipped bias fails it (checked when the bound was set).
 """
@@ -15,7 +15,10 @@ from moedge.runtime import Model
 PROMPT = [5, 17, 99, 3, 150, 42, 7, 7, 201, 0, 64, 128]
 TOLERANCE = 1e-5  # of the logit range
 FLOAT = "float"  # experts left unquantized
+INT4 = {"moe_int4": (tiny_moe_spec(), 32), "moe_fullnorm_mha_top1_int4_g64": (
+    tiny_moe_spec(qk_norm="full", n_kv_heads=4, expert_intermediate_size=128, routing=dict(top_k=1)), 64)}
 CASES = {
+    **INT4,
     "moe": (tiny_moe_spec(), None),
     "moe_g32": (tiny_moe_spec(), 32),
     "moe_float": (tiny_moe_spec(), FLOAT),
@@ -53,7 +56,7 @@ def case(request, exported):
     spec, group = CASES[request.param]
     if group == FLOAT:
         return exported(request.param, spec, float_experts=True)
-    return exported(request.param, spec, group)
+    return exported(request.param, spec, group, bits=4 if request.param in INT4 else 8)
 
 
 @pytest.mark.parametrize("length", [len(PROMPT), 90])  # 90: experts get enough tokens for the GEMM path

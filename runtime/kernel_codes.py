@@ -1,0 +1,176 @@
+"""How the numba kernels read a matrix row, whatever the weights' scheme (quant.SCHEMES).
+
+A matrix reaches the kernels as codes and float32 scales [rows, groups]. The codes are viewed
+[rows, groups, group] when each is one element (int8, or float32 for unquantized experts, or the
+uint8 codes of int8 dense linears) and [rows, groups, blocks, 16] when they are int4 nibbles packed
+by blocks of 32 inputs (byte j of a block: input j in the low nibble, input j + 16 in the high one,
+each stored + 8). numba picks the loop by the view's rank when it compiles a kernel, so every kernel
+is written once; one call covers whole rows (a call per group of 32 costs 4x). Each function here is
+also plain Python (numpy), for reading and for tests.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, types
+from numba.extending import overload
+
+_0 = np.float32(0.0)
+_8 = np.float32(8.0)
+NIBBLES = 16  # bytes per packed block of 32 int4 codes
+
+
+def codes_view(flat: np.ndarray, rows: int, groups: int, group: int) -> np.ndarray:
+    """A matrix's codes from its flat stored elements: int4 (uint8 experts) as blocks, else plain."""
+    if flat.dtype == np.uint8:
+        return flat.reshape(rows, groups, group // (2 * NIBBLES), NIBBLES)
+    return flat.reshape(rows, groups, group)
+
+
+def row_values(w: np.ndarray, s: np.ndarray, r: int, out2: np.ndarray) -> None:
+    """out2 [groups, group] = row r of codes `w` times its scales `s` [rows, groups]."""
+    codes = w[r]
+    if codes.ndim == 3:  # int4 blocks [groups, blocks, 16]
+        wide = codes.astype(np.int32)
+        codes = np.concatenate([wide & 15, wide >> 4], axis=-1).reshape(codes.shape[0], -1) - 8
+    out2[:] = codes.astype(np.float32) * s[r, :, None]
+
+
+def row_dot(w: np.ndarray, s: np.ndarray, r: int, x2: np.ndarray) -> np.float32:
+    """Row r of (codes `w` · scales `s`) dotted with x2 [groups, group]."""
+    values = np.empty_like(x2)
+    row_values(w, s, r, values)
+    return np.float32((values * x2).sum())
+
+
+def rows_dot4(wa, sa, ra, wb, sb, rb, wc, sc, rc, wd, sd, rd, x2):
+    """`row_dot` of four rows (of one or several matrices) in one pass. Rows a page or more apart give
+    the core four memory streams at once: one tops out near 13-20 GB/s here, four reach ~90% of the
+    read bandwidth (kernel microbenchmark, one thread)."""
+    return tuple(row_dot(w, s, r, x2) for w, s, r in ((wa, sa, ra), (wb, sb, rb), (wc, sc, rc), (wd, sd, rd)))
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _nibble(byte, high):
+    """A packed byte's low or high nibble as float32, + 8 left in (int32 all along: int64 is 2x slower)."""
+    v = np.int32(byte)
+    return np.float32(np.int32(v >> 4)) if high else np.float32(np.int32(v & 15))
+
+
+@overload(codes_view)
+def _codes_view(flat, rows, groups, group):
+    if flat.dtype == types.uint8:
+        return lambda flat, rows, groups, group: flat.reshape(rows, groups, group // (2 * NIBBLES), NIBBLES)
+    return lambda flat, rows, groups, group: flat.reshape(rows, groups, group)
+
+
+@overload(row_values)
+def _row_values(w, s, r, out2):
+    if w.ndim == 4:
+        def int4(w, s, r, out2):
+            for g in range(w.shape[1]):
+                scale = s[r, g]
+                for blk in range(w.shape[2]):
+                    base = 2 * NIBBLES * blk
+                    for j in range(NIBBLES):
+                        out2[g, base + j] = (_nibble(w[r, g, blk, j], False) - _8) * scale
+                        out2[g, base + NIBBLES + j] = (_nibble(w[r, g, blk, j], True) - _8) * scale
+        return int4
+
+    def plain(w, s, r, out2):
+        for g in range(w.shape[1]):
+            scale = s[r, g]
+            for j in range(w.shape[2]):
+                out2[g, j] = np.float32(w[r, g, j]) * scale
+    return plain
+
+
+@overload(row_dot, fastmath=True)
+def _row_dot(w, s, r, x2):
+    if w.ndim == 4:
+        def int4(w, s, r, x2):
+            acc = _0
+            for g in range(w.shape[1]):
+                part = _0
+                total = _0
+                for blk in range(w.shape[2]):
+                    base = 2 * NIBBLES * blk
+                    for j in range(NIBBLES):
+                        byte = w[r, g, blk, j]
+                        lo = x2[g, base + j]
+                        hi = x2[g, base + NIBBLES + j]
+                        part += _nibble(byte, False) * lo + _nibble(byte, True) * hi
+                        total += lo + hi
+                acc += (part - _8 * total) * s[r, g]  # codes are nibble − 8
+            return acc
+        return int4
+
+    def plain(w, s, r, x2):
+        acc = _0
+        for g in range(w.shape[1]):
+            part = _0
+            for j in range(w.shape[2]):
+                part += np.float32(w[r, g, j]) * x2[g, j]
+            acc += part * s[r, g]
+        return acc
+    return plain
+
+
+@overload(rows_dot4, fastmath=True)
+def _rows_dot4(wa, sa, ra, wb, sb, rb, wc, sc, rc, wd, sd, rd, x2):
+    if wa.ndim == 4:
+        def int4(wa, sa, ra, wb, sb, rb, wc, sc, rc, wd, sd, rd, x2):
+            a = _0
+            b = _0
+            c = _0
+            d = _0
+            for g in range(wa.shape[1]):
+                pa = _0
+                pb = _0
+                pc = _0
+                pd = _0
+                total = _0
+                for blk in range(wa.shape[2]):
+                    base = 2 * NIBBLES * blk
+                    for j in range(NIBBLES):
+                        lo = x2[g, base + j]
+                        hi = x2[g, base + NIBBLES + j]
+                        total += lo + hi
+                        va = wa[ra, g, blk, j]
+                        vb = wb[rb, g, blk, j]
+                        vc = wc[rc, g, blk, j]
+                        vd = wd[rd, g, blk, j]
+                        pa += _nibble(va, False) * lo + _nibble(va, True) * hi
+                        pb += _nibble(vb, False) * lo + _nibble(vb, True) * hi
+                        pc += _nibble(vc, False) * lo + _nibble(vc, True) * hi
+                        pd += _nibble(vd, False) * lo + _nibble(vd, True) * hi
+                shift = _8 * total  # codes are nibble − 8
+                a += (pa - shift) * sa[ra, g]
+                b += (pb - shift) * sb[rb, g]
+                c += (pc - shift) * sc[rc, g]
+                d += (pd - shift) * sd[rd, g]
+            return a, b, c, d
+        return int4
+
+    def plain(wa, sa, ra, wb, sb, rb, wc, sc, rc, wd, sd, rd, x2):
+        a = _0
+        b = _0
+        c = _0
+        d = _0
+        for g in range(x2.shape[0]):
+            pa = _0
+            pb = _0
+            pc = _0
+            pd = _0
+            for j in range(x2.shape[1]):
+                xv = x2[g, j]
+                pa += np.float32(wa[ra, g, j]) * xv
+                pb += np.float32(wb[rb, g, j]) * xv
+                pc += np.float32(wc[rc, g, j]) * xv
+                pd += np.float32(wd[rd, g, j]) * xv
+            a += pa * sa[ra, g]
+            b += pb * sb[rb, g]
+            c += pc * sc[rc, g]
+            d += pd * sd[rd, g]
+        return a, b, c, d
+    return plain
