@@ -69,6 +69,7 @@ def run(bundle: str, prompt: str, n: int = 64, temperature: float = 0.0, top_k: 
 def inspect(bundle: str, verify: bool = False) -> None:
     """Print a bundle's spec, file sizes and per-layer quantization error."""
     from moedge.runtime.bundle import read_manifest
+    from moedge.runtime.storage import storage
     from moedge.runtime.verify import verify_bundle
 
     manifest = read_manifest(bundle)
@@ -82,6 +83,10 @@ def inspect(bundle: str, verify: bool = False) -> None:
               f"{r.score_func}, normalize={r.normalize_top_k}, shared={r.shared_expert_size}")
     for name, info in sorted(manifest.files.items()):
         print(f"  {name:24s} {info['size'] / 1e6:10.2f} MB")
+    print(f"total: {sum(info['size'] for info in manifest.files.values()) / 1e6:.2f} MB; stored as:")
+    for part in storage(manifest):
+        print(f"  {part.name:26s} {part.stored:18s} {part.bits_per_weight:6.2f} bits/weight, "
+              f"{part.weights / 1e6:8.2f} M weights, {part.nbytes / 1e6:8.2f} MB")
     if manifest.experts:
         x = manifest.experts
         print(f"experts: {manifest.quant_scheme}, group {x.group_size or 'per-channel'}, "

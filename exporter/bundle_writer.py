@@ -53,6 +53,7 @@ def _save_checked(model: onnx.ModelProto, path: Path) -> None:
 def write_bundle_files(source: Source, root: Path, options: ExportOptions) -> Manifest:
     """Write every file of a bundle into the (empty) folder `root`; return its manifest."""
     spec = source.spec
+    options.check_model(spec)
     with tqdm(total=spec.n_layers + len(spec.moe_layers), desc="export", unit="layer",
               disable=not options.show_progress) as progress:
         dense, head, head_error, dense_int8 = write_dense(source, root / DENSE_FILE, options)

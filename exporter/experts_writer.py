@@ -28,11 +28,6 @@ EXPERTS_FILE = "experts.bin"
 def write_experts(source: Source, path: Path, options: ExportOptions, progress: tqdm):
     """Write the experts file; return its index and each layer's quantization error (the manifest's report)."""
     spec, group_size, scheme = source.spec, options.group, SCHEMES[options.scheme]
-    try:
-        for width in (spec.hidden_size, spec.expert_intermediate_size):
-            scheme.check_group(width, group_size)
-    except ValueError as exc:
-        raise ExportError(f"cannot quantize experts: {exc}") from None
     layout, span = expert_span_layout(spec, group_size, scheme.name)
     offsets, checksums, report = {}, {}, {}
     with open(path, "wb") as f:

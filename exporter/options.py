@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..quant import GROUP_SIZES
+from ..quant import GROUP_SIZES, SCHEMES
+from ..runtime.spec import ModelSpec
 from .source import ExportError
 
 DEFAULT_INT4_GROUP = 32
@@ -49,6 +50,16 @@ class ExportOptions:
     def group(self) -> int:
         """The group size as the manifest writes it: 0 for one scale per output channel (int4: 32 by default)."""
         return self.group_size or (DEFAULT_INT4_GROUP if self.bits == 4 else 0)
+
+    def check_model(self, spec: ModelSpec) -> None:
+        """Refuse, before any work, a scheme and group size that the model's experts cannot take."""
+        if not spec.is_moe:
+            return
+        try:
+            for width in (spec.hidden_size, spec.expert_intermediate_size):
+                SCHEMES[self.scheme].check_group(width, self.group)
+        except ValueError as exc:
+            raise ExportError(f"cannot quantize experts: {exc}") from None
 
     def dense_int8(self, in_features: list[int]) -> bool:
         """Whether the dense linears, with these input dimensions, are stored int8."""

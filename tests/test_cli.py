@@ -25,6 +25,8 @@ def test_export_inspect_run(default_checkpoint, tmp_path):
     assert "experts" in moedge("export", default_checkpoint, "-o", bundle, "--group-size", "64").stdout
     shown = moedge("inspect", bundle, "--verify").stdout
     assert "4 layers (4 MoE)" in shown and "group 64" in shown and "checksums: experts.bin: 32 expert spans ok" in shown
+    head = next(line for line in shown.splitlines() if line.strip().startswith("LM head"))
+    assert "int8" in head and "8.50 bits/weight" in head  # int8 codes + one float32 scale per 64
     ran = moedge("run", bundle, "--prompt", "The with statement", "-n", "12", "--temperature", "0.8",
                  "--seed", "1").stdout
     assert ran.startswith("The with statement")

@@ -23,13 +23,14 @@ from moedge.exporter import ExportError, export
 from moedge.exporter.adapters import ADAPTERS
 from moedge.exporter.adapters.adapter import moe_layer_kinds
 from moedge.exporter.options import nbits_block
-from moedge.quant import dequantize, quantize_int8
+from moedge.quant import SCHEMES, dequantize, quantize_int8
 from moedge.runtime import InputError, Model
 
 PROMPT = [5, 17, 99, 3, 120, 42, 7, 7, 130, 0, 64, 128]
 FLOAT_BOUND = 1e-5  # float32 rounding only: a wrong epsilon or bias fails it
 INT8_BOUND = 3e-2  # int8 weights everywhere and int8 activations in prefill's dense linears
 DENSE_LINEARS = tuple(f"{m}_proj.weight" for m in ("q", "k", "v", "o", "gate", "up", "down"))
+MOE_TYPES = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "granitemoe")
 ARCHITECTURES = ["GraniteMoeForCausalLM", "LlamaForCausalLM", "MistralForCausalLM", "MixtralForCausalLM",
                  "OlmoeForCausalLM", "Qwen2ForCausalLM", "Qwen2MoeForCausalLM", "Qwen3ForCausalLM",
                  "Qwen3MoeForCausalLM"]
@@ -101,6 +102,29 @@ def test_int8_decode_matches_transformers_with_int8_weights(family, length):
     session = model.session()
     got = np.stack([session.decode(t) for t in tokens])
     assert relative_error(got, ref) <= FLOAT_BOUND
+
+
+def test_int4_prefill_matches_transformers_with_int4_experts(family, tmp_path):
+    """--bits 4 (groups of 32; dense linears float): transformers with its experts replaced by their int4
+    round trip and its head by the int8 one (groups of 32). Families whose expert widths are not
+    multiples of 32 are refused with a one-line reason."""
+    if family.hf.config.model_type not in MOE_TYPES:
+        pytest.skip("a dense model has no experts")
+    out = tmp_path / "int4.moedge"
+    try:
+        export(family.folder, out, bits=4, float_dense=True, show_progress=False)
+    except ExportError as exc:
+        assert "divisible by 32" in str(exc) or "does not divide" in str(exc)
+        return
+    reference = copy.deepcopy(family.hf)
+    with torch.no_grad():
+        for name, weight in reference.named_parameters():
+            if name.endswith(("experts.gate_up_proj", "experts.down_proj")):
+                weight.copy_(torch.from_numpy(dequantize(SCHEMES["int4"].quantize(weight.numpy(), 32))))
+        head = reference.lm_head.weight.detach().numpy()
+        reference.lm_head.weight = torch.nn.Parameter(torch.from_numpy(dequantize(quantize_int8(head, 32))))
+        ref = reference(torch.tensor([PROMPT])).logits[0].numpy()
+    assert relative_error(Model.load(out, threads=1).session().prefill(PROMPT), ref) <= FLOAT_BOUND
 
 
 def test_32_greedy_tokens_match_generate(family):

@@ -1,0 +1,53 @@
+"""How a bundle stores each part of the model: its scheme, its weights and bytes, hence bits per weight
+(`moedge inspect`)."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from .bundle import Manifest
+from .tensor_names import dense_linear_names
+
+
+class Part(NamedTuple):
+    """One part of the model as stored: `weights` counts parameters, `nbytes` their codes and scales."""
+
+    name: str
+    stored: str
+    weights: int
+    nbytes: int
+
+    @property
+    def bits_per_weight(self) -> float:
+        return 8 * self.nbytes / self.weights if self.weights else 0.0
+
+
+def _elements(shape: tuple[int, ...]) -> int:
+    return int(np.prod(shape, dtype=np.int64))
+
+
+def storage(manifest: Manifest) -> list[Part]:
+    """Experts (spans, padding included), dense linears, LM head, and everything else in the dense file."""
+    spec, tensors = manifest.spec, manifest.dense_tensors
+    parts = []
+    if manifest.experts is not None:
+        x = manifest.experts
+        count = sum(len(offsets) for offsets in x.layers.values())
+        per_expert = 3 * spec.hidden_size * spec.expert_intermediate_size
+        group = f"group {x.group_size}" if x.group_size else "per channel"
+        parts.append(Part("experts", f"{manifest.quant_scheme} {group}", count * per_expert, count * x.span_bytes))
+    linears = [n for n in dense_linear_names(spec) if n in tensors]
+    scales = [f"{n}_scale" for n in linears if f"{n}_scale" in tensors]
+    weights = sum(_elements(tensors[n].shape) for n in linears)  # int8 codes [out, in/b, b]: one per weight
+    parts.append(Part("dense linears", manifest.dense_linears, weights,
+                      sum(tensors[n].nbytes for n in linears + scales)))
+    head = [manifest.head["weight"], manifest.head["scale"]]
+    parts.append(Part("LM head", tensors[head[0]].dtype, spec.vocab_size * spec.hidden_size,
+                      sum(tensors[n].nbytes for n in head)))
+    rest = [n for n in tensors if n not in {*linears, *scales, *head}]
+    parts.append(Part("embedding, norms, router", "float32", sum(_elements(tensors[n].shape) for n in rest),
+                      sum(tensors[n].nbytes for n in rest)))
+    return parts
+
