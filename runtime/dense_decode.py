@@ -17,6 +17,7 @@ import numpy as np
 from numba import njit
 
 from ..quant import UNSIGNED_ZERO
+from . import numba_cache  # noqa: F401  (first: it says where the kernels' cache lives)
 from .bundle import Manifest
 from .graphs import LayerOutputs
 from .head import tensor_view

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from numba import njit
 
+from . import numba_cache  # noqa: F401  (first: it says where the kernels' cache lives)
 from .bundle import DTYPES, EXPERT_TENSORS, EXPERTS_HEADER, ExpertsIndex, check_experts_header
 from .errors import BundleError
 from .kernels import ExpertBytes

@@ -15,6 +15,8 @@ import numpy as np
 from numba import njit, types
 from numba.extending import overload
 
+from . import numba_cache  # noqa: F401  (first: it says where the kernels' cache lives)
+
 _0 = np.float32(0.0)
 _8 = np.float32(8.0)
 NIBBLES = 16  # bytes per packed block of 32 int4 codes
@@ -72,8 +74,9 @@ def _row_values(w, s, r, out2):
                 scale = s[r, g]
                 for blk in range(w.shape[2]):
                     base = 2 * NIBBLES * blk
-                    for j in range(NIBBLES):
+                    for j in range(NIBBLES):  # low nibbles, then high ones: contiguous stores
                         out2[g, base + j] = (_nibble(w[r, g, blk, j], False) - _8) * scale
+                    for j in range(NIBBLES):
                         out2[g, base + NIBBLES + j] = (_nibble(w[r, g, blk, j], True) - _8) * scale
         return int4
 

@@ -20,6 +20,7 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit, prange
 
+from . import numba_cache  # noqa: F401  (first: it says where the kernels' cache lives)
 from .kernel_codes import codes_view, row_dot, row_values, rows_dot4
 
 _0 = np.float32(0.0)
@@ -132,20 +133,11 @@ def moe_decode_parallel(x, b, experts, gates, hidden, out):
 
 @njit(cache=True, error_model="numpy", fastmath=True, parallel=True)
 def expert_tokens(x, b, expert, hidden, out):
-    """out[n, D] = expert(x[n, D]) for a few tokens: each weight row is read once for all of them."""
-    n, d = x.shape
-    i = hidden.shape[1]
-    g3, gs = _matrix(b, expert, GATE, i, d, b.group_hidden)
-    u3, us = _matrix(b, expert, UP, i, d, b.group_hidden)
-    d3, ds = _matrix(b, expert, DOWN, d, i, b.group_inner)
-    x3 = x.reshape(n, d // b.group_hidden, b.group_hidden)
-    for r in prange(i):
-        for t in range(n):
-            hidden[t, r] = _gate_up(g3, gs, u3, us, x3[t], r)
-    h3 = hidden.reshape(n, i // b.group_inner, b.group_inner)
-    for r in prange(d):
-        for t in range(n):
-            out[t, r] = dot_row(d3, ds, h3[t], r)
+    """out[n, D] = expert(x[n, D]) for a few tokens, each through the decode kernel's four-stream rows
+    (the expert's bytes stay in cache from one token to the next); hidden is scratch [n, I]."""
+    for t in prange(x.shape[0]):
+        out[t, :] = _0
+        _expert_into(x[t], b, expert, _1, hidden[t], out[t])
 
 
 @njit(cache=True, error_model="numpy", fastmath=True, parallel=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from . import numba_cache  # noqa: F401  (first: it says where the kernels' cache lives)
 from .spec import RoutingSpec
 
 

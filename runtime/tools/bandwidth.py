@@ -8,6 +8,8 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from .. import numba_cache  # noqa: F401  (first: it says where the kernels' cache lives)
+
 BUFFER_BYTES = 1 << 30  # far larger than any last-level cache
 BLOCK = 1 << 16  # float32 elements per parallel block
 

@@ -1,0 +1,31 @@
+"""Where numba keeps the runtime's compiled kernels: one folder per version of their sources.
+
+numba checks a cached function against its own source file only, not against the functions it
+calls from other files. The kernels call across files (kernel_codes → kernels → dense_decode), so
+an edit in one would leave another's machine code stale. Keeping the cache in a folder named by a
+digest of every kernel source closes that hole, and keeps it out of site-packages, which may be
+read-only. The base folder is NUMBA_CACHE_DIR if set, else $XDG_CACHE_HOME/moedge (~/.cache/moedge).
+Every module with cached kernels imports this one before defining them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numba
+
+KERNEL_SOURCES = ("kernel_codes.py", "kernels.py", "dense_decode.py", "routing.py", "expert_store.py",
+                  "tools/bandwidth.py")
+
+
+def kernel_cache_dir() -> Path:
+    """The cache folder of this version of the kernels."""
+    here = Path(__file__).parent
+    digest = hashlib.sha256(b"".join((here / name).read_bytes() for name in KERNEL_SOURCES)).hexdigest()[:16]
+    user_cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return Path(os.environ.get("NUMBA_CACHE_DIR") or user_cache / "moedge") / f"kernels-{digest}"
+
+
+numba.config.CACHE_DIR = str(kernel_cache_dir())
