@@ -44,7 +44,9 @@ def storage(manifest: Manifest) -> list[Part]:
     parts.append(Part("dense linears", manifest.dense_linears, weights,
                       sum(tensors[n].nbytes for n in linears + scales)))
     head = [manifest.head["weight"], manifest.head["scale"]]
-    parts.append(Part("LM head", tensors[head[0]].dtype, spec.vocab_size * spec.hidden_size,
+    head_groups = tensors[head[1]].shape[1]
+    head_stored = tensors[head[0]].dtype + (f" group {spec.hidden_size // head_groups}" if head_groups > 1 else "")
+    parts.append(Part("LM head", head_stored, spec.vocab_size * spec.hidden_size,
                       sum(tensors[n].nbytes for n in head)))
     rest = [n for n in tensors if n not in {*linears, *scales, *head}]
     parts.append(Part("embedding, norms, router", "float32", sum(_elements(tensors[n].shape) for n in rest),

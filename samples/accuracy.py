@@ -24,6 +24,7 @@ from moedge.exporter.checkpoint import WEIGHTS_FILE
 from moedge.exporter.reference import evaluate_reference, reference_tokenizer
 from moedge.runtime import Model
 from moedge.runtime.bundle import Manifest
+from moedge.runtime.storage import storage
 from moedge.runtime.tools.evaluate import evaluate, windows
 
 SCHEMES = [("float32", None, 8, True, False), ("int8 per channel", None, 8, False, False),
@@ -39,17 +40,8 @@ def size_mb(folder: Path) -> float:
 
 
 def stored(manifest: Manifest) -> str:
-    """What the exporter wrote, read back from the manifest: the scheme and what it covers."""
-    data = manifest.to_dict()
-    q = data["quantization"]
-    scheme = q["scheme"]
-    if scheme == "int8":
-        scheme += f" group {q['group_size']}" if q.get("group_size") else " per channel"
-    covers = " + ".join(name for name, present in (("experts", manifest.experts), ("LM head", data.get("head")))
-                        if present)
-    rest = "".join(f"; {key.replace('_', ' ')} {value}" for key, value in q.items()
-                   if key not in ("scheme", "group_size"))
-    return f"{covers or 'nothing'}: {scheme}{rest}"
+    """What the exporter wrote, read back from the manifest: each part's scheme (`runtime.storage`)."""
+    return "; ".join(f"{part.name} {part.stored}" for part in storage(manifest)[:-1] if part.weights)
 
 
 def rows_for(checkpoint: Path, texts: list[str], max_tokens: int | None, threads: int) -> list[str]:
