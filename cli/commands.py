@@ -61,7 +61,7 @@ def run(bundle: str, prompt: str, n: int = 64, temperature: float = 0.0, top_k: 
     store = model.experts
     if store is not None:
         total = store.touched.size - (store.offsets < 0).sum()
-        released = f"; {store.releases} released under the budget" if store.budget_spans is not None else ""
+        released = f"; {store.releases} released under the budget" if store.budget_bytes is not None else ""
         print(f"experts touched: {store.first_touches} of {total} "
               f"({store.bytes_touched / 1e6:.1f} MB of {store.size / 1e6:.1f} MB){released}")
 
@@ -89,8 +89,9 @@ def inspect(bundle: str, verify: bool = False) -> None:
               f"{part.weights / 1e6:8.2f} M weights, {part.nbytes / 1e6:8.2f} MB")
     if manifest.experts:
         x = manifest.experts
-        print(f"experts: {manifest.quant_scheme}, group {x.group_size or 'per-channel'}, "
-              f"{x.span_bytes} bytes per expert span")
+        counts = {s: sum(layer.count(s) for layer in x.schemes.values()) for s in x.layouts}
+        print(f"experts: {manifest.quant_scheme}, group {x.group_size or 'per-channel'}; "
+              + ", ".join(f"{n} {s} of {x.layouts[s].span_bytes} bytes" for s, n in counts.items()))
         for layer, err in sorted(manifest.quant_report.get("layers", {}).items(), key=lambda kv: int(kv[0])):
             print(f"  layer {int(layer):3d}: max abs {err['max_abs']:.2e}, rel frobenius ≤ {err['rel_fro_max']:.2e}, "
                   f"cosine ≥ {err['cosine_min']:.6f}")

@@ -44,11 +44,13 @@ def bundle_float_tensors(root: Path, manifest: Manifest) -> Iterator[tuple[str, 
             yield name, _dense_float(dense, manifest, name)
     if manifest.experts is not None:
         index = manifest.experts
+        d, i = manifest.spec.hidden_size, manifest.spec.expert_intermediate_size
+        canonical = {"gate": (i, d), "up": (i, d), "down": (d, i)}
         experts = np.memmap(root / index.file, dtype=np.uint8, mode="r")
         for layer, offsets in index.layers.items():
-            record = layer_bytes(experts, index, np.array(offsets, dtype=np.int64), manifest.spec)
+            record = layer_bytes(experts, index, np.array(offsets, dtype=np.int64), layer, manifest.spec)
             for part, name in expert_names(layer).items():
-                stacked = np.empty((len(offsets), *index.tensors[part].shape), dtype=np.float32)
+                stacked = np.empty((len(offsets), *canonical[part]), dtype=np.float32)
                 for e in range(len(offsets)):
                     kernels.dequantize(record, e, EXPERT_MATRICES[part], stacked[e])
                 yield name, stacked

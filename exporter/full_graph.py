@@ -17,6 +17,7 @@ from onnx import TensorProto, helper
 from ..runtime.bundle import EMBEDDING, Manifest
 from ..runtime.spec import ModelSpec
 from .onnx_graphs import AttentionIO, GraphBuilder, causal_bias, layer_body, residual, value_info
+from .source import ExportError
 
 FULL_GRAPH = "full_graph.onnx"
 
@@ -26,7 +27,8 @@ def _dequantized(g: GraphBuilder, manifest: Manifest, layer: int, expert: int, p
     (float32 experts are read as they are)."""
     index = manifest.experts
     base = index.layers[layer][expert]
-    q, scale = index.tensors[part], index.tensors[f"{part}_scale"]
+    layout = index.layouts[index.schemes[layer][expert]].tensors
+    q, scale = layout[part], layout[f"{part}_scale"]
     rows, cols = q.shape
     groups = scale.shape[1]
     name = f"experts.{layer}.{expert}.{part}"
@@ -116,8 +118,11 @@ def full_graph(manifest: Manifest) -> onnx.ModelProto:
 def write_full_graph(manifest: Manifest, folder: Path, check: bool = True) -> Path:
     """Write the full graph into `folder`, which must hold (or hard-link to) the bundle's weight files.
 
-    `check` runs onnx.checker, which refuses external data behind links.
+    `check` runs onnx.checker, which refuses external data behind links. int4 experts have no ONNX
+    form here (ExportError): the graph reads int8 or float32 experts.
     """
+    if manifest.quant_scheme not in ("int8", "float32"):
+        raise ExportError(f"the full graph reads int8 or float32 experts, not {manifest.quant_scheme}")
     path = folder / FULL_GRAPH
     onnx.save(full_graph(manifest), str(path))
     if check:

@@ -26,7 +26,7 @@ from .integrity import CHECKSUM_FIELD, canonical_json, digest, manifest_checksum
 from .spec import ModelSpec, RoutingSpec, SpecError
 
 FORMAT_NAME = "moedge-bundle"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 MANIFEST = "manifest.json"
 MANIFEST_LIMIT = 64 << 20  # bytes
 PAGE = 4096
@@ -36,7 +36,8 @@ EXPERTS_MAGIC = b"MOEDGEXP"
 EXPERTS_HEADER = struct.Struct("<8sII")  # magic, format version, header bytes
 DTYPES = {"float32": np.float32, "int8": np.int8, "uint8": np.uint8}
 EXPERT_TENSORS = ("gate", "up", "down", "gate_scale", "up_scale", "down_scale")
-HEAD_DTYPES = {"int8": "int8", "int4": "int8", "float32": "float32"}  # experts' scheme -> the LM head's dtype
+HEAD_DTYPES = {"int8": "int8", "int4": "int8", "mixed": "int8", "float32": "float32"}  # bundle scheme -> LM head dtype
+MIXED_SCHEMES = ("int4", "int8")  # what a "mixed" bundle's experts may each be
 DENSE_LINEARS = ("float32", "int8")
 HEAD_NORM, HEAD_WEIGHT, HEAD_SCALE, EMBEDDING = "norm.weight", "head.weight", "head.scale", "embed.weight"
 GRAPH_LAYER_KEY, GRAPH_CONTRACT_KEY = "moedge.layer", "moedge.contract"  # ONNX metadata of each layer graph
@@ -67,20 +68,35 @@ class TensorEntry:
 
 
 @dataclass(frozen=True)
+class ExpertLayout:
+    """Where an expert's tensors sit inside its span, for one scheme, and the span's size."""
+
+    span_bytes: int
+    tensors: dict[str, TensorEntry]  # offsets relative to the start of a span
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"span_bytes": self.span_bytes, "tensors": {k: v.to_dict() for k, v in self.tensors.items()}}
+
+
+@dataclass(frozen=True)
 class ExpertsIndex:
-    """Experts of every MoE layer: each is one page-aligned span of `span_bytes` in `file`."""
+    """Experts of every MoE layer: each is one page-aligned span in `file`, laid out as its scheme says."""
 
     file: str
-    span_bytes: int
     group_size: int  # 0: one scale per output channel
-    tensors: dict[str, TensorEntry]  # offsets relative to the start of a span
+    layouts: dict[str, ExpertLayout]  # scheme -> layout, for the schemes the experts use
+    schemes: dict[int, tuple[str, ...]]  # layer -> scheme of each expert
     layers: dict[int, tuple[int, ...]]  # layer -> absolute offset of each expert's span
     checksums: dict[int, tuple[str, ...]]  # layer -> checksum of each expert's span (seeded by its slot)
 
+    def span_bytes(self, layer: int, expert: int) -> int:
+        """The size of one expert's span."""
+        return self.layouts[self.schemes[layer][expert]].span_bytes
+
     def to_dict(self) -> dict[str, Any]:
-        return {"file": self.file, "span_bytes": self.span_bytes, "alignment": PAGE,
-                "group_size": self.group_size,
-                "tensors": {k: v.to_dict() for k, v in self.tensors.items()},
+        return {"file": self.file, "alignment": PAGE, "group_size": self.group_size,
+                "layouts": {k: v.to_dict() for k, v in self.layouts.items()},
+                "schemes": {str(k): list(v) for k, v in self.schemes.items()},
                 "layers": {str(k): list(v) for k, v in self.layers.items()},
                 "checksums": {str(k): list(v) for k, v in self.checksums.items()}}
 
@@ -90,7 +106,7 @@ class Manifest:
     """Everything a bundle says about itself (see FORMAT.md)."""
 
     spec: ModelSpec
-    quant_scheme: str  # the experts' scheme, "int8", "int4" or "float32" (the LM head: int8, or float32)
+    quant_scheme: str  # the experts' scheme: "int8", "int4", "float32" or "mixed" (int4 or int8 per expert)
     group_size: int  # 0: one scale per output channel
     dense_linears: str  # "float32", or "int8": graph linears as MatMulNBits with int8 activations
     layer_graphs: tuple[str, ...]
@@ -135,8 +151,10 @@ def expert_span_layout(spec: ModelSpec, group_size: int, scheme: str) -> tuple[d
     (quant.SCHEMES), then their float32 scales, each 64-byte aligned; and the span's size, rounded up
     to a page."""
     d, i = spec.hidden_size, spec.expert_intermediate_size
-    groups_d, groups_i = (d // group_size, i // group_size) if group_size else (1, 1)
     stored = SCHEMES[scheme]
+    for width in (d, i):
+        stored.check_group(width, group_size)
+    groups_d, groups_i = (d // group_size, i // group_size) if group_size else (1, 1)
     shapes = {"gate": stored.stored_shape(i, d), "up": stored.stored_shape(i, d), "down": stored.stored_shape(d, i),
               "gate_scale": (i, groups_d), "up_scale": (i, groups_d), "down_scale": (d, groups_i)}
     layout, cursor = {}, 0
@@ -229,7 +247,7 @@ def _read_quantization(data: Any) -> tuple[str, int, str]:
     if type(group) is not int or group not in (0, *GROUP_SIZES):
         raise BundleError(f"manifest: quantization.group_size must be 0 or one of {list(GROUP_SIZES)}, got {group!r}")
     _require(scheme != "float32" or group == 0, "float32 weights have no group size (quantization.group_size 0)")
-    _require(not SCHEMES[scheme].needs_group or group > 0, f"{scheme} weights need a group size")
+    _require(scheme in ("float32", "int8") or group > 0, f"{scheme} weights need a group size")
     dense_linears = checks.choice(data["dense_linears"], "manifest: quantization.dense_linears", DENSE_LINEARS,
                                   BundleError)
     return scheme, group, dense_linears
@@ -278,39 +296,55 @@ def _read_head(data: Any, dense: dict[str, TensorEntry], spec: ModelSpec, scheme
 
 def _read_experts(data: Any, spec: ModelSpec, scheme: str, group: int, sizes: dict[str, int]) -> ExpertsIndex:
     where = "manifest: experts"
-    data = checks.record(data, where, ("file", "span_bytes", "alignment", "group_size", "tensors", "layers",
+    data = checks.record(data, where, ("file", "alignment", "group_size", "layouts", "schemes", "layers",
                                        "checksums"), (), BundleError)
     name = checks.plain_name(data["file"], f"{where}.file", BundleError)
     _require(data["alignment"] == PAGE and type(data["alignment"]) is int, f"experts.alignment must be {PAGE}")
     _require(data["group_size"] == group and type(data["group_size"]) is int,
              f"experts.group_size must equal quantization.group_size ({group})")
-    layout, span = expert_span_layout(spec, group, scheme)
-    tensors = checks.record(data["tensors"], f"{where}.tensors", EXPERT_TENSORS, (), BundleError)
-    for key in EXPERT_TENSORS:
-        entry = _tensor(tensors[key], f"{where}.tensors.{key}")
-        _require(entry == layout[key], f"experts.tensors.{key} is {entry.to_dict()}, the span layout of this "
-                                       f"model is {layout[key].to_dict()}")
-    _require(data["span_bytes"] == span and type(data["span_bytes"]) is int,
-             f"experts.span_bytes must be {span} for this model, got {data['span_bytes']!r}")
     keys = tuple(str(i) for i in spec.moe_layers)
+    n_experts = spec.routing.n_experts
+    allowed = MIXED_SCHEMES if scheme == "mixed" else (scheme,)
+    raw_schemes = checks.record(data["schemes"], f"{where}.schemes", keys, (), BundleError)
+    schemes = {int(key): tuple(checks.choice(s, f"{where}.schemes.{key}[i]", allowed, BundleError) for s in
+                               checks.array(raw_schemes[key], f"{where}.schemes.{key}", n_experts, BundleError))
+               for key in keys}
+    used = tuple(sorted({s for layer in schemes.values() for s in layer}))
+    layouts = {}
+    for s, raw in checks.record(data["layouts"], f"{where}.layouts", used, (), BundleError).items():
+        layout = checks.record(raw, f"{where}.layouts.{s}", ("span_bytes", "tensors"), (), BundleError)
+        try:
+            want, span = expert_span_layout(spec, group, s)
+        except ValueError as exc:
+            raise BundleError(f"manifest: {s} experts cannot have this model's shape: {exc}") from None
+        tensors = checks.record(layout["tensors"], f"{where}.layouts.{s}.tensors", EXPERT_TENSORS, (), BundleError)
+        for key in EXPERT_TENSORS:
+            entry = _tensor(tensors[key], f"{where}.layouts.{s}.tensors.{key}")
+            _require(entry == want[key], f"experts.layouts.{s}.tensors.{key} is {entry.to_dict()}, the span layout "
+                                         f"of this model is {want[key].to_dict()}")
+        _require(layout["span_bytes"] == span and type(layout["span_bytes"]) is int,
+                 f"experts.layouts.{s}.span_bytes must be {span} for this model, got {layout['span_bytes']!r}")
+        layouts[s] = ExpertLayout(span, want)
     raw_layers = checks.record(data["layers"], f"{where}.layers", keys, (), BundleError)
     raw_sums = checks.record(data["checksums"], f"{where}.checksums", keys, (), BundleError)
-    size, n_experts = sizes.get(name, 0), spec.routing.n_experts
-    layers, sums = {}, {}
+    size = sizes.get(name, 0)
+    layers, sums, spans = {}, {}, []
     for key in keys:
         offsets = checks.array(raw_layers[key], f"{where}.layers.{key}", n_experts, BundleError)
         for e, off in enumerate(offsets):
             checks.integer(off, f"{where}.layers.{key}[{e}]", 0, MAX_OFFSET, BundleError)
+            span = layouts[schemes[int(key)][e]].span_bytes
             if off < PAGE or off % PAGE or off + span > size:
                 raise BundleError(f"experts file {name}: expert {e} of layer {key} at offset {off} "
                                   f"is not a page-aligned span inside the {size}-byte file")
+            spans.append((off, span))
         layers[int(key)] = tuple(offsets)
         hexes = checks.array(raw_sums[key], f"{where}.checksums.{key}", n_experts, BundleError)
         sums[int(key)] = tuple(_checksum(h, f"{where}.checksums.{key}[i]") for h in hexes)
-    starts = sorted(off for offs in layers.values() for off in offs)
-    if any(b - a < span for a, b in zip(starts, starts[1:], strict=False)):
+    spans.sort()
+    if any(a + span > b for (a, span), (b, _) in zip(spans, spans[1:], strict=False)):
         raise BundleError(f"experts file {name}: expert spans overlap")
-    return ExpertsIndex(name, span, group, layout, layers, sums)
+    return ExpertsIndex(name, group, layouts, schemes, layers, sums)
 
 
 def _checksum(value: Any, where: str) -> str:

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from numba import njit
 
+from ..quant import SCHEMES
 from . import numba_cache  # noqa: F401  (first: it says where the kernels' cache lives)
 from .bundle import DTYPES, EXPERT_TENSORS, EXPERTS_HEADER, ExpertsIndex, check_experts_header
 from .errors import BundleError
@@ -45,34 +46,40 @@ def _count(hits, touched, mapped, last_use, clock, ids):
 
 
 @njit(cache=True)
-def _least_recently_used(mapped, last_use, keep):
-    """Flat indices of the mapped experts to release so that at most `keep` stay mapped."""
+def _least_recently_used(mapped, last_use, spans, budget):
+    """Flat indices of the mapped experts to release so that at most `budget` bytes of spans stay mapped."""
     victims = []
-    count = 0
+    held = 0
     for i in range(mapped.size):
-        count += mapped[i]
-    while count > keep:
+        held += spans[i] * mapped[i]
+    while held > budget:
         oldest = -1
         for i in range(mapped.size):
             if mapped[i] and (oldest < 0 or last_use[i] < last_use[oldest]):
                 oldest = i
         mapped[oldest] = False
         victims.append(oldest)
-        count -= 1
+        held -= spans[oldest]
     return victims
 
 
-def layer_bytes(experts_map, index: ExpertsIndex, span_offsets: np.ndarray, spec: ModelSpec) -> ExpertBytes:
+def layer_bytes(experts_map, index: ExpertsIndex, span_offsets: np.ndarray, layer: int, spec: ModelSpec) -> ExpertBytes:
     """The kernels' view of one layer's experts (`span_offsets`: [E] byte offset of each span)."""
-    weights = np.frombuffer(experts_map, dtype=DTYPES[index.tensors["gate"].dtype])
-    item = weights.itemsize
-    offset = np.array([index.tensors[name].offset for name in EXPERT_TENSORS], dtype=np.int64)  # bytes in a span
+    schemes = index.schemes[layer]
+    wide = next((s for s in schemes if s != "int4"), "int4")  # int8 or float32 codes, one per element
+    views = {s: np.frombuffer(experts_map, dtype=DTYPES[SCHEMES[s].code_dtype]) for s in {wide, "int4"}}
+    offsets = np.zeros((2, len(EXPERT_TENSORS)), dtype=np.int64)  # [wide, int4] × tensors: bytes in a span
+    for kind, s in enumerate((wide, "int4")):
+        if s in index.layouts:
+            offsets[kind] = [index.layouts[s].tensors[name].offset for name in EXPERT_TENSORS]
+    item = views[wide].itemsize
     group = index.group_size
-    return ExpertBytes(weights=weights, scales=np.frombuffer(experts_map, dtype=np.float32),
-                       weight_start=span_offsets // item, scale_start=span_offsets // 4,
-                       weight_offset=offset[:3] // item, scale_offset=offset[3:] // 4,
-                       group_hidden=group or spec.hidden_size, group_inner=group or spec.expert_intermediate_size,
-                       codes_per_byte=2 if weights.dtype == np.uint8 else 1)
+    return ExpertBytes(weights=views[wide], packed=views["int4"] if "int4" in schemes else views[wide],
+                       scales=np.frombuffer(experts_map, dtype=np.float32),
+                       kinds=np.array([s == "int4" for s in schemes], dtype=np.int64),
+                       weight_start=span_offsets, scale_start=span_offsets // 4,
+                       weight_offset=offsets[:, :3], scale_offset=offsets[:, 3:] // 4, item=item,
+                       group_hidden=group or spec.hidden_size, group_inner=group or spec.expert_intermediate_size)
 
 
 class ExpertStore:
@@ -90,11 +97,13 @@ class ExpertStore:
         self.path = path
         self.checksums = index.checksums if verify else None
         self._bytes = np.frombuffer(self._map, dtype=np.uint8)  # checksums hash the span in place
-        self.span_bytes = index.span_bytes
         self.offsets = np.full((n_layers, n_experts), -1, dtype=np.int64)  # byte offset of each span
+        self.spans = np.zeros((n_layers, n_experts), dtype=np.int64)  # its size (0 outside MoE layers)
         for layer, offsets in index.layers.items():
             self.offsets[layer] = offsets
-        self.layers = {layer: layer_bytes(self._map, index, self.offsets[layer], spec) for layer in index.layers}
+            self.spans[layer] = [index.span_bytes(layer, e) for e in range(n_experts)]
+        self.layers = {layer: layer_bytes(self._map, index, self.offsets[layer], layer, spec)
+                       for layer in index.layers}
         self.hits = np.zeros((n_layers, n_experts), dtype=np.int64)
         self.touched = np.zeros((n_layers, n_experts), dtype=bool)
         self.prefetched = np.zeros((n_layers, n_experts), dtype=bool)  # and not released since
@@ -102,7 +111,7 @@ class ExpertStore:
         self._lock = threading.Lock()
         self.last_use = np.zeros((n_layers, n_experts), dtype=np.int64)
         self._clock = 0
-        self.budget_spans = None if budget_bytes is None else budget_bytes // index.span_bytes
+        self.budget_bytes = budget_bytes
         self.releases = 0
 
     @property
@@ -111,7 +120,7 @@ class ExpertStore:
 
     @property
     def bytes_touched(self) -> int:
-        return self.first_touches * self.span_bytes
+        return int(self.spans[self.touched].sum())
 
     @property
     def address(self) -> int:
@@ -130,19 +139,19 @@ class ExpertStore:
             self._clock += 1
             for e in _count(self.hits[layer], self.touched[layer], self.prefetched[layer], self.last_use[layer],
                             self._clock, ids):
-                self._map.madvise(mmap.MADV_WILLNEED, int(self.offsets[layer, e]), self.span_bytes)
+                self._map.madvise(mmap.MADV_WILLNEED, int(self.offsets[layer, e]), int(self.spans[layer, e]))
                 if self.checksums is not None and not self.verified[layer, e]:
                     self._verify(layer, e)
-            if self.budget_spans is not None:
+            if self.budget_bytes is not None:
                 for flat in _least_recently_used(self.prefetched.reshape(-1), self.last_use.reshape(-1),
-                                                 self.budget_spans):
-                    self._map.madvise(MADV_PAGEOUT, int(self.offsets.flat[flat]), self.span_bytes)
+                                                 self.spans.reshape(-1), self.budget_bytes):
+                    self._map.madvise(MADV_PAGEOUT, int(self.offsets.flat[flat]), int(self.spans.flat[flat]))
                     self.releases += 1
 
     def _verify(self, layer: int, e: int) -> None:
         start = int(self.offsets[layer, e])
         try:
-            check_expert(self._bytes[start:start + self.span_bytes], layer, e, self.checksums[layer][e],
+            check_expert(self._bytes[start:start + self.spans[layer, e]], layer, e, self.checksums[layer][e],
                          self.path.name)
         except BundleError:
             self.prefetched[layer, e] = False  # checked again if routed to again

@@ -29,27 +29,35 @@ GATE, UP, DOWN = 0, 1, 2  # an expert's matrices, in span order
 
 
 class ExpertBytes(NamedTuple):
-    """Where one MoE layer's experts are in the mapped experts file, in the units the kernels index."""
+    """Where one MoE layer's experts are in the mapped experts file, in the units the kernels index.
 
-    weights: np.ndarray  # the whole file viewed in the codes' dtype
+    Each expert is of one of two kinds: 0 reads `weights` (int8, or float32 unquantized), 1 reads
+    `packed` (int4). A layer whose experts are all of one kind has `packed` = `weights`, so numba
+    compiles one path for it.
+    """
+
+    weights: np.ndarray  # the whole file viewed in the wide codes' dtype (int8 or float32; uint8 if all int4)
+    packed: np.ndarray  # the whole file as uint8 for int4 experts (or `weights` again)
     scales: np.ndarray  # the whole file viewed as float32
-    weight_start: np.ndarray  # [E] int64: index in `weights` of each expert's span
+    kinds: np.ndarray  # [E] int64: 0 wide, 1 int4
+    weight_start: np.ndarray  # [E] int64: byte offset of each expert's span
     scale_start: np.ndarray  # [E] int64: index in `scales` of each expert's span
-    weight_offset: np.ndarray  # [3] int64: GATE, UP, DOWN weights inside a span (in `weights` elements)
-    scale_offset: np.ndarray  # [3] int64: their scales inside a span (in float32 elements)
+    weight_offset: np.ndarray  # [2, 3] int64: GATE, UP, DOWN codes inside a span of each kind, in bytes
+    scale_offset: np.ndarray  # [2, 3] int64: their scales inside a span (in float32 elements)
+    item: int  # bytes per element of `weights`
     group_hidden: int  # scale group along the hidden dimension D (GATE, UP rows); D for one per channel
     group_inner: int  # scale group along the expert's inner dimension I (DOWN rows); I for one per channel
-    codes_per_byte: int  # 2 for int4, else 1
 
 
 @njit(cache=True, error_model="numpy", inline="always")
-def _matrix(b, expert, part, rows, cols, group):
-    """(codes [rows, cols/group, ...] (see `kernel_codes`), scales [rows, cols/group]) of matrix `part` of `expert`."""
+def _matrix(codes, item, b, kind, expert, part, rows, cols, group):
+    """(codes [rows, cols/group, ...] (see `kernel_codes`), scales [rows, cols/group]) of matrix `part` of
+    `expert`, read from `codes` (`b.weights` with `item` bytes per element, or `b.packed`)."""
     n = cols // group
-    w0 = b.weight_start[expert] + b.weight_offset[part]
-    s0 = b.scale_start[expert] + b.scale_offset[part]
-    codes = codes_view(b.weights[w0:w0 + rows * cols // b.codes_per_byte], rows, n, group)
-    return codes, b.scales[s0:s0 + rows * n].reshape(rows, n)
+    w0 = (b.weight_start[expert] + b.weight_offset[kind, part]) // item
+    s0 = b.scale_start[expert] + b.scale_offset[kind, part]
+    count = rows * cols // (2 if kind == 1 else 1)
+    return codes_view(codes[w0:w0 + count], rows, n, group), b.scales[s0:s0 + rows * n].reshape(rows, n)
 
 
 @njit(cache=True, error_model="numpy", fastmath=True, inline="always")
@@ -81,14 +89,23 @@ def dot_rows4(w3, s2, x2, r0, r1, r2, r3):
 
 @njit(cache=True, error_model="numpy", fastmath=True)
 def _expert_into(x, b, expert, weight, hidden, out):
-    """out[D] += weight · expert(x[D]) (GATE, UP [I, D]; DOWN [D, I]); hidden is scratch [I].
+    """out[D] += weight · expert(x[D]) (GATE, UP [I, D]; DOWN [D, I]); hidden is scratch [I]."""
+    if b.kinds[expert] == 1:
+        _expert_rows(x, b.packed, 1, b, 1, expert, weight, hidden, out)
+    else:
+        _expert_rows(x, b.weights, b.item, b, 0, expert, weight, hidden, out)
+
+
+@njit(cache=True, error_model="numpy", fastmath=True)
+def _expert_rows(x, codes, item, b, kind, expert, weight, hidden, out):
+    """`_expert_into` for an expert whose codes are in `codes`.
 
     Rows r and r + I/2 of GATE and UP go together, and rows r + c·D/4 of DOWN: four streams each.
     """
     d, i = x.shape[0], hidden.shape[0]
-    g3, gs = _matrix(b, expert, GATE, i, d, b.group_hidden)
-    u3, us = _matrix(b, expert, UP, i, d, b.group_hidden)
-    d3, ds = _matrix(b, expert, DOWN, d, i, b.group_inner)
+    g3, gs = _matrix(codes, item, b, kind, expert, GATE, i, d, b.group_hidden)
+    u3, us = _matrix(codes, item, b, kind, expert, UP, i, d, b.group_hidden)
+    d3, ds = _matrix(codes, item, b, kind, expert, DOWN, d, i, b.group_inner)
     x2 = x.reshape(d // b.group_hidden, b.group_hidden)
     half = i // 2
     for r in range(half):
@@ -145,10 +162,15 @@ def dequantize(b, expert, part, out):
     """out[rows, cols] = matrix `part` of `expert`, its weights times their scales."""
     rows, cols = out.shape
     group = b.group_inner if part == DOWN else b.group_hidden
-    w3, s2 = _matrix(b, expert, part, rows, cols, group)
     out3 = out.reshape(rows, cols // group, group)
-    for r in prange(rows):
-        row_values(w3, s2, r, out3[r])
+    if b.kinds[expert] == 1:
+        w4, s4 = _matrix(b.packed, 1, b, 1, expert, part, rows, cols, group)
+        for r in prange(rows):
+            row_values(w4, s4, r, out3[r])
+    else:
+        w3, s3 = _matrix(b.weights, b.item, b, 0, expert, part, rows, cols, group)
+        for r in prange(rows):
+            row_values(w3, s3, r, out3[r])
 
 
 @njit(cache=True, error_model="numpy", fastmath=True, parallel=True)

@@ -27,7 +27,9 @@ from .weights import Weights
 
 def _check_budget(manifest: Manifest, expert_budget: int | None) -> None:
     if expert_budget is not None and manifest.experts is not None:
-        needed = manifest.experts.span_bytes * manifest.spec.routing.top_k
+        x = manifest.experts
+        needed = max(x.span_bytes(layer, e) for layer in x.layers for e in range(len(x.layers[layer])))
+        needed *= manifest.spec.routing.top_k
         if expert_budget < needed:
             raise InputError(f"an expert budget of {expert_budget} bytes is below the {needed} bytes of the "
                              f"top-{manifest.spec.routing.top_k} experts one layer needs at once")

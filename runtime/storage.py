@@ -37,7 +37,8 @@ def storage(manifest: Manifest) -> list[Part]:
         count = sum(len(offsets) for offsets in x.layers.values())
         per_expert = 3 * spec.hidden_size * spec.expert_intermediate_size
         group = f"group {x.group_size}" if x.group_size else "per channel"
-        parts.append(Part("experts", f"{manifest.quant_scheme} {group}", count * per_expert, count * x.span_bytes))
+        spans = sum(x.span_bytes(layer, e) for layer, offsets in x.layers.items() for e in range(len(offsets)))
+        parts.append(Part("experts", f"{manifest.quant_scheme} {group}", count * per_expert, spans))
     linears = [n for n in dense_linear_names(spec) if n in tensors]
     scales = [f"{n}_scale" for n in linears if f"{n}_scale" in tensors]
     weights = sum(_elements(tensors[n].shape) for n in linears)  # int8 codes [out, in/b, b]: one per weight

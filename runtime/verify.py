@@ -62,8 +62,8 @@ def verify_bundle(path: str | Path) -> list[str]:
                 check_experts_header(experts[:EXPERTS_HEADER.size], bundle.path / index.file)
                 for layer, offsets in index.layers.items():
                     for e, offset in enumerate(offsets):
-                        check_expert(experts[offset:offset + index.span_bytes], layer, e, index.checksums[layer][e],
-                                     index.file)
+                        span = experts[offset:offset + index.span_bytes(layer, e)]
+                        check_expert(span, layer, e, index.checksums[layer][e], index.file)
             lines.append(f"{index.file}: {sum(map(len, index.layers.values()))} expert spans ok")
     return lines
 

@@ -135,9 +135,9 @@ def mutate_manifest_bytes(rng: random.Random, bundle: Path) -> str:
     elif kind == "truncate":
         raw = raw[:rng.randrange(len(raw))]
     elif kind == "deep":
-        raw = b'{"format": "moedge-bundle", "format_version": 2, "model": ' + b"[" * 100000 + b"]" * 100000 + b"}"
+        raw = b'{"format": "moedge-bundle", "format_version": 3, "model": ' + b"[" * 100000 + b"]" * 100000 + b"}"
     elif kind == "bigint":
-        raw = raw.replace(b'"format_version": 2', b'"format_version": ' + b"9" * 5000, 1)
+        raw = raw.replace(b'"format_version": 3', b'"format_version": ' + b"9" * 5000, 1)
     elif kind == "nan":
         raw = raw.replace(b'"norm_eps": ', b'"norm_eps": NaN, "x": ', 1)
     elif kind == "not object":

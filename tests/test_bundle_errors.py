@@ -40,13 +40,16 @@ def _set(path, value):
 
 @pytest.mark.parametrize("change, message", [
     (_set(["format_version"], 99), "format version 99 is not supported"),
-    (_set(["format_version"], "2"), "format version '2' is not supported"),
+    (_set(["format_version"], "3"), "format version '3' is not supported"),
+    (_set(["format_version"], 2), "format version 2 is not supported"),
     (_set(["experts", "layers", "1", 3], 4096 * 10 ** 6), "expert 3 of layer 1 at offset"),
     (_set(["experts", "layers", "1", 2], 4096 + 8), "page-aligned"),
     (lambda d: d["experts"]["layers"]["2"].__setitem__(0, d["experts"]["layers"]["2"][1]), "overlap"),
-    (_set(["experts", "tensors", "gate", "shape"], [7, 7]), "the span layout of this model"),
-    (_set(["experts", "tensors", "up", "offset"], 64), "the span layout of this model"),
-    (_set(["experts", "span_bytes"], 8192 * 8), "experts.span_bytes must be"),
+    (_set(["experts", "layouts", "int8", "tensors", "gate", "shape"], [7, 7]), "the span layout of this model"),
+    (_set(["experts", "layouts", "int8", "tensors", "up", "offset"], 64), "the span layout of this model"),
+    (_set(["experts", "layouts", "int8", "span_bytes"], 8192 * 8), "experts.layouts.int8.span_bytes must be"),
+    (_set(["experts", "schemes", "1", 2], "int4"), "must be one of"),  # an int8 bundle holds int8 experts
+    (_set(["experts", "schemes", "1"], ["int8"] * 7), "must have 8"),
     (_set(["experts", "checksums", "1", 0], "not hex"), "32 lowercase hex digits"),
     (_set(["dense", "tensors", "embed.weight", "offset"], 4096 * 10 ** 6), "outside"),
     (_set(["dense", "tensors", "embed.weight", "offset"], 4100), "not 4096-byte aligned"),

@@ -128,7 +128,7 @@ def test_bundle_errors_are_one_line_through_the_cli(tmp_path, capsys):
     from moedge.cli.main import main
 
     (tmp_path / "b.moedge").mkdir()
-    (tmp_path / "b.moedge" / "manifest.json").write_text('{"format": "moedge-bundle", "format_version": 2}')
+    (tmp_path / "b.moedge" / "manifest.json").write_text('{"format": "moedge-bundle", "format_version": 3}')
     assert main(["inspect", str(tmp_path / "b.moedge")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("moedge: error: ") and "\n" not in err and "lacks the field(s)" in err

@@ -13,7 +13,7 @@ FORMAT = (Path(__file__).resolve().parents[1] / "FORMAT.md").read_text()
 def _keys(node, prefix=""):
     if isinstance(node, dict):
         for key, value in node.items():
-            if prefix.endswith(("tensors.", "layers.", "checksums.", "files.")):
+            if prefix.endswith(("tensors.", "layers.", "checksums.", "files.", "schemes.")):
                 continue  # names of tensors, layers and files: data, not fields
             yield key
             yield from _keys(value, f"{prefix}{key}.")

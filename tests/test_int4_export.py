@@ -21,15 +21,16 @@ def test_int4_bundle_is_described_and_smaller(checkpoints, tmp_path):
     int4 = export(checkpoints["ok"], tmp_path / "int4.moedge", bits=4, show_progress=False)
     int8 = export(checkpoints["ok"], tmp_path / "int8.moedge", group_size=32, show_progress=False)
     assert (int4.quant_scheme, int4.group_size, int4.dense_linears) == ("int4", 32, "int8")  # group 32 by default
-    assert int4.experts.tensors["gate"].dtype == "uint8" and int4.experts.tensors["gate"].shape == (64, 32)
-    codes = sum(int4.experts.tensors[p].nbytes for p in ("gate", "up", "down"))
-    assert 2 * codes == sum(int8.experts.tensors[p].nbytes for p in ("gate", "up", "down"))
-    assert read_manifest(tmp_path / "int4.moedge").experts.span_bytes <= int8.experts.span_bytes
+    int4_layout, int8_layout = int4.experts.layouts["int4"].tensors, int8.experts.layouts["int8"].tensors
+    assert int4_layout["gate"].dtype == "uint8" and int4_layout["gate"].shape == (64, 32)
+    codes = sum(int4_layout[p].nbytes for p in ("gate", "up", "down"))
+    assert 2 * codes == sum(int8_layout[p].nbytes for p in ("gate", "up", "down"))
+    assert read_manifest(tmp_path / "int4.moedge").experts.span_bytes(1, 0) <= int8.experts.span_bytes(1, 0)
     experts, linears, head, _ = storage(int4)
     spec = int4.spec
     assert experts.weights == spec.n_layers * spec.routing.n_experts * 3 * spec.hidden_size * 64
-    assert experts.nbytes == spec.n_layers * spec.routing.n_experts * int4.experts.span_bytes
-    assert (linears.stored, head.stored) == ("int8", "int8") and head.bits_per_weight == 8 + 32 / 32
+    assert experts.nbytes == spec.n_layers * spec.routing.n_experts * int4.experts.layouts["int4"].span_bytes
+    assert (linears.stored, head.stored) == ("int8", "int8 group 32") and head.bits_per_weight == 8 + 32 / 32
 
 
 @pytest.mark.parametrize(("name", "kwargs", "message"), [

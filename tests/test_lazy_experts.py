@@ -12,7 +12,7 @@ from moedge.runtime.tools.residency import resident_pages
 
 def expert_pages(store, layer, expert):
     start = store.offsets[layer, expert] // mmap.PAGESIZE
-    return set(range(start, start + store.span_bytes // mmap.PAGESIZE))
+    return set(range(start, start + int(store.spans[layer, expert]) // mmap.PAGESIZE))
 
 
 def test_load_reads_no_expert_and_decode_touches_only_routed_ones(exported):
@@ -34,7 +34,7 @@ def test_load_reads_no_expert_and_decode_touches_only_routed_ones(exported):
     for layer, ids in routing.trace:
         np.add.at(counts[layer], ids.ravel(), 1)
     np.testing.assert_array_equal(store.hits, counts)
-    assert store.bytes_touched == len(routed) * store.span_bytes
+    assert store.bytes_touched == len(routed) * int(store.spans.max())
     assert len(routed) < model.spec.n_layers * model.spec.routing.n_experts  # some experts never used
 
     resident = set(np.flatnonzero(resident_pages(store.address, store.size)))

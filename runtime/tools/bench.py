@@ -52,6 +52,7 @@ def step_bytes(manifest: Manifest) -> dict[str, int]:
     """Bytes of weights one decode step reads: dense graphs, the head, k experts per MoE layer.
 
     The embedding counts one row (the lookup) unless the head reads the whole of it.
+    Experts count top-k per MoE layer at the layer's mean expert size (a mixed bundle's experts differ).
     """
     spec = manifest.spec
     used = {name for name in manifest.dense_tensors if name != EMBEDDING} | set(manifest.head.values())
@@ -60,8 +61,9 @@ def step_bytes(manifest: Manifest) -> dict[str, int]:
         dense += manifest.dense_tensors[EMBEDDING].nbytes // spec.vocab_size
     experts = 0
     if manifest.experts is not None:
-        per_expert = sum(t.nbytes for t in manifest.experts.tensors.values())
-        experts = per_expert * spec.routing.top_k * len(manifest.experts.layers)
+        x = manifest.experts
+        size = {s: sum(t.nbytes for t in layout.tensors.values()) for s, layout in x.layouts.items()}
+        experts = round(sum(spec.routing.top_k * np.mean([size[s] for s in x.schemes[layer]]) for layer in x.layers))
     return {"dense": dense, "experts": experts, "total": dense + experts}
 
 
