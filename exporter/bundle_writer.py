@@ -26,6 +26,7 @@ from ..runtime.spec import ModelSpec
 from .dense_writer import DENSE_FILE, write_dense
 from .experts_writer import EXPERTS_FILE, write_experts
 from .full_graph import write_full_graph
+from .mixed_precision import mixed_schemes
 from .onnx_graphs import layer_graph
 from .options import ExportOptions
 from .output import write_atomically
@@ -63,7 +64,10 @@ def write_bundle_files(source: Source, root: Path, options: ExportOptions) -> Ma
         graphs = _write_graphs(spec, root, dense, contract, progress)
         experts, report = (None, {})
         if spec.is_moe:
-            experts, report = write_experts(source, root / EXPERTS_FILE, options, progress)
+            schemes = None
+            if options.scheme == "mixed":
+                schemes = mixed_schemes(source, options.int8_fraction, options.group, options.calibration)
+            experts, report = write_experts(source, root / EXPERTS_FILE, options, progress, schemes)
     tokenizer = None
     if source.tokenizer_file is not None:
         tokenizer = "tokenizer.json"

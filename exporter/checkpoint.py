@@ -65,7 +65,11 @@ def read_checkpoint(folder: Path) -> Source:
 
 def load_model(folder: str | Path) -> Transformer:
     """The PyTorch model of a checkpoint folder (the fp32 reference)."""
-    source = read_checkpoint(Path(folder))
+    return source_model(read_checkpoint(Path(folder)))
+
+
+def source_model(source: Source) -> Transformer:
+    """The float32 PyTorch model of any export source (ours or a Hugging Face adapter's)."""
     model = Transformer(source.spec)
     model.load_state_dict({k: torch.from_numpy(source.get(k)) for k in model.state_dict()})
     return model.eval()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..quant import GROUP_SIZES, SCHEMES
 from ..runtime.spec import ModelSpec
@@ -15,6 +16,8 @@ DEFAULT_INT4_GROUP = 32
 class ExportOptions:
     """`bits`: 8 (int8 experts, the default) or 4 (int4 experts, per group: 32 unless `group_size` says);
     `group_size`: scales per group of that many inputs (None: one per output channel, int8 only);
+    `int8_fraction`: with bits 4, the share of experts kept int8 (a mixed bundle, chosen on `calibration`
+    text, see `mixed_precision`);
     `float_experts`: keep every weight float32 (no quantization); `float_dense`: keep the attention and
     dense-FFN matrices float32 while experts and head are int8 (by default they are int8 too, run as
     MatMulNBits, when every input dimension is a multiple of 16); `full_graph`: add a whole-model graph
@@ -22,6 +25,8 @@ class ExportOptions:
 
     group_size: int | None = None
     bits: int = 8
+    int8_fraction: float = 0.0
+    calibration: Path | None = None
     float_experts: bool = False
     float_dense: bool = False
     full_graph: bool = False
@@ -35,6 +40,13 @@ class ExportOptions:
             raise ExportError(f"--bits must be 4 or 8, got {self.bits}")
         if self.float_experts and (self.group_size or self.bits != 8):
             raise ExportError("--float-experts keeps every weight float32: no --group-size or --bits")
+        if not 0.0 <= self.int8_fraction < 1.0 or (self.int8_fraction and self.bits != 4):
+            raise ExportError("--int8-budget is the share of experts kept int8 in a 4-bit export: "
+                              "0 <= it < 1, with --bits 4")
+        if self.calibration is not None and not self.int8_fraction:
+            raise ExportError("--calibration chooses the int8 experts of --int8-budget: give both")
+        if self.full_graph and self.bits != 8:
+            raise ExportError("--full-graph reads int8 or float32 experts, not int4")
 
     @property
     def quantize(self) -> bool:
@@ -43,8 +55,8 @@ class ExportOptions:
 
     @property
     def scheme(self) -> str:
-        """The experts' scheme (quant.SCHEMES): float32, int8 or int4."""
-        return "float32" if self.float_experts else f"int{self.bits}"
+        """The experts' scheme: float32, int8, int4 (quant.SCHEMES) or mixed (int4 and int8 experts)."""
+        return "float32" if self.float_experts else "mixed" if self.int8_fraction else f"int{self.bits}"
 
     @property
     def group(self) -> int:
@@ -57,7 +69,7 @@ class ExportOptions:
             return
         try:
             for width in (spec.hidden_size, spec.expert_intermediate_size):
-                SCHEMES[self.scheme].check_group(width, self.group)
+                SCHEMES["int4" if self.scheme == "mixed" else self.scheme].check_group(width, self.group)
         except ValueError as exc:
             raise ExportError(f"cannot quantize experts: {exc}") from None
 
