@@ -103,25 +103,25 @@ def inspect(bundle: str, verify: bool = False) -> None:
 
 
 def bench(bundle: str, threads: list[int], prompt_tokens: int = 128, new_tokens: int = 64, repeat: int = 3,
-          seed: int = 0, json_path: str | None = None, plot: str | None = None, peers: bool = False,
+          seed: int = 0, json_path: str | None = None, plot: str | None = None, peers: list[str] | None = None,
           cold: bool = True) -> None:
     """Benchmark a bundle: decode latency vs the memory-bandwidth roofline, prefill, cold start, memory."""
     import json
 
     if plot:
         require("matplotlib", purpose="bench --plot")
-    if peers:
+    if peers is not None:
         require("torch", "onnx", purpose="bench --peers")
     from moedge.runtime.tools.bench import bench as run_bench
     from moedge.runtime.tools.bench_report import format_report
 
     report = run_bench(bundle, threads, prompt_tokens=prompt_tokens, new_tokens=new_tokens, repeat=repeat,
                        seed=seed, cold=cold)
-    if peers:
+    if peers is not None:
         from moedge.exporter.peers import measure_peers  # needs torch/onnx: export side
 
         report["peers"] = measure_peers(bundle, threads, prompt_tokens=prompt_tokens, new_tokens=new_tokens,
-                                        seed=seed, ours=report)
+                                        seed=seed, ours=report, names=peers or None)
     print(format_report(report))
     if json_path:
         with open(json_path, "w") as f:

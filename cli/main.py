@@ -7,7 +7,7 @@ import signal
 import sys
 
 from moedge.runtime.errors import MoedgeError
-from moedge.runtime.tools.bench import WARMUP_TOKENS
+from moedge.runtime.tools.bench import PEERS, WARMUP_TOKENS
 
 from . import commands
 from .options import integer, number, output_file
@@ -70,7 +70,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="write the full report here")
     p.add_argument("--plot", type=output_file(".png"), default=None, metavar="FILE.png",
                    help="draw latency and breakdown")
-    p.add_argument("--peers", action="store_true", help="also measure onnxruntime full-graph and PyTorch eager")
+    p.add_argument("--peers", nargs="*", choices=PEERS, default=None, metavar="PEER",
+                   help=f"also measure these peers on the same weights ({', '.join(PEERS)}; none named: all)")
     p.add_argument("--no-cold-start", dest="cold", action="store_false",
                    help="skip the fresh-process time-to-first-token runs")
 

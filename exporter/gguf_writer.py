@@ -1,7 +1,8 @@
 """A bundle's weights as a GGUF file, so llama.cpp can run the very same model (`moedge bench --peers`).
 
 Every tensor is the bundle's own (int8 experts, head and dense linears dequantized), re-quantized to
-a GGUF type (Q8_0 by default: llama.cpp's int8, one scale per 32 weights). Two GGUF architectures
+a GGUF type (Q8_0 by default: llama.cpp's int8, one scale per 32 weights; Q4_0 for 4-bit bundles:
+the same grid as our int4 group 32, with a float16 scale). Two GGUF architectures
 cover the canonical models this can express exactly: "llama" (dense or Mixtral-style MoE; q and k rows
 permuted to llama.cpp's interleaved RoPE, as `convert_hf_to_gguf.py` does) and "olmoe" (q/k norm over
 all heads, un-normalised top-k weights). The vocabulary is placeholder strings: peers are fed token ids.
@@ -94,7 +95,8 @@ def write_gguf(root: Path, manifest: Manifest, out: Path,
     spec = manifest.spec
     arch = gguf_architecture(spec)
     file_type = {gguf.GGMLQuantizationType.F32: gguf.LlamaFileType.ALL_F32,
-                 gguf.GGMLQuantizationType.Q8_0: gguf.LlamaFileType.MOSTLY_Q8_0}[qtype]
+                 gguf.GGMLQuantizationType.Q8_0: gguf.LlamaFileType.MOSTLY_Q8_0,
+                 gguf.GGMLQuantizationType.Q4_0: gguf.LlamaFileType.MOSTLY_Q4_0}[qtype]
     writer = gguf.GGUFWriter(str(out), arch)
     _metadata(writer, spec, file_type)
     for name, tensor in bundle_float_tensors(root, manifest):

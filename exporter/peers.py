@@ -15,13 +15,14 @@ import tempfile
 import time
 from pathlib import Path
 
+import gguf
 import numpy as np
 import onnxruntime as ort
 import torch
 
 from ..runtime.bundle import Manifest, read_manifest
 from ..runtime.rope import rope_rotation
-from ..runtime.tools.bench import WARMUP_TOKENS
+from ..runtime.tools.bench import PEERS, WARMUP_TOKENS
 from .bundle_weights import bundle_float_tensors
 from .full_graph import write_full_graph
 from .gguf_writer import gguf_architecture, write_gguf
@@ -94,9 +95,12 @@ def torch_eager_ms(root: Path, manifest: Manifest, threads: int, prompt, tokens)
 
 
 def llama_cpp_runs(root: Path, manifest: Manifest, threads: list[int], prompt, tokens) -> list[dict]:
-    """llama.cpp on the bundle's weights as GGUF Q8_0, at each thread count: decode ms/token (median) and
-    prefill tokens/s; a row saying why not when llama-cpp-python is missing or the model has no GGUF form."""
-    name = "llama.cpp-q8_0"
+    """llama.cpp on the bundle's weights as GGUF (Q8_0; Q4_0 for int4 and mixed bundles), at each thread
+    count: decode ms/token (median) and prefill tokens/s; a row saying why not when llama-cpp-python is
+    missing or the model has no GGUF form."""
+    qtype = gguf.GGMLQuantizationType.Q8_0 if manifest.quant_scheme in ("int8", "float32") else \
+        gguf.GGMLQuantizationType.Q4_0
+    name = f"llama.cpp-{qtype.name.lower()}"
     try:
         from llama_cpp import Llama
 
@@ -106,7 +110,7 @@ def llama_cpp_runs(root: Path, manifest: Manifest, threads: list[int], prompt, t
         return [{"name": name, "threads": n, "skipped": why} for n in threads]
     runs = []
     with tempfile.TemporaryDirectory(dir=root.parent, prefix=".peer-") as tmp:
-        path = write_gguf(root, manifest, Path(tmp) / "model.gguf")
+        path = write_gguf(root, manifest, Path(tmp) / "model.gguf", qtype)
         for n in threads:
             llm = Llama(str(path), n_ctx=len(prompt) + len(tokens) + 1, n_batch=len(prompt), n_ubatch=len(prompt),
                         n_threads=n, n_threads_batch=n, verbose=False)
@@ -120,18 +124,23 @@ def llama_cpp_runs(root: Path, manifest: Manifest, threads: list[int], prompt, t
 
 
 def measure_peers(bundle: str | Path, threads: list[int], prompt_tokens: int, new_tokens: int, seed: int,
-                  ours: dict) -> list[dict]:
-    """Each peer at each thread count, as ms/token and the ratio to our median at that count (and, for
-    llama.cpp, prefill tokens/s and its ratio to ours)."""
+                  ours: dict, names: list[str] | None = None) -> list[dict]:
+    """Each peer of `names` (default: all of `PEERS`) at each thread count, as ms/token and the ratio to our
+    median at that count (and, for llama.cpp, prefill tokens/s and its ratio to ours)."""
     root = Path(bundle)
     manifest = read_manifest(root)
     prompt, tokens = _token_stream(manifest.spec.vocab_size, prompt_tokens, new_tokens, seed)
     our = {r["threads"]: r for r in ours["results"]}
     peers = []
+    names = names or PEERS
     for name, run in (("onnxruntime-full-graph", ort_full_graph_ms), ("pytorch-eager", torch_eager_ms)):
-        for n in threads:
-            peers.append({"name": name, "threads": n, "decode_ms_median": run(root, manifest, n, prompt, tokens)})
-    peers += llama_cpp_runs(root, manifest, threads, prompt, tokens)
+        for n in threads if name in names else ():
+            try:
+                peers.append({"name": name, "threads": n, "decode_ms_median": run(root, manifest, n, prompt, tokens)})
+            except ExportError as exc:  # e.g. no full graph of int4 experts
+                peers.append({"name": name, "threads": n, "skipped": str(exc)})
+    if "llama.cpp" in names:
+        peers += llama_cpp_runs(root, manifest, threads, prompt, tokens)
     for peer in peers:
         if "decode_ms_median" in peer:
             peer["ratio_to_ours"] = peer["decode_ms_median"] / our[peer["threads"]]["decode_ms_median"]

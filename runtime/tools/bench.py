@@ -26,6 +26,7 @@ from ..model import Model
 from .bandwidth import read_bandwidth
 
 WARMUP_TOKENS = 4
+PEERS = ("onnxruntime-full-graph", "pytorch-eager", "llama.cpp")  # `moedge bench --peers` (exporter/peers.py)
 PARTS = ("dense", "routing", "experts", "head")
 
 
