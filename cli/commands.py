@@ -40,6 +40,8 @@ def run(bundle: str, prompt: str, n: int = 64, temperature: float = 0.0, top_k: 
     t0 = time.perf_counter()
     budget = None if expert_budget_mb is None else int(expert_budget_mb * 1e6)
     model = Model.load(bundle, threads=threads, expert_budget=budget, verify=verify)
+    if model.budget_note:
+        print(f"moedge: {model.budget_note}", file=sys.stderr)
     if not kernels_cached():  # after the load: a bad bundle still gets its one-line error alone
         print("moedge: compiling the kernels for this CPU (first run after an install or update, ~10-15 s)",
               file=sys.stderr, flush=True)

@@ -19,27 +19,49 @@ from .expert_store import ExpertStore
 from .forward import SILENT, Probe
 from .generate import Token, stream
 from .inputs import check_sampling, check_tokens
+from .memory import automatic_budget, available_memory
 from .session import Session
 from .spec import ModelSpec
 from .threads import use_threads
 from .weights import Weights
 
 
+def _smallest_budget(manifest: Manifest) -> int:
+    """The bytes of the top-k largest experts: what one layer needs mapped at once."""
+    x = manifest.experts
+    return max(x.span_bytes(layer, e) for layer in x.layers for e in range(len(x.layers[layer]))) * \
+        manifest.spec.routing.top_k
+
+
 def _check_budget(manifest: Manifest, expert_budget: int | None) -> None:
-    if expert_budget is not None and manifest.experts is not None:
-        x = manifest.experts
-        needed = max(x.span_bytes(layer, e) for layer in x.layers for e in range(len(x.layers[layer])))
-        needed *= manifest.spec.routing.top_k
-        if expert_budget < needed:
-            raise InputError(f"an expert budget of {expert_budget} bytes is below the {needed} bytes of the "
-                             f"top-{manifest.spec.routing.top_k} experts one layer needs at once")
+    if expert_budget is not None and manifest.experts is not None and expert_budget < _smallest_budget(manifest):
+        raise InputError(f"an expert budget of {expert_budget} bytes is below the {_smallest_budget(manifest)} "
+                         f"bytes of the top-{manifest.spec.routing.top_k} experts one layer needs at once")
+
+
+def _budget_for_machine(manifest: Manifest) -> tuple[int | None, str | None]:
+    """An expert budget when the experts do not fit in the memory available, and the sentence saying so."""
+    if manifest.experts is None:
+        return None, None
+    experts = manifest.files[manifest.experts.file]["size"]
+    resident = manifest.files[manifest.dense_file]["size"] + manifest.spec.kv_cache_bytes
+    available = available_memory()
+    budget = automatic_budget(experts, resident, available)
+    if budget is None:
+        return None, None
+    budget = max(budget, _smallest_budget(manifest))
+    return budget, (f"the experts ({experts / 1e6:.0f} MB) do not fit in the {available.bytes / 1e6:.0f} MB "
+                    f"available ({available.source}) beside the dense weights and KV cache "
+                    f"({resident / 1e6:.0f} MB): keeping at most {budget / 1e6:.0f} MB of experts mapped "
+                    "(--expert-budget-mb overrides)")
 
 
 class Model:
     """A bundle ready to run. Use `Model.load(path)`, then `session()` or `generate(...)`."""
 
-    def __init__(self, weights: Weights, threads: int):
+    def __init__(self, weights: Weights, threads: int, budget_note: str | None = None):
         self.weights = weights
+        self.budget_note = budget_note  # why the expert budget was set for this machine, if it was
         self.threads = threads
         self.root = weights.root
         self.manifest: Manifest = weights.manifest
@@ -53,6 +75,8 @@ class Model:
         """Validate and open the bundle at `path` with `threads` threads (default: the CPU count).
 
         `expert_budget` (bytes) caps the experts kept mapped: least recently used ones are released.
+        Without one, a budget is set when the experts do not fit in the memory available to the process
+        (its cgroup's limit, else MemAvailable; `budget_note` then says so).
         `verify` checks the checksum of every byte before its first use: the dense files here, each
         expert when it is first routed to. Bad bundles raise `BundleError`, bad arguments `InputError`.
         `decode` runs one-token steps' dense parts in "numba" (fast) or in the layer graphs ("onnx", the
@@ -74,7 +98,10 @@ class Model:
         with BundleDir(path) as bundle:
             manifest = read_manifest(bundle, verify)
             _check_budget(manifest, expert_budget)
-            return cls(Weights(bundle, manifest, threads, expert_budget, verify, decode), threads)
+            note = None
+            if expert_budget is None:
+                expert_budget, note = _budget_for_machine(manifest)
+            return cls(Weights(bundle, manifest, threads, expert_budget, verify, decode), threads, note)
 
     def session(self, probe: Probe = SILENT) -> Session:
         """A new sequence with its own preallocated KV cache; `probe` watches its steps."""

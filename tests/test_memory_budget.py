@@ -1,0 +1,58 @@
+"""The budget that follows the machine: reading the cgroup limit and MemAvailable, and Model.load setting an
+expert budget (and saying so) only when the experts do not fit."""
+
+import numpy as np
+import pytest
+
+from helpers import tiny_moe_spec
+from moedge.runtime import Model
+from moedge.runtime.memory import RESERVE, Available, automatic_budget, available_memory
+
+
+def _fake_system(tmp_path, cgroup_line, files, meminfo_kb=8_000_000):
+    proc, root = tmp_path / "proc", tmp_path / "cgroup"
+    (proc / "self").mkdir(parents=True)
+    (proc / "self" / "cgroup").write_text(cgroup_line + "\n")
+    (proc / "meminfo").write_text(f"MemTotal: 16000000 kB\nMemAvailable: {meminfo_kb} kB\n")
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    return root, proc
+
+
+@pytest.mark.parametrize(("line", "files", "want"), [
+    ("4:memory:/box", {"memory/box/memory.limit_in_bytes": "1073741824",
+                       "memory/box/memory.usage_in_bytes": "73741824"}, 1_000_000_000),  # v1
+    ("0::/box", {"box/memory.max": "2000000000", "box/memory.current": "500000000"}, 1_500_000_000),  # v2
+    ("0::/box", {"box/memory.max": "max", "box/memory.current": "5"}, 8_000_000 * 1024),  # v2 without a limit
+    ("4:memory:/", {"memory/memory.limit_in_bytes": "9223372036854771712"}, 8_000_000 * 1024),  # v1 "no limit"
+])
+def test_available_memory_reads_the_cgroup_then_meminfo(tmp_path, line, files, want):
+    root, proc = _fake_system(tmp_path, line, files)
+    got = available_memory(root, proc)
+    assert got.bytes == want and ("cgroup" in got.source) == (want < 8_000_000 * 1024)
+
+
+def test_automatic_budget_only_when_experts_do_not_fit():
+    available = Available(RESERVE + 1000, "test")
+    assert automatic_budget(experts_bytes=600, resident_bytes=400, available=available) is None
+    assert automatic_budget(experts_bytes=601, resident_bytes=400, available=available) == 600
+    assert automatic_budget(experts_bytes=601, resident_bytes=2000, available=available) == 0
+
+
+def test_load_sets_a_budget_when_the_experts_do_not_fit(exported, monkeypatch):
+    case = exported("budget", tiny_moe_spec(expert_intermediate_size=256))
+    manifest = Model.load(case.bundle, threads=1).manifest
+    assert Model.load(case.bundle, threads=1).budget_note is None  # this machine holds them easily
+    experts = manifest.files[manifest.experts.file]["size"]
+    resident = manifest.files[manifest.dense_file]["size"] + manifest.spec.kv_cache_bytes
+    room = RESERVE + resident + experts // 2
+    monkeypatch.setattr("moedge.runtime.model.available_memory", lambda: Available(room, "a test's limit"))
+    model = Model.load(case.bundle, threads=1)
+    assert model.experts.budget_bytes == experts // 2
+    assert "do not fit" in model.budget_note and "a test's limit" in model.budget_note
+    session = model.session()  # it still runs, releasing experts as it goes
+    for t in np.random.default_rng(0).integers(0, 200, 40):
+        session.decode(int(t))
+    assert model.experts.releases > 0
+    assert Model.load(case.bundle, threads=1, expert_budget=10**9).budget_note is None  # the user's budget wins
