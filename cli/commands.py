@@ -106,7 +106,7 @@ def inspect(bundle: str, verify: bool = False) -> None:
 
 def bench(bundle: str, threads: list[int], prompt_tokens: int = 128, new_tokens: int = 64, repeat: int = 3,
           seed: int = 0, json_path: str | None = None, plot: str | None = None, peers: list[str] | None = None,
-          cold: bool = True) -> None:
+          cold: bool = True, memory_limit: int | None = None) -> None:
     """Benchmark a bundle: decode latency vs the memory-bandwidth roofline, prefill, cold start, memory."""
     import json
 
@@ -118,7 +118,7 @@ def bench(bundle: str, threads: list[int], prompt_tokens: int = 128, new_tokens:
     from moedge.runtime.tools.bench_report import format_report
 
     report = run_bench(bundle, threads, prompt_tokens=prompt_tokens, new_tokens=new_tokens, repeat=repeat,
-                       seed=seed, cold=cold)
+                       seed=seed, cold=cold, memory_limit=memory_limit)
     if peers is not None:
         from moedge.exporter.peers import measure_peers  # needs torch/onnx: export side
 

@@ -10,7 +10,7 @@ from moedge.runtime.errors import MoedgeError
 from moedge.runtime.tools.bench import PEERS, WARMUP_TOKENS
 
 from . import commands
-from .options import integer, number, output_file
+from .options import integer, number, output_file, size
 
 
 class _Parser(argparse.ArgumentParser):
@@ -70,6 +70,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="write the full report here")
     p.add_argument("--plot", type=output_file(".png"), default=None, metavar="FILE.png",
                    help="draw latency and breakdown")
+    p.add_argument("--memory-limit", type=size, default=None, metavar="SIZE",
+                   help="also decode inside a memory cgroup of SIZE (e.g. 1G; needs root), beside an uncapped run")
     p.add_argument("--peers", nargs="*", choices=PEERS, default=None, metavar="PEER",
                    help=f"also measure these peers on the same weights ({', '.join(PEERS)}; none named: all)")
     p.add_argument("--no-cold-start", dest="cold", action="store_false",

@@ -30,6 +30,20 @@ def integer(lo: int, hi: int | None = None) -> Callable[[str], int]:
     return parse
 
 
+def size(text: str) -> int:
+    """A type for a memory size: 1G, 512M, 300000000 (binary units; at least 16M)."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    clean = text.strip().upper().removesuffix("B").removesuffix("I")
+    scale = units.get(clean[-1:], 1)
+    try:
+        value = float(clean[:-1] if clean[-1:] in units else clean) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a size like 1G, 512M or 300000000, got {text!r}") from None
+    if not math.isfinite(value) or value < 16 << 20:
+        raise argparse.ArgumentTypeError(f"must be at least 16M, got {text!r}")
+    return int(value)
+
+
 def number(lo: float, hi: float = math.inf, lo_open: bool = False) -> Callable[[str], float]:
     """A type for a finite number in [lo, hi] ((lo, hi] with `lo_open`)."""
     def parse(text: str) -> float:

@@ -113,6 +113,7 @@ class ExpertStore:
         self._clock = 0
         self.budget_bytes = budget_bytes
         self.releases = 0
+        self.fetches = 0  # experts prefetched because they were not mapped: first uses and uses after a release
 
     @property
     def first_touches(self) -> int:
@@ -140,6 +141,7 @@ class ExpertStore:
             for e in _count(self.hits[layer], self.touched[layer], self.prefetched[layer], self.last_use[layer],
                             self._clock, ids):
                 self._map.madvise(mmap.MADV_WILLNEED, int(self.offsets[layer, e]), int(self.spans[layer, e]))
+                self.fetches += 1
                 if self.checksums is not None and not self.verified[layer, e]:
                     self._verify(layer, e)
             if self.budget_bytes is not None:

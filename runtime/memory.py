@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 NO_LIMIT = 1 << 60  # cgroup v1 writes "no limit" as a number near 2^63
-RESERVE = 256 << 20  # the interpreter, numba, onnxruntime and activations, beside the weights
+RESERVE = 64 << 20  # activations, onnxruntime's arenas and the tokenizer still to come (libraries are loaded)
 
 
 class Available(NamedTuple):

@@ -52,7 +52,7 @@ def _budget_for_machine(manifest: Manifest) -> tuple[int | None, str | None]:
     budget = max(budget, _smallest_budget(manifest))
     return budget, (f"the experts ({experts / 1e6:.0f} MB) do not fit in the {available.bytes / 1e6:.0f} MB "
                     f"available ({available.source}) beside the dense weights and KV cache "
-                    f"({resident / 1e6:.0f} MB): keeping at most {budget / 1e6:.0f} MB of experts mapped "
+                    f"({resident / 1e6:.0f} MB): keeping at most {budget / 1e6:.1f} MB of experts mapped "
                     "(--expert-budget-mb overrides)")
 
 

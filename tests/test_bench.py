@@ -3,6 +3,7 @@
 import json
 
 from helpers import run_cli, tiny_moe_spec
+from moedge.runtime.memory import RESERVE
 
 RESULT_FIELDS = {"threads", "decode_ms_median", "decode_ms_p90", "decode_ms_p99", "tokens_per_s",
                  "prefill_tokens_per_s", "breakdown_ms", "bandwidth_gb_s", "roofline_ms", "ratio_to_roofline",
@@ -35,3 +36,37 @@ def test_bench_json_plot_and_peers(exported, tmp_path):
     llama = next(p for p in report["peers"] if p["name"] == "llama.cpp-q8_0")
     assert "skipped" in llama or llama["prefill_tokens_per_s"] > 0 < llama["prefill_ratio_to_ours"]
     assert plot_path.stat().st_size > 10_000
+
+
+def _capped(bundle, limit: str, report_path):
+    return run_cli("bench", bundle, "--threads", "1", "--prompt-tokens", "16", "--new-tokens", "16", "--repeat", "1",
+                   "--no-cold", "--memory-limit", limit, "--json", report_path, timeout=600)
+
+
+def test_bench_under_a_memory_cap(exported, tmp_path):
+    """The capped child runs inside the cgroup (it sees the cgroup's limit as its memory). A first run under
+    a roomy cap measures what the process holds before loading; a second cap leaves room for half the
+    experts, so the runtime budgets them itself and reads them from storage again. Where no cgroup can be
+    made, a one-line error says why."""
+    case = exported("bench-cap", tiny_moe_spec(expert_intermediate_size=4096))  # 25 MB of experts
+    roomy = _capped(case.bundle, "4G", tmp_path / "roomy.json")
+    if roomy.returncode == 2:
+        assert "cannot create a memory cgroup" in roomy.stderr and roomy.stderr.strip().count("\n") == 0
+        return
+    assert roomy.returncode == 0, roomy.stderr
+    first = json.loads((tmp_path / "roomy.json").read_text())["memory_cap"]
+    free = first["capped"]
+    assert "cgroup" in free["memory_available_at_load"]["source"] and free["budget_note"] is None
+    assert first["uncapped"]["memory_available_at_load"]["source"] == "MemAvailable"
+    experts = (case.bundle / "experts.bin").stat().st_size
+    used = (4 << 30) - free["memory_available_at_load"]["bytes"]  # charged to the cgroup before the load
+    limit = used + (case.bundle / "dense.bin").stat().st_size + case.spec.kv_cache_bytes + RESERVE + experts // 2
+    tight = _capped(case.bundle, str(limit), tmp_path / "tight.json")
+    assert tight.returncode == 0, tight.stderr
+    capped = json.loads((tmp_path / "tight.json").read_text())["memory_cap"]["capped"]
+    assert capped["budget_note"] and "memory cgroup" in capped["budget_note"]
+    assert 0 < capped["expert_budget_bytes"] < experts
+    assert capped["expert_hit_rate"] < free["expert_hit_rate"] and capped["read_bytes_per_token"] > 0
+    assert "memory cgroup" in tight.stdout
+    too_long = run_cli("bench", case.bundle, "--prompt-tokens", "90", "--new-tokens", "16", "--no-cold")
+    assert too_long.returncode == 2 and "exceed the model's context of 96" in too_long.stderr

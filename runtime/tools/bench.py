@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -21,9 +22,11 @@ import numpy as np
 from tqdm import tqdm
 
 from ..bundle import EMBEDDING, Manifest, read_manifest
+from ..errors import InputError
 from ..forward import Probe
 from ..model import Model
 from .bandwidth import read_bandwidth
+from .memory_cap import drop_cached_pages, memory_cgroup
 
 WARMUP_TOKENS = 4
 PEERS = ("onnxruntime-full-graph", "pytorch-eager", "llama.cpp")  # `moedge bench --peers` (exporter/peers.py)
@@ -113,25 +116,52 @@ def measure_decode(model: Model, prompt_tokens: int, new_tokens: int, repeat: in
     return latencies, float(np.median(prefill_rates)), {k: v / count for k, v in parts.items()}
 
 
-def cold_start(bundle: Path, threads: int, prompt_tokens: int, seed: int, numba_cache: str | None) -> dict:
-    """Run `bench_child` in a fresh process; `numba_cache` = a folder for a cold numba cache."""
+def cold_start(bundle: Path, threads: int, prompt_tokens: int, seed: int, numba_cache: str | None,
+               decode_tokens: int | None = None, cgroup_procs: Path | None = None) -> dict:
+    """Run `bench_child` in a fresh process; `numba_cache` = a folder for a cold numba cache; `cgroup_procs`:
+    the cgroup to run it in (see `memory_cap`)."""
     env = dict(os.environ)
     if numba_cache is not None:
         env["NUMBA_CACHE_DIR"] = numba_cache
     cmd = [sys.executable, "-m", "moedge.runtime.tools.bench_child", str(bundle), "--threads", str(threads),
            "--prompt-tokens", str(prompt_tokens), "--seed", str(seed), "--spawned-at", repr(time.time())]
-    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
+    if decode_tokens is not None:
+        cmd += ["--decode-tokens", str(decode_tokens)]
+    join = None if cgroup_procs is None else lambda: cgroup_procs.write_text(str(os.getpid()))
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=3600, preexec_fn=join)
+    if result.returncode == -signal.SIGKILL and cgroup_procs is not None:
+        return {"killed": "the out-of-memory killer ended it: the limit is below what the model needs"}
     if result.returncode != 0:
         raise RuntimeError(f"bench child failed: {result.stderr.strip().splitlines()[-1:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def capped_runs(bundle: Path, threads: int, prompt_tokens: int, new_tokens: int, seed: int,
+                memory_limit: int) -> dict:
+    """Decode in fresh processes with the bundle's pages dropped first: uncapped, then inside a memory
+    cgroup of `memory_limit` bytes."""
+    runs = {"limit_bytes": memory_limit}
+    drop_cached_pages(bundle)
+    runs["uncapped"] = cold_start(bundle, threads, prompt_tokens, seed, None, new_tokens)
+    with memory_cgroup(memory_limit) as procs:
+        drop_cached_pages(bundle)
+        runs["capped"] = cold_start(bundle, threads, prompt_tokens, seed, None, new_tokens, procs)
+    return runs
+
+
 def bench(bundle: str | Path, threads: list[int], prompt_tokens: int = 128, new_tokens: int = 64,
-          repeat: int = 3, seed: int = 0, cold: bool = True, show_progress: bool = True) -> dict:
-    """Measure the bundle at each thread count; returns a JSON-ready report."""
+          repeat: int = 3, seed: int = 0, cold: bool = True, show_progress: bool = True,
+          memory_limit: int | None = None) -> dict:
+    """Measure the bundle at each thread count; returns a JSON-ready report. With `memory_limit`, also
+    decode at the first thread count under that memory cap, beside an uncapped run (`capped_runs`)."""
     bundle = Path(bundle)
     manifest = read_manifest(bundle)
+    if prompt_tokens + new_tokens > manifest.spec.max_seq_len:
+        raise InputError(f"--prompt-tokens {prompt_tokens} + --new-tokens {new_tokens} exceed the model's context "
+                         f"of {manifest.spec.max_seq_len} tokens")
     bytes_per_step = step_bytes(manifest)
+    capped = {} if memory_limit is None else {  # first: a cgroup that cannot be made fails before the long part
+        "memory_cap": capped_runs(bundle, threads[0], prompt_tokens, new_tokens, seed, memory_limit)}
     results = []
     total = len(threads) * repeat * new_tokens
     with tqdm(total=total, desc="bench", unit="tok", disable=not show_progress) as progress:
@@ -157,7 +187,7 @@ def bench(bundle: str | Path, threads: list[int], prompt_tokens: int = 128, new_
                     results[-1].cold_start = {
                         "numba_cache_cold": cold_start(bundle, n, prompt_tokens, seed, empty_cache),
                         "numba_cache_warm": cold_start(bundle, n, prompt_tokens, seed, None)}
-    return {"bundle": str(bundle), "model": manifest.spec.to_dict(), "quantization": manifest.quant_scheme,
+    return {**capped, "bundle": str(bundle), "model": manifest.spec.to_dict(), "quantization": manifest.quant_scheme,
             "bytes_per_decode_step": bytes_per_step, "prompt_tokens": prompt_tokens, "new_tokens": new_tokens,
             "repeat": repeat, "seed": seed, "token_stream": "seeded random",
             "results": [asdict(r) for r in results]}

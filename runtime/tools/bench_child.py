@@ -1,9 +1,12 @@
 """One fresh-process run for `moedge bench`: time to first token and memory, printed as JSON.
 
     python -m moedge.runtime.tools.bench_child BUNDLE --threads N --prompt-tokens P --seed S --spawned-at T
+        [--decode-tokens D]
 
-Measures python start with imports, load, prefill and the first decode, then decodes a seeded random stream and
-reports peak RSS over the pre-load RSS and the experts file's resident bytes (mincore).
+Measures python start with imports, load, prefill and the first decode, then decodes a seeded random stream
+(D tokens, 32 by default) and reports its median latency, the bytes read from storage per decoded token
+(/proc/self/io), the share of routed experts already mapped (hit rate), peak RSS over the pre-load RSS and the
+experts file's resident bytes (mincore).
 """
 
 import argparse
@@ -13,9 +16,16 @@ import time
 import numpy as np
 
 from moedge.runtime import Model
+from moedge.runtime.memory import available_memory
 from moedge.runtime.tools.residency import resident_pages
 
 DECODE_TOKENS = 32
+
+
+def _read_bytes() -> int:
+    """Bytes this process has caused to be read from storage (page-cache misses included)."""
+    with open("/proc/self/io") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("read_bytes:"))
 
 
 def _status_bytes(field: str) -> int:
@@ -27,9 +37,11 @@ def _status_bytes(field: str) -> int:
     return 0
 
 
-def main(bundle: str, threads: int, prompt_tokens: int, seed: int, spawned_at: float) -> dict:
+def main(bundle: str, threads: int, prompt_tokens: int, seed: int, spawned_at: float,
+         decode_tokens: int = DECODE_TOKENS) -> dict:
     imported = time.time()
     rss_before = _status_bytes("VmRSS")
+    available = available_memory()  # what Model.load sees when it decides on an expert budget
     model = Model.load(bundle, threads=threads)
     loaded = time.time()
     rng = np.random.default_rng(seed)
@@ -38,10 +50,18 @@ def main(bundle: str, threads: int, prompt_tokens: int, seed: int, spawned_at: f
     prefilled = time.time()
     session.decode(int(rng.integers(0, model.spec.vocab_size)))
     first = time.time()
-    for token in rng.integers(0, model.spec.vocab_size, DECODE_TOKENS):
-        session.decode(int(token))
-    peak = _status_bytes("VmHWM")  # not ru_maxrss: that one starts from the parent's size at fork
     store = model.experts
+    read_before, fetched_before = _read_bytes(), store.fetches if store else 0
+    routed_before = int(store.hits.sum()) if store else 0
+    latencies = []
+    for token in rng.integers(0, model.spec.vocab_size, decode_tokens):
+        start = time.perf_counter()
+        session.decode(int(token))
+        latencies.append(time.perf_counter() - start)
+    read_per_token = (_read_bytes() - read_before) / decode_tokens
+    routed = int(store.hits.sum()) - routed_before if store else 0
+    hit_rate = 1.0 - (store.fetches - fetched_before) / routed if routed else 1.0
+    peak = _status_bytes("VmHWM")  # not ru_maxrss: that one starts from the parent's size at fork
     resident = int(resident_pages(store.address, store.size).sum()) * 4096 if store else 0
     dense = (model.root / model.manifest.dense_file).stat().st_size
     return {"startup_s": imported - spawned_at, "load_s": loaded - imported,
@@ -49,7 +69,10 @@ def main(bundle: str, threads: int, prompt_tokens: int, seed: int, spawned_at: f
             "time_to_first_token_s": first - spawned_at, "rss_before_load": rss_before, "rss_peak": peak,
             "rss_growth": peak - rss_before, "dense_bytes": dense,
             "experts_bytes_touched": store.bytes_touched if store else 0, "experts_resident_bytes": resident,
-            "decode_tokens": DECODE_TOKENS + 1}
+            "decode_tokens": decode_tokens + 1, "decode_ms_median": float(np.median(latencies)) * 1e3,
+            "read_bytes_per_token": read_per_token, "expert_hit_rate": hit_rate,
+            "expert_budget_bytes": store.budget_bytes if store else None, "budget_note": model.budget_note,
+            "memory_available_at_load": available._asdict()}
 
 
 if __name__ == "__main__":
@@ -59,4 +82,5 @@ if __name__ == "__main__":
     parser.add_argument("--prompt-tokens", type=int, required=True)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--spawned-at", type=float, required=True)
+    parser.add_argument("--decode-tokens", type=int, default=DECODE_TOKENS)
     print(json.dumps(main(**vars(parser.parse_args()))))

@@ -39,6 +39,19 @@ def format_report(report: dict) -> str:
             + f"; python overhead {100 * r['python_overhead_fraction']:.1f}%",
             *_cold_lines(r.get("cold_start", {})),
         ]
+    cap = report.get("memory_cap")
+    if cap:
+        lines.append(f"  under a {cap['limit_bytes'] / 2**20:.0f} MiB memory cgroup (page cache of the bundle dropped "
+                     "first; fresh processes, first thread count):")
+        for label in ("uncapped", "capped"):
+            run = cap[label]
+            if "killed" in run:
+                lines.append(f"    {label:8s}: {run['killed']}")
+                continue
+            lines.append(f"    {label:8s}: decode {run['decode_ms_median']:.2f} ms/token median, "
+                         f"{run['read_bytes_per_token'] / MB:.2f} MB read from storage per token, expert hit rate "
+                         f"{100 * run['expert_hit_rate']:.1f}%, peak RSS {run['rss_peak'] / MB:.0f} MB"
+                         + (f"; {run['budget_note']}" if run.get("budget_note") else ""))
     for peer in report.get("peers", []):
         lines.append(f"  peer {peer['name']} ({peer['threads']} thread(s)): "
                      + (f"{peer['decode_ms_median']:.2f} ms/token, {peer['ratio_to_ours']:.2f}x ours"
