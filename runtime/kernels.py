@@ -50,11 +50,11 @@ class ExpertBytes(NamedTuple):
 
 
 @njit(cache=True, error_model="numpy", inline="always")
-def _matrix(codes, item, b, kind, expert, part, rows, cols, group):
+def _matrix(codes, b, kind, expert, part, rows, cols, group):
     """(codes [rows, cols/group, ...] (see `kernel_codes`), scales [rows, cols/group]) of matrix `part` of
-    `expert`, read from `codes` (`b.weights` with `item` bytes per element, or `b.packed`)."""
+    `expert`, read from `codes` (`b.weights` or `b.packed`, as `kind` says)."""
     n = cols // group
-    w0 = (b.weight_start[expert] + b.weight_offset[kind, part]) // item
+    w0 = (b.weight_start[expert] + b.weight_offset[kind, part]) // codes.itemsize
     s0 = b.scale_start[expert] + b.scale_offset[kind, part]
     count = rows * cols // (2 if kind == 1 else 1)
     return codes_view(codes[w0:w0 + count], rows, n, group), b.scales[s0:s0 + rows * n].reshape(rows, n)
@@ -90,22 +90,23 @@ def dot_rows4(w3, s2, x2, r0, r1, r2, r3):
 @njit(cache=True, error_model="numpy", fastmath=True)
 def _expert_into(x, b, expert, weight, hidden, out):
     """out[D] += weight · expert(x[D]) (GATE, UP [I, D]; DOWN [D, I]); hidden is scratch [I]."""
-    if b.kinds[expert] == 1:
-        _expert_rows(x, b.packed, 1, b, 1, expert, weight, hidden, out)
+    kind = b.kinds[expert]  # a run-time value: a literal would compile `_expert_rows` once per kind
+    if kind == 1:  # one layer may mix int4 and int8 experts (`packed` is `weights` when it does not)
+        _expert_rows(x, b.packed, b, kind, expert, weight, hidden, out)
     else:
-        _expert_rows(x, b.weights, b.item, b, 0, expert, weight, hidden, out)
+        _expert_rows(x, b.weights, b, kind, expert, weight, hidden, out)
 
 
 @njit(cache=True, error_model="numpy", fastmath=True)
-def _expert_rows(x, codes, item, b, kind, expert, weight, hidden, out):
+def _expert_rows(x, codes, b, kind, expert, weight, hidden, out):
     """`_expert_into` for an expert whose codes are in `codes`.
 
     Rows r and r + I/2 of GATE and UP go together, and rows r + c·D/4 of DOWN: four streams each.
     """
     d, i = x.shape[0], hidden.shape[0]
-    g3, gs = _matrix(codes, item, b, kind, expert, GATE, i, d, b.group_hidden)
-    u3, us = _matrix(codes, item, b, kind, expert, UP, i, d, b.group_hidden)
-    d3, ds = _matrix(codes, item, b, kind, expert, DOWN, d, i, b.group_inner)
+    g3, gs = _matrix(codes, b, kind, expert, GATE, i, d, b.group_hidden)
+    u3, us = _matrix(codes, b, kind, expert, UP, i, d, b.group_hidden)
+    d3, ds = _matrix(codes, b, kind, expert, DOWN, d, i, b.group_inner)
     x2 = x.reshape(d // b.group_hidden, b.group_hidden)
     half = i // 2
     for r in range(half):
@@ -148,29 +149,33 @@ def moe_decode_parallel(x, b, experts, gates, hidden, out):
         out[r] = acc
 
 
-@njit(cache=True, error_model="numpy", fastmath=True, parallel=True)
+@njit(cache=True, error_model="numpy", fastmath=True)
 def expert_tokens(x, b, expert, hidden, out):
     """out[n, D] = expert(x[n, D]) for a few tokens, each through the decode kernel's four-stream rows
     (the expert's bytes stay in cache from one token to the next); hidden is scratch [n, I]."""
-    for t in prange(x.shape[0]):
+    for t in range(x.shape[0]):
         out[t, :] = _0
         _expert_into(x[t], b, expert, _1, hidden[t], out[t])
 
 
-@njit(cache=True, error_model="numpy", fastmath=True, parallel=True)
+@njit(cache=True, error_model="numpy", fastmath=True)
 def dequantize(b, expert, part, out):
     """out[rows, cols] = matrix `part` of `expert`, its weights times their scales."""
     rows, cols = out.shape
     group = b.group_inner if part == DOWN else b.group_hidden
     out3 = out.reshape(rows, cols // group, group)
-    if b.kinds[expert] == 1:
-        w4, s4 = _matrix(b.packed, 1, b, 1, expert, part, rows, cols, group)
-        for r in prange(rows):
-            row_values(w4, s4, r, out3[r])
+    kind = b.kinds[expert]
+    if kind == 1:
+        _dequantize_rows(b.packed, b, kind, expert, part, rows, cols, group, out3)
     else:
-        w3, s3 = _matrix(b.weights, b.item, b, 0, expert, part, rows, cols, group)
-        for r in prange(rows):
-            row_values(w3, s3, r, out3[r])
+        _dequantize_rows(b.weights, b, kind, expert, part, rows, cols, group, out3)
+
+
+@njit(cache=True, error_model="numpy", fastmath=True, parallel=True)
+def _dequantize_rows(codes, b, kind, expert, part, rows, cols, group, out3):
+    w3, s3 = _matrix(codes, b, kind, expert, part, rows, cols, group)
+    for r in prange(rows):
+        row_values(w3, s3, r, out3[r])
 
 
 @njit(cache=True, error_model="numpy", fastmath=True, parallel=True)

@@ -16,14 +16,15 @@ from pathlib import Path
 
 HEADER = ("| model | threads | decode ms/token (p90) | tokens/s | prefill tok/s | weights/step | roofline ms "
           "| ratio to roofline | first token (warm) | RSS growth / (dense + touched) | ORT full graph | PyTorch eager "
-          "| llama.cpp Q8_0 decode, prefill |")
+          "| llama.cpp decode, prefill (same weights) |")
 HEADER_RULE = "|" + "---|" * (HEADER.count("|") - 1)
 
 
 def _peer(report: dict, name: str, threads: int) -> str:
     for peer in report.get("peers", []):
-        if peer["name"] == name and peer["threads"] == threads and "decode_ms_median" in peer:
-            cell = f"{peer['decode_ms_median']:.1f} ms ({peer['ratio_to_ours']:.2f}x)"
+        if peer["name"].startswith(name) and peer["threads"] == threads and "decode_ms_median" in peer:
+            kind = peer["name"].removeprefix(name).lstrip("-").upper()
+            cell = (f"{kind}: " if kind else "") + f"{peer['decode_ms_median']:.1f} ms ({peer['ratio_to_ours']:.2f}x)"
             if "prefill_tokens_per_s" in peer:
                 cell += f", {peer['prefill_tokens_per_s']:.0f} tok/s ({peer['prefill_ratio_to_ours']:.2f}x)"
             return cell
@@ -45,7 +46,7 @@ def rows(report: dict) -> list[str]:
                    f"| {r['roofline_ms']:.1f} | {r['ratio_to_roofline']:.2f} | {first} | {memory} "
                    f"| {_peer(report, 'onnxruntime-full-graph', r['threads'])} "
                    f"| {_peer(report, 'pytorch-eager', r['threads'])} "
-                   f"| {_peer(report, 'llama.cpp-q8_0', r['threads'])} |")
+                   f"| {_peer(report, 'llama.cpp', r['threads'])} |")
     return out
 
 
