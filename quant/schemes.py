@@ -54,11 +54,6 @@ class Scheme:
         """The inverse of `pack`."""
         return unpack_int4(stored) if self.codes_per_byte == 2 else np.asarray(stored)
 
-    def bits_per_weight(self, cols: int, group_size: int) -> float:
-        """Stored bits per weight of a row of `cols`, its float32 scales included."""
-        groups = cols // (group_size or cols) if self.bits < 32 else 0
-        return self.bits + 32 * groups / cols
-
 
 SCHEMES = {s.name: s for s in (Scheme("float32", 32, "float32"), Scheme("int8", 8, "int8"),
                                 Scheme("int4", 4, "uint8", codes_per_byte=2, needs_group=True))}

@@ -72,13 +72,12 @@ def layer_bytes(experts_map, index: ExpertsIndex, span_offsets: np.ndarray, laye
     for kind, s in enumerate((wide, "int4")):
         if s in index.layouts:
             offsets[kind] = [index.layouts[s].tensors[name].offset for name in EXPERT_TENSORS]
-    item = views[wide].itemsize
     group = index.group_size
     return ExpertBytes(weights=views[wide], packed=views["int4"] if "int4" in schemes else views[wide],
                        scales=np.frombuffer(experts_map, dtype=np.float32),
                        kinds=np.array([s == "int4" for s in schemes], dtype=np.int64),
                        weight_start=span_offsets, scale_start=span_offsets // 4,
-                       weight_offset=offsets[:, :3], scale_offset=offsets[:, 3:] // 4, item=item,
+                       weight_offset=offsets[:, :3], scale_offset=offsets[:, 3:] // 4,
                        group_hidden=group or spec.hidden_size, group_inner=group or spec.expert_intermediate_size)
 
 

@@ -44,7 +44,6 @@ class ExpertBytes(NamedTuple):
     scale_start: np.ndarray  # [E] int64: index in `scales` of each expert's span
     weight_offset: np.ndarray  # [2, 3] int64: GATE, UP, DOWN codes inside a span of each kind, in bytes
     scale_offset: np.ndarray  # [2, 3] int64: their scales inside a span (in float32 elements)
-    item: int  # bytes per element of `weights`
     group_hidden: int  # scale group along the hidden dimension D (GATE, UP rows); D for one per channel
     group_inner: int  # scale group along the expert's inner dimension I (DOWN rows); I for one per channel
 

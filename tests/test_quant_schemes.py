@@ -1,4 +1,4 @@
-"""The scheme registry: int4 goldens (bit-exact, ggml Q4_0's grid), packing, bits per weight, refusals."""
+"""The scheme registry: int4 goldens (bit-exact, ggml Q4_0's grid), packing, refusals."""
 
 import numpy as np
 import pytest
@@ -58,12 +58,6 @@ def test_stored_codes_round_trip_and_kernels_read_them(scheme):
     np.testing.assert_array_equal(values.ravel(), dequantize(t)[2])
     assert np.isclose(row_dot(view, t.scale, 2, x2), dequantize(t)[2] @ x2.ravel(), rtol=1e-6)
 
-
-def test_bits_per_weight():
-    assert SCHEMES["int4"].bits_per_weight(1024, 32) == 5.0
-    assert SCHEMES["int4"].bits_per_weight(1024, 128) == 4.25
-    assert SCHEMES["int8"].bits_per_weight(1024, 0) == 8 + 32 / 1024
-    assert SCHEMES["float32"].bits_per_weight(1024, 0) == 32
 
 
 @pytest.mark.parametrize(("scheme", "cols", "group", "message"), [
