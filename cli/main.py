@@ -49,7 +49,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=integer(0), default=0, help="sample among the k likeliest (default 0: all)")
     p.add_argument("--top-p", type=number(0.0, 1.0, lo_open=True), default=1.0, help="nucleus sampling (default 1)")
     p.add_argument("--seed", type=integer(0), default=None)
-    p.add_argument("--threads", type=integer(1, 1024), default=None, help="default: the CPU count")
+    p.add_argument("--threads", type=integer(1, 1024), default=None,
+                   help="default: the CPU count (1 for a model whose decode step reads under 16 MB)")
     p.add_argument("--chat", action="store_true", help="send the prompt as a user message through the chat template")
     p.add_argument("--expert-budget-mb", type=number(0.0), default=None,
                    help="keep at most this many MB of experts mapped (least recently used are released)")
@@ -93,7 +94,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", type=integer(1), default=None, help="evaluate only the first N tokens")
     p.add_argument("--usage", type=output_file(".png"), default=None, metavar="FILE.png",
                    help="write the expert-usage heatmap here, and its counts beside it as .json")
-    p.add_argument("--threads", type=integer(1, 1024), default=None, help="default: the CPU count")
+    p.add_argument("--threads", type=integer(1, 1024), default=None,
+                   help="default: the CPU count (1 for a model whose decode step reads under 16 MB)")
     p.add_argument("--no-verify", dest="verify", action="store_false", help="skip the checksums")
     return parser
 

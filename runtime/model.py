@@ -25,6 +25,8 @@ from .spec import ModelSpec
 from .threads import use_threads
 from .weights import Weights
 
+SMALL_STEP_BYTES = 16 << 20  # below this a decode step takes well under a millisecond on one core
+
 
 def _smallest_budget(manifest: Manifest) -> int:
     """The bytes of the top-k largest experts: what one layer needs mapped at once."""
@@ -37,6 +39,15 @@ def _check_budget(manifest: Manifest, expert_budget: int | None) -> None:
     if expert_budget is not None and manifest.experts is not None and expert_budget < _smallest_budget(manifest):
         raise InputError(f"an expert budget of {expert_budget} bytes is below the {_smallest_budget(manifest)} "
                          f"bytes of the top-{manifest.spec.routing.top_k} experts one layer needs at once")
+
+
+def _default_threads(manifest: Manifest) -> int:
+    """The CPU count, or 1 when a decode step reads too little to pay for spreading it over threads."""
+    step = manifest.files[manifest.dense_file]["size"]
+    if manifest.experts is not None:
+        step += manifest.files[manifest.experts.file]["size"] * manifest.spec.routing.top_k // \
+            manifest.spec.routing.n_experts
+    return 1 if step < SMALL_STEP_BYTES else os.cpu_count() or 1
 
 
 def _budget_for_machine(manifest: Manifest) -> tuple[int | None, str | None]:
@@ -72,7 +83,8 @@ class Model:
     @classmethod
     def load(cls, path: str | os.PathLike, threads: int | None = None, expert_budget: int | None = None,
              verify: bool = True, decode: str = "numba") -> Model:
-        """Validate and open the bundle at `path` with `threads` threads (default: the CPU count).
+        """Validate and open the bundle at `path` with `threads` threads (default: the CPU count, or one for a
+        model whose decode step reads under 16 MB, which fork/joins would only slow down).
 
         `expert_budget` (bytes) caps the experts kept mapped: least recently used ones are released.
         Without one, a budget is set when the experts do not fit in the memory available to the process
@@ -93,11 +105,11 @@ class Model:
             raise InputError(f"verify must be True or False, got {verify!r}")
         if decode not in ("numba", "onnx"):
             raise InputError(f"decode must be 'numba' or 'onnx', got {decode!r}")
-        threads = threads or os.cpu_count() or 1
-        use_threads(threads)
         with BundleDir(path) as bundle:
             manifest = read_manifest(bundle, verify)
             _check_budget(manifest, expert_budget)
+            threads = threads or _default_threads(manifest)
+            use_threads(threads)
             note = None
             if expert_budget is None:
                 expert_budget, note = _budget_for_machine(manifest)

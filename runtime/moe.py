@@ -15,6 +15,7 @@ from .routing import route
 from .spec import ModelSpec
 
 PREFILL_GEMM_MIN_TOKENS = 16
+PARALLEL_MIN_BYTES = 1 << 20  # a layer's k experts below this decode on one thread (fork/join costs ~20 µs)
 
 
 class ExpertScratch:
@@ -35,8 +36,11 @@ class MoELayer:
         self.bytes = store.layers[index]  # where the kernels find this layer's experts
         self.d, self.i = spec.hidden_size, spec.expert_intermediate_size
         self.residual_multiplier = np.float32(spec.residual_multiplier)
-        # one thread streams the experts one after another; more threads take one expert each
-        self.decode_kernel = kernels.moe_decode if threads == 1 else kernels.moe_decode_parallel
+        # one thread streams the experts one after another; more threads take one expert each, when the
+        # k experts are big enough to pay for the fork/join (a small model decodes faster on one thread)
+        k_bytes = spec.routing.top_k * max(store.spans[index])
+        parallel = threads > 1 and k_bytes >= PARALLEL_MIN_BYTES
+        self.decode_kernel = kernels.moe_decode_parallel if parallel else kernels.moe_decode
 
     def route(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Route router logits [T, E] to expert ids and weights [T, k], and count the use."""

@@ -127,3 +127,23 @@ def test_blas_threads_follow_the_model(exported):
         Model.load(exported("api", tiny_moe_spec()).bundle, threads=threads)
         blas = [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
         assert blas and set(blas) == {threads}
+
+
+def test_default_threads_follow_the_model_size(exported, monkeypatch):
+    """A tiny model decodes on one thread unless asked (fork/joins cost more than its work); a big one gets
+    every CPU; a layer's experts are split over threads only when they are big enough."""
+    import os
+
+    from moedge.runtime import kernels
+    from moedge.runtime import model as model_module
+    from moedge.runtime import moe as moe_module
+
+    bundle = exported("api", tiny_moe_spec()).bundle
+    assert Model.load(bundle).threads == 1
+    assert Model.load(bundle, threads=2).threads == 2
+    assert Model.load(bundle, threads=2).weights.moe[0].decode_kernel is kernels.moe_decode
+    monkeypatch.setattr(model_module, "SMALL_STEP_BYTES", 0)
+    monkeypatch.setattr(moe_module, "PARALLEL_MIN_BYTES", 0)
+    big = Model.load(bundle)
+    assert big.threads == (os.cpu_count() or 1)
+    assert big.weights.moe[0].decode_kernel is (kernels.moe_decode_parallel if big.threads > 1 else kernels.moe_decode)
