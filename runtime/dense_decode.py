@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from ..quant import UNSIGNED_ZERO
 from . import numba_cache  # noqa: F401  (first: it says where the kernels' cache lives)
@@ -30,6 +30,8 @@ from .tensor_names import layer_names, swiglu_names
 _0 = np.float32(0.0)
 _1 = np.float32(1.0)
 QK_NORM_MODES = {"none": 0, "head": 1, "full": 2}
+PARALLEL_MIN_WEIGHTS = 1 << 18  # a smaller matrix is not worth a fork/join (~20 µs) on the decode path
+NEVER = 1 << 62
 
 
 class Linear(NamedTuple):
@@ -55,6 +57,7 @@ class LayerConfig(NamedTuple):
     moe: bool
     shared: bool
     shared_gate: bool
+    parallel_min: int  # GEMVs of this many weights or more are spread over the threads (one thread: never)
 
 
 class LayerTensors(NamedTuple):
@@ -120,12 +123,13 @@ def layer_tensors(dense: np.ndarray, manifest: Manifest, layer: int) -> LayerTen
         router=lin(n.router, dtype=np.float32), shared_gate=lin(n.shared_gate, dtype=np.float32))
 
 
-def layer_config(spec: ModelSpec, layer: int) -> LayerConfig:
+def layer_config(spec: ModelSpec, layer: int, threads: int = 1) -> LayerConfig:
     """Layer `layer`'s `LayerConfig`."""
     moe = spec.layer_kinds[layer] == "moe"
     return LayerConfig(spec.n_heads, spec.n_kv_heads, spec.head_dim, float(spec.norm_eps), float(spec.scale),
                        QK_NORM_MODES[spec.qk_norm], float(spec.residual_multiplier), moe,
-                       moe and spec.routing.shared_expert_size > 0, moe and spec.routing.shared_expert_gate)
+                       moe and spec.routing.shared_expert_size > 0, moe and spec.routing.shared_expert_gate,
+                       PARALLEL_MIN_WEIGHTS if threads > 1 else NEVER)
 
 
 @njit(cache=True, error_model="numpy", fastmath=True)
@@ -138,15 +142,27 @@ def _rmsnorm(x, weight, eps, out):
         out[j] = x[j] * inv * weight[j]
 
 
+@njit(cache=True, error_model="numpy", fastmath=True, parallel=True)
+def _rows4_parallel(w, scale, x2, out, q):
+    """The four-row passes of `_apply` spread over the threads (one fork/join)."""
+    for r in prange(q):
+        out[r], out[r + q], out[r + 2 * q], out[r + 3 * q] = dot_rows4(w, scale, x2, r, r + q, r + 2 * q, r + 3 * q)
+
+
 @njit(cache=True, error_model="numpy", fastmath=True)
-def _apply(lin, x, out):
-    """out[out] = W x (+ b) for x [in], four rows a page apart per pass (`kernels.dot_rows4`)."""
+def _apply(lin, x, out, parallel_min):
+    """out[out] = W x (+ b) for x [in], four rows a page apart per pass (`kernels.dot_rows4`); a matrix of
+    `parallel_min` weights or more is split over the threads."""
     w, scale, bias = lin.w, lin.scale, lin.bias
     rows, groups, group = w.shape
     x2 = x.reshape(groups, group)
     q = rows // 4
-    for r in range(q):
-        out[r], out[r + q], out[r + 2 * q], out[r + 3 * q] = dot_rows4(w, scale, x2, r, r + q, r + 2 * q, r + 3 * q)
+    if rows * groups * group >= parallel_min:
+        _rows4_parallel(w, scale, x2, out, q)
+    else:
+        for r in range(q):
+            out[r], out[r + q], out[r + 2 * q], out[r + 3 * q] = dot_rows4(w, scale, x2, r, r + q, r + 2 * q,
+                                                                           r + 3 * q)
     for r in range(4 * q, rows):
         out[r] = dot_row(w, scale, x2, r)
     zero = np.float32(lin.zero)
@@ -168,15 +184,15 @@ def _apply(lin, x, out):
 
 
 @njit(cache=True, error_model="numpy", fastmath=True)
-def _swiglu(t, x, out):
+def _swiglu(t, x, out, parallel_min):
     inner = t.gate.w.shape[0]
     g = np.empty(inner, dtype=np.float32)
     u = np.empty(inner, dtype=np.float32)
-    _apply(t.gate, x, g)
-    _apply(t.up, x, u)
+    _apply(t.gate, x, g, parallel_min)
+    _apply(t.up, x, u, parallel_min)
     for r in range(inner):
         g[r] = g[r] / (_1 + np.exp(-g[r])) * u[r]
-    _apply(t.down, g, out)
+    _apply(t.down, g, out, parallel_min)
 
 
 @njit(cache=True, error_model="numpy", fastmath=True)
@@ -239,9 +255,9 @@ def decode_layer(x, t, cfg, k_cache, v_cache, pos, cos, sin, hidden_out, ffn_in,
     _rmsnorm(x, t.attn_norm, cfg.eps, xn)
     q = np.empty(heads * hd, dtype=np.float32)
     k = np.empty(kvh * hd, dtype=np.float32)
-    _apply(t.wq, xn, q)
-    _apply(t.wk, xn, k)
-    _apply(t.wv, xn, v_cache[pos].reshape(kvh * hd))
+    _apply(t.wq, xn, q, cfg.parallel_min)
+    _apply(t.wk, xn, k, cfg.parallel_min)
+    _apply(t.wv, xn, v_cache[pos].reshape(kvh * hd), cfg.parallel_min)
     if cfg.qk_norm == 2:
         _rmsnorm(q.copy(), t.q_norm, cfg.eps, q)
         _rmsnorm(k.copy(), t.k_norm, cfg.eps, k)
@@ -258,17 +274,17 @@ def decode_layer(x, t, cfg, k_cache, v_cache, pos, cos, sin, hidden_out, ffn_in,
     attended = np.empty(heads * hd, dtype=np.float32)
     _attend(q, k_cache, v_cache, pos + 1, cfg, attended)
     branch = np.empty(d, dtype=np.float32)
-    _apply(t.wo, attended, branch)
+    _apply(t.wo, attended, branch, cfg.parallel_min)
     for j in range(d):
         hidden_out[j] = x[j] + branch[j] * rm
     _rmsnorm(hidden_out, t.ffn_norm, cfg.eps, ffn_in)
     if cfg.moe:
-        _apply(t.router, ffn_in, router_logits)
+        _apply(t.router, ffn_in, router_logits, cfg.parallel_min)
     if not cfg.moe or cfg.shared:
-        _swiglu(t, ffn_in, branch)
+        _swiglu(t, ffn_in, branch, cfg.parallel_min)
         if cfg.shared_gate:
             gate = np.empty(1, dtype=np.float32)
-            _apply(t.shared_gate, ffn_in, gate)
+            _apply(t.shared_gate, ffn_in, gate, cfg.parallel_min)
             s = _1 / (_1 + np.exp(-gate[0]))
             for j in range(d):
                 branch[j] *= s
@@ -279,10 +295,10 @@ def decode_layer(x, t, cfg, k_cache, v_cache, pos, cos, sin, hidden_out, ffn_in,
 class DecodeLayers:
     """The dense part of every layer for one token, in numba (the decode path of `forward`)."""
 
-    def __init__(self, manifest: Manifest, dense: np.ndarray):
+    def __init__(self, manifest: Manifest, dense: np.ndarray, threads: int = 1):
         spec = self.spec = manifest.spec
         self.tensors = [layer_tensors(dense, manifest, i) for i in range(spec.n_layers)]
-        self.configs = [layer_config(spec, i) for i in range(spec.n_layers)]
+        self.configs = [layer_config(spec, i, threads) for i in range(spec.n_layers)]
         self.n_experts = spec.routing.n_experts if spec.routing else 0
 
     def tables(self, start: int, count: int) -> tuple[np.ndarray, np.ndarray]:

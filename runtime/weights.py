@@ -41,7 +41,7 @@ class Weights:
         self._dense_map = bundle.map(manifest.dense_file)
         dense = np.frombuffer(self._dense_map, dtype=np.uint8)
         # one token: numba over the same tensors (decode="onnx": the graphs, the reference)
-        self.decode_layers = DecodeLayers(manifest, dense) if decode == "numba" else self.graph_layers
+        self.decode_layers = DecodeLayers(manifest, dense, threads) if decode == "numba" else self.graph_layers
         self.embedding = tensor_view(dense, manifest, EMBEDDING)  # [V, D]
         embed = manifest.dense_tensors[EMBEDDING]  # page-aligned: a lookup reads its rows' pages only
         self._dense_map.madvise(mmap.MADV_RANDOM, embed.offset - embed.offset % mmap.PAGESIZE, embed.nbytes)
