@@ -42,7 +42,7 @@ def run(bundle: str, prompt: str, n: int = 64, temperature: float = 0.0, top_k: 
     model = Model.load(bundle, threads=threads, expert_budget=budget, verify=verify)
     if model.budget_note:
         print(f"moedge: {model.budget_note}", file=sys.stderr)
-    if not kernels_cached():  # after the load: a bad bundle still gets its one-line error alone
+    if not kernels_cached(model.weights):  # after the load: a bad bundle still gets its one-line error alone
         print("moedge: compiling the kernels for this CPU (first run after an install or update, ~10-15 s)",
               file=sys.stderr, flush=True)
     inputs = chat_prompt(model, [{"role": "user", "content": prompt}]) if chat else prompt

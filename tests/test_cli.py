@@ -138,13 +138,20 @@ def test_a_first_run_says_it_compiles(monkeypatch, exported):
     import os
 
     from helpers import tiny_moe_spec
-    from moedge.runtime import Model
+    from moedge.runtime import Model, kernels
     from moedge.runtime.jit_cache import kernels_cached
 
-    for threads in (1, 2):  # serial and parallel kernels; 80 tokens take the prefill GEMM path too
-        session = Model.load(exported("cli-compile", tiny_moe_spec()).bundle, threads=threads).session()
+    bundle = exported("cli-compile", tiny_moe_spec()).bundle
+    for threads in (1, 2):  # serial and parallel kernels
+        model = Model.load(bundle, threads=threads)
+        if threads == 2:  # force the parallel paths a bigger model takes
+            model.weights.decode_layers.configs = [c._replace(parallel_min=1) for c in
+                                                   model.weights.decode_layers.configs]
+            for layer in model.weights.moe.values():
+                layer.decode_kernel = kernels.moe_decode_parallel
+        session = model.session()
         session.prefill(list(range(80)))
         session.decode(4)
-    assert kernels_cached()  # every kernel ran, so every kernel is in numba's cache
+        assert kernels_cached(model.weights)  # every kernel it calls ran, so every one is in numba's cache
     monkeypatch.setattr(os.path, "exists", lambda path: not str(path).endswith(".nbi"))
-    assert not kernels_cached()
+    assert not kernels_cached(model.weights)
