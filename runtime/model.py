@@ -22,6 +22,7 @@ from .inputs import check_sampling, check_tokens
 from .memory import automatic_budget, available_memory
 from .session import Session
 from .spec import ModelSpec
+from .storage import step_bytes
 from .threads import use_threads
 from .weights import Weights
 
@@ -36,18 +37,17 @@ def _smallest_budget(manifest: Manifest) -> int:
 
 
 def _check_budget(manifest: Manifest, expert_budget: int | None) -> None:
-    if expert_budget is not None and manifest.experts is not None and expert_budget < _smallest_budget(manifest):
-        raise InputError(f"an expert budget of {expert_budget} bytes is below the {_smallest_budget(manifest)} "
-                         f"bytes of the top-{manifest.spec.routing.top_k} experts one layer needs at once")
+    if expert_budget is None or manifest.experts is None:
+        return
+    needed = _smallest_budget(manifest)
+    if expert_budget < needed:
+        raise InputError(f"an expert budget of {expert_budget} bytes is below the {needed} bytes of the "
+                         f"top-{manifest.spec.routing.top_k} experts one layer needs at once")
 
 
 def _default_threads(manifest: Manifest) -> int:
     """The CPU count, or 1 when a decode step reads too little to pay for spreading it over threads."""
-    step = manifest.files[manifest.dense_file]["size"]
-    if manifest.experts is not None:
-        step += manifest.files[manifest.experts.file]["size"] * manifest.spec.routing.top_k // \
-            manifest.spec.routing.n_experts
-    return 1 if step < SMALL_STEP_BYTES else os.cpu_count() or 1
+    return 1 if step_bytes(manifest)["total"] < SMALL_STEP_BYTES else os.cpu_count() or 1
 
 
 def _budget_for_machine(manifest: Manifest) -> tuple[int | None, str | None]:

@@ -1,5 +1,5 @@
-"""How a bundle stores each part of the model: its scheme, its weights and bytes, hence bits per weight
-(`moedge inspect`)."""
+"""How a bundle stores each part of the model (its scheme, weights and bytes, hence bits per weight: `moedge
+inspect`), and the bytes one decode step reads (the roofline of `moedge bench`, the thread default)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .bundle import Manifest
+from .bundle import EMBEDDING, Manifest
 from .tensor_names import dense_linear_names
 
 
@@ -54,3 +54,21 @@ def storage(manifest: Manifest) -> list[Part]:
                       sum(tensors[n].nbytes for n in rest)))
     return parts
 
+
+def step_bytes(manifest: Manifest) -> dict[str, int]:
+    """Bytes of weights one decode step reads: dense graphs, the head, k experts per MoE layer.
+
+    The embedding counts one row (the lookup) unless the head reads the whole of it.
+    Experts count top-k per MoE layer at the layer's mean expert size (a mixed bundle's experts differ).
+    """
+    spec = manifest.spec
+    used = {name for name in manifest.dense_tensors if name != EMBEDDING} | set(manifest.head.values())
+    dense = sum(manifest.dense_tensors[name].nbytes for name in used)
+    if EMBEDDING not in used:
+        dense += manifest.dense_tensors[EMBEDDING].nbytes // spec.vocab_size
+    experts = 0
+    if manifest.experts is not None:
+        x = manifest.experts
+        size = {s: sum(t.nbytes for t in layout.tensors.values()) for s, layout in x.layouts.items()}
+        experts = round(sum(spec.routing.top_k * np.mean([size[s] for s in x.schemes[layer]]) for layer in x.layers))
+    return {"dense": dense, "experts": experts, "total": dense + experts}

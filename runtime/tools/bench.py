@@ -21,10 +21,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from ..bundle import EMBEDDING, Manifest, read_manifest
+from ..bundle import read_manifest
 from ..errors import InputError
 from ..forward import Probe
 from ..model import Model
+from ..storage import step_bytes
 from .bandwidth import read_bandwidth
 from .memory_cap import drop_cached_pages, memory_cgroup
 
@@ -50,25 +51,6 @@ class ThreadResult:
     python_overhead_fraction: float
     latencies_ms: list[float] = field(repr=False)
     cold_start: dict[str, dict] = field(default_factory=dict)
-
-
-def step_bytes(manifest: Manifest) -> dict[str, int]:
-    """Bytes of weights one decode step reads: dense graphs, the head, k experts per MoE layer.
-
-    The embedding counts one row (the lookup) unless the head reads the whole of it.
-    Experts count top-k per MoE layer at the layer's mean expert size (a mixed bundle's experts differ).
-    """
-    spec = manifest.spec
-    used = {name for name in manifest.dense_tensors if name != EMBEDDING} | set(manifest.head.values())
-    dense = sum(manifest.dense_tensors[name].nbytes for name in used)
-    if EMBEDDING not in used:
-        dense += manifest.dense_tensors[EMBEDDING].nbytes // spec.vocab_size
-    experts = 0
-    if manifest.experts is not None:
-        x = manifest.experts
-        size = {s: sum(t.nbytes for t in layout.tensors.values()) for s, layout in x.layouts.items()}
-        experts = round(sum(spec.routing.top_k * np.mean([size[s] for s in x.schemes[layer]]) for layer in x.layers))
-    return {"dense": dense, "experts": experts, "total": dense + experts}
 
 
 class PartTimer(Probe):
