@@ -14,7 +14,7 @@ from .options import require
 def export(src: str, out: str, group_size: int | None = None, bits: int = 8, force: bool = False,
            float_experts: bool = False, full_graph: bool = False, float_dense: bool = False,
            int8_budget: float = 0.0, calibration: str | None = None) -> None:
-    """Export a checkpoint folder (moedge or Hugging Face) to a bundle."""
+    """Export a checkpoint folder (moedge or Hugging Face) or a GGUF file to a bundle."""
     require("torch", "onnx", "safetensors", purpose="moedge export")
     from moedge.exporter import export as export_bundle  # torch is only needed here
 

@@ -24,8 +24,9 @@ def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="moedge", description="Edge inference for dense and MoE transformers.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    p = sub.add_parser("export", help="export a checkpoint folder to a bundle", description=commands.export.__doc__)
-    p.add_argument("src", help="checkpoint folder (moedge_spec.json or Hugging Face config.json)")
+    p = sub.add_parser("export", help="export a checkpoint folder or GGUF file to a bundle",
+                       description=commands.export.__doc__)
+    p.add_argument("src", help="checkpoint folder (moedge_spec.json or Hugging Face config.json) or a .gguf file")
     p.add_argument("-o", "--out", required=True, help="bundle folder to write")
     p.add_argument("--group-size", type=int, choices=(32, 64, 128), default=None,
                    help="scales per group of 32/64/128 inputs (default: per channel for int8, 32 for int4)")

@@ -72,6 +72,9 @@ def write_bundle_files(source: Source, root: Path, options: ExportOptions) -> Ma
     if source.tokenizer_file is not None:
         tokenizer = "tokenizer.json"
         shutil.copyfile(source.tokenizer_file, root / tokenizer)
+    elif source.tokenizer_json is not None:
+        tokenizer = "tokenizer.json"
+        (root / tokenizer).write_text(source.tokenizer_json)
     manifest = Manifest(spec=spec, quant_scheme=quantization["scheme"], group_size=options.group,
                         dense_linears=quantization["dense_linears"],
                         layer_graphs=tuple(graphs), head=head, dense_file=DENSE_FILE,

@@ -13,25 +13,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import gguf
-import numpy as np
 
-from ..runtime.bundle import EMBEDDING, HEAD_NORM, Manifest
+from ..runtime.bundle import Manifest
 from ..runtime.spec import ModelSpec
-from ..runtime.tensor_names import LM_HEAD, template
+from ..runtime.tensor_names import template
 from .bundle_weights import bundle_float_tensors
+from .gguf_names import INTERLEAVED_ROPE, ROPE_PERMUTED, gguf_name, rope_interleaved
 from .source import ExportError
 
-GGUF_NAMES = {  # canonical template -> GGUF tensor name
-    EMBEDDING: "token_embd.weight", HEAD_NORM: "output_norm.weight", LM_HEAD: "output.weight",
-    **{f"layers.{{i}}.{ours}": f"blk.{{i}}.{theirs}" for ours, theirs in (
-        ("attn_norm.weight", "attn_norm.weight"), ("attn.wq.weight", "attn_q.weight"),
-        ("attn.wk.weight", "attn_k.weight"), ("attn.wv.weight", "attn_v.weight"),
-        ("attn.wo.weight", "attn_output.weight"), ("attn.q_norm.weight", "attn_q_norm.weight"),
-        ("attn.k_norm.weight", "attn_k_norm.weight"), ("ffn_norm.weight", "ffn_norm.weight"),
-        ("ffn.gate.weight", "ffn_gate.weight"), ("ffn.up.weight", "ffn_up.weight"),
-        ("ffn.down.weight", "ffn_down.weight"), ("ffn.router.weight", "ffn_gate_inp.weight"),
-        ("ffn.experts.gate", "ffn_gate_exps.weight"), ("ffn.experts.up", "ffn_up_exps.weight"),
-        ("ffn.experts.down", "ffn_down_exps.weight"))}}
 FLOAT_ONLY = ("ffn_gate_inp.weight",)  # kept float32 like llama.cpp's converter (with every 1-D tensor)
 
 
@@ -57,12 +46,6 @@ def gguf_architecture(spec: ModelSpec) -> str:
     if unsupported:
         raise ExportError(f"no GGUF architecture runs this model as it is: {', '.join(unsupported)}")
     return arch
-
-
-def _rope_interleaved(weight: np.ndarray, heads: int) -> np.ndarray:
-    """Rows of q or k reordered from rotate-half RoPE pairs (i, i + d/2) to interleaved ones (2i, 2i + 1)."""
-    rows = weight.shape[0]
-    return weight.reshape(heads, 2, rows // heads // 2, -1).swapaxes(1, 2).reshape(weight.shape)
 
 
 def _metadata(writer: gguf.GGUFWriter, spec: ModelSpec, file_type: int) -> None:
@@ -100,14 +83,13 @@ def write_gguf(root: Path, manifest: Manifest, out: Path,
     writer = gguf.GGUFWriter(str(out), arch)
     _metadata(writer, spec, file_type)
     for name, tensor in bundle_float_tensors(root, manifest):
-        key, layer = template(name)
-        gguf_name = GGUF_NAMES[key].replace("{i}", str(layer))
-        if arch == "llama" and key.endswith(("attn.wq.weight", "attn.wk.weight")):
-            tensor = _rope_interleaved(tensor, spec.n_heads if "wq" in key else spec.n_kv_heads)
-        if tensor.ndim == 1 or gguf_name.endswith(FLOAT_ONLY):
-            writer.add_tensor(gguf_name, tensor)
+        key, _ = template(name)
+        if arch in INTERLEAVED_ROPE and key.endswith(ROPE_PERMUTED):
+            tensor = rope_interleaved(tensor, spec.n_heads if "wq" in key else spec.n_kv_heads)
+        if tensor.ndim == 1 or gguf_name(name).endswith(FLOAT_ONLY):
+            writer.add_tensor(gguf_name(name), tensor)
         else:
-            writer.add_tensor(gguf_name, gguf.quants.quantize(tensor, qtype), raw_dtype=qtype)
+            writer.add_tensor(gguf_name(name), gguf.quants.quantize(tensor, qtype), raw_dtype=qtype)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

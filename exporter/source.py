@@ -1,7 +1,7 @@
 """What the exporter reads: a model spec, canonical tensors on demand, tokenizer, generation ids.
 
-`open_source(path)` picks the reader for a folder: our own checkpoint (`moedge_spec.json`)
-or a Hugging Face checkpoint (`config.json`, through the adapter registry).
+`open_source(path)` picks the reader: for a folder, our own checkpoint (`moedge_spec.json`) or a
+Hugging Face checkpoint (`config.json`, through the adapter registry); for a file, GGUF (`gguf_source`).
 """
 
 from __future__ import annotations
@@ -22,22 +22,29 @@ class ExportError(MoedgeError):
 
 @dataclass
 class Source:
-    """A model to export: `get(name)` returns a canonical tensor as float32 numpy."""
+    """A model to export: `get(name)` returns a canonical tensor as float32 numpy; the tokenizer is a
+    `tokenizer.json` file or its text (built from a GGUF file's metadata)."""
 
     spec: ModelSpec
     get: Callable[[str], np.ndarray]
     tokenizer_file: Path | None = None
+    tokenizer_json: str | None = None
     generation: dict = field(default_factory=dict)
 
 
 def open_source(path: str | Path) -> Source:
-    """Open a checkpoint folder for export, or raise `ExportError` saying why it cannot be."""
+    """Open a checkpoint folder or GGUF file for export, or raise `ExportError` saying why it cannot be."""
     from .checkpoint import SPEC_FILE, read_checkpoint
+    from .gguf_file import is_gguf
 
     path = Path(path)
-    if not path.is_dir():
-        raise ExportError(f"{path} is not a folder (expected a checkpoint folder)")
-    if (path / SPEC_FILE).is_file():
+    if path.is_file() and is_gguf(path):
+        from .gguf_source import read_gguf
+
+        source = read_gguf(path)
+    elif not path.is_dir():
+        raise ExportError(f"{path} is neither a folder (a checkpoint) nor a GGUF file")
+    elif (path / SPEC_FILE).is_file():
         source = read_checkpoint(path)
     elif (path / "config.json").is_file():
         from .adapters import read_hf_checkpoint

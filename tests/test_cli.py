@@ -35,7 +35,7 @@ def test_export_inspect_run(default_checkpoint, tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["run", "/nonexistent.moedge", "--prompt", "x"], "no such bundle"),
-    (["export", "/nonexistent", "-o", "/tmp/never.moedge"], "is not a folder"),
+    (["export", "/nonexistent", "-o", "/tmp/never.moedge"], "is neither a folder"),
     (["inspect", "/"], "not a moedge bundle"),
 ])
 def test_bad_input_is_one_line_error(args, message):
