@@ -23,7 +23,7 @@ COMMON_KEYS = {  # GGUF key (after "{arch}.") -> config.json key
     "attention.key_length": "head_dim", "rope.freq_base": "rope_theta",
     "attention.layer_norm_rms_epsilon": "rms_norm_eps", "expert_count": "num_experts",
     "expert_used_count": "num_experts_per_tok", "expert_shared_feed_forward_length": "shared_expert_intermediate_size",
-    "attention.sliding_window": "sliding_window", "attention.clamp_kqv": "clip_qkv",
+    "attention.sliding_window": "sliding_window",
     "expert_weights_norm": "norm_topk_prob",
 }
 REQUIRED = ("block_count", "embedding_length", "context_length", "attention.head_count",
@@ -75,6 +75,9 @@ def _refuse_unsupported(name: str, arch: str, meta: dict[str, Any]) -> None:
     if get("expert_gating_func") not in (None, SOFTMAX_GATING):
         raise ExportError(f"{name}: {arch}.expert_gating_func={get('expert_gating_func')} is not supported "
                           "(only softmax routing)")
+    if get("attention.clamp_kqv") is not None:
+        raise ExportError(f"{name}: {arch}.attention.clamp_kqv={get('attention.clamp_kqv')} (q/k/v clipping) "
+                          "is not supported")
     if get("expert_weights_scale") not in (None, 1.0):
         raise ExportError(f"{name}: {arch}.expert_weights_scale={get('expert_weights_scale')} is not supported")
 

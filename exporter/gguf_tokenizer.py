@@ -1,12 +1,14 @@
-"""The tokenizer, bos/eos ids and chat template a GGUF file carries in its metadata.
+"""The tokenizer, bos/eos ids and chat template a GGUF file carries in its metadata, both ways.
 
 A GGUF holds no `tokenizer.json`: its vocabulary, merges and token types are `tokenizer.ggml.*` keys.
-transformers' GGUF converter (`transformers.integrations.gguf`) builds the fast tokenizer they
-describe (byte-level BPE, sentencepiece, ...); its `tokenizer.json` goes into the bundle.
+Reading, transformers' GGUF converter (`transformers.integrations.gguf`) builds the fast tokenizer they
+describe (byte-level BPE, sentencepiece, ...); its `tokenizer.json` goes into the bundle. Writing
+(`add_tokenizer`), a byte-level BPE `tokenizer.json` becomes llama.cpp's "gpt2" vocabulary.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +29,7 @@ def gguf_tokenizer_json(path: Path, metadata: dict[str, Any]) -> str | None:
     try:
         architecture, tokenizer, _ = get_gguf_tokenizer(str(path))
         fast, _ = convert_gguf_tokenizer(architecture, tokenizer)
-    except (ValueError, KeyError, TypeError, IndexError) as exc:
+    except Exception as exc:  # metadata of any shape; `tokenizers` raises a plain Exception
         raise ExportError(f"{path}: cannot build its tokenizer ({metadata[TOKENIZER_MODEL]!r}): {exc}") from None
     return fast.to_str()
 
@@ -46,3 +48,27 @@ def gguf_generation(metadata: dict[str, Any]) -> dict[str, Any]:
                for name, key in zip(SPECIAL_TOKENS, ("bos", "eos", "unknown", "padding"), strict=True)}
         out["special_tokens"] = {name: tokens[i] for name, i in ids.items() if i is not None and 0 <= i < len(tokens)}
     return out
+
+
+def add_tokenizer(writer, tokenizer_json: str, generation: dict[str, Any]) -> bool:
+    """Write a byte-level BPE `tokenizer.json` (and the bos/eos ids and chat template of `generation`) as
+    GGUF tokenizer metadata; False, writing nothing, for another kind of tokenizer."""
+    import gguf
+
+    data = json.loads(tokenizer_json)
+    if data.get("model", {}).get("type") != "BPE" or (data.get("pre_tokenizer") or {}).get("type") != "ByteLevel":
+        return False
+    vocab = data["model"]["vocab"]
+    special = {t["id"] for t in data.get("added_tokens", []) if t.get("special")}
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(sorted(vocab, key=vocab.get))
+    writer.add_token_types([gguf.TokenType.CONTROL if i in special else gguf.TokenType.NORMAL
+                            for i in range(len(vocab))])
+    writer.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in data["model"]["merges"]])
+    for key, add in (("bos_token_id", writer.add_bos_token_id), ("eos_token_id", writer.add_eos_token_id)):
+        if isinstance(generation.get(key), int):
+            add(generation[key])
+    if generation.get("chat_template"):
+        writer.add_chat_template(generation["chat_template"])
+    return True

@@ -5,11 +5,13 @@ a GGUF type (Q8_0 by default: llama.cpp's int8, one scale per 32 weights; Q4_0 f
 the same grid as our int4 group 32, with a float16 scale). Two GGUF architectures
 cover the canonical models this can express exactly: "llama" (dense or Mixtral-style MoE; q and k rows
 permuted to llama.cpp's interleaved RoPE, as `convert_hf_to_gguf.py` does) and "olmoe" (q/k norm over
-all heads, un-normalised top-k weights). The vocabulary is placeholder strings: peers are fed token ids.
+all heads, un-normalised top-k weights). The vocabulary is the bundle's byte-level BPE tokenizer when it has
+one, else placeholder strings (peers are fed token ids).
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import gguf
@@ -19,6 +21,7 @@ from ..runtime.spec import ModelSpec
 from ..runtime.tensor_names import template
 from .bundle_weights import bundle_float_tensors
 from .gguf_names import INTERLEAVED_ROPE, ROPE_PERMUTED, gguf_name, rope_interleaved
+from .gguf_tokenizer import add_tokenizer
 from .source import ExportError
 
 FLOAT_ONLY = ("ffn_gate_inp.weight",)  # kept float32 like llama.cpp's converter (with every 1-D tensor)
@@ -65,23 +68,33 @@ def _metadata(writer: gguf.GGUFWriter, spec: ModelSpec, file_type: int) -> None:
         writer.add_expert_count(spec.routing.n_experts)
         writer.add_expert_used_count(spec.routing.top_k)
         writer.add_expert_feed_forward_length(spec.expert_intermediate_size)
+
+
+def _vocabulary(writer: gguf.GGUFWriter, root: Path, manifest: Manifest) -> None:
+    """The bundle's own byte-level BPE tokenizer when it has one of the model's size, else placeholders."""
+    if manifest.tokenizer is not None:
+        text = (root / manifest.tokenizer).read_text()
+        if len(json.loads(text).get("model", {}).get("vocab", {})) == manifest.spec.vocab_size and \
+                add_tokenizer(writer, text, manifest.generation):
+            return
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre("default")
-    writer.add_token_list([f"<{i}>" for i in range(spec.vocab_size)])
-    writer.add_token_types([gguf.TokenType.NORMAL] * spec.vocab_size)
+    writer.add_token_list([f"<{i}>" for i in range(manifest.spec.vocab_size)])
+    writer.add_token_types([gguf.TokenType.NORMAL] * manifest.spec.vocab_size)
     writer.add_token_merges(["< 0"])
 
 
 def write_gguf(root: Path, manifest: Manifest, out: Path,
                qtype: gguf.GGMLQuantizationType = gguf.GGMLQuantizationType.Q8_0) -> Path:
-    """Write the bundle at `root` as the GGUF file `out` with its matrices in `qtype`; returns `out`."""
+    """Write the bundle at `root` as the GGUF file `out` with its matrices in `qtype` (a type gguf-py
+    quantizes: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1); returns `out`."""
     spec = manifest.spec
     arch = gguf_architecture(spec)
-    file_type = {gguf.GGMLQuantizationType.F32: gguf.LlamaFileType.ALL_F32,
-                 gguf.GGMLQuantizationType.Q8_0: gguf.LlamaFileType.MOSTLY_Q8_0,
-                 gguf.GGMLQuantizationType.Q4_0: gguf.LlamaFileType.MOSTLY_Q4_0}[qtype]
+    f32 = qtype == gguf.GGMLQuantizationType.F32
+    file_type = gguf.LlamaFileType.ALL_F32 if f32 else gguf.LlamaFileType[f"MOSTLY_{qtype.name}"]
     writer = gguf.GGUFWriter(str(out), arch)
     _metadata(writer, spec, file_type)
+    _vocabulary(writer, root, manifest)
     for name, tensor in bundle_float_tensors(root, manifest):
         key, _ = template(name)
         if arch in INTERLEAVED_ROPE and key.endswith(ROPE_PERMUTED):

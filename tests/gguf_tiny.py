@@ -7,12 +7,14 @@ Q4_1, Q5_0, Q5_1; rows whose width is not a multiple of the type's block stay F3
 K-quants have no quantizer in gguf-py: `k_quant_blocks` writes valid random blocks instead.
 `model_from_gguf` loads a file's dequantized tensors back into the Hugging Face model: the reference
 for the architectures transformers' `gguf_file=` loading does not cover.
-The tokenizer is the default sample's byte-level BPE, written as `tokenizer.ggml.*` metadata.
+The tokenizer is the default sample's byte-level BPE, written as `tokenizer.ggml.*` metadata by the
+exporter's own `add_tokenizer` (what the llama.cpp peer's files carry).
 """
 
 from __future__ import annotations
 
-import json
+import itertools
+from collections.abc import Sequence
 from pathlib import Path
 
 import gguf
@@ -20,6 +22,7 @@ import numpy as np
 import torch
 
 from hf_tiny import COMMON, FAMILIES
+from moedge.exporter.gguf_tokenizer import add_tokenizer
 
 SAMPLE_TOKENIZER = Path(__file__).resolve().parents[1] / "samples" / "default-moe" / "tokenizer.json"
 VOCAB = 2048  # the sample tokenizer's
@@ -126,38 +129,26 @@ def _metadata(writer: gguf.GGUFWriter, config, arch: str) -> None:
         writer.add_logit_scale(config.logits_scaling)
 
 
-def _tokenizer(writer: gguf.GGUFWriter) -> None:
-    data = json.loads(SAMPLE_TOKENIZER.read_text())
-    vocab = data["model"]["vocab"]
-    special = {t["id"] for t in data["added_tokens"] if t["special"]}
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("default")
-    writer.add_token_list(sorted(vocab, key=vocab.get))
-    writer.add_token_types([gguf.TokenType.CONTROL if i in special else gguf.TokenType.NORMAL
-                            for i in range(len(vocab))])
-    writer.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in data["model"]["merges"]])
-    writer.add_bos_token_id(0)
-    writer.add_eos_token_id(0)
-    writer.add_chat_template(CHAT_TEMPLATE)
-
-
-def write_gguf_model(model, path: Path, qtype: gguf.GGMLQuantizationType, extra=None,
-                     k_quant: gguf.GGMLQuantizationType | None = None, seed: int = 0) -> Path:
+def write_gguf_model(model, path: Path, qtype: gguf.GGMLQuantizationType,
+                     k_quants: Sequence[gguf.GGMLQuantizationType] = (), extra=None, seed: int = 0) -> Path:
     """Write `model` (a tiny HF model) as the GGUF file `path`, its matrices in `qtype`.
 
-    `k_quant`: matrices whose rows are multiples of 256 get random blocks of that K-quant type instead
-    (their weights are then the file's, not the model's). `extra(writer)` adds metadata.
+    `k_quants`: matrices whose rows are multiples of 256 get random blocks of these K-quant types instead,
+    one type after the other (their weights are then the file's, not the model's). `extra(writer)` adds
+    metadata.
     """
     arch = ARCH[model.config.model_type]
     writer = gguf.GGUFWriter(str(path), arch)
     _metadata(writer, model.config, arch)
-    _tokenizer(writer)
+    add_tokenizer(writer, SAMPLE_TOKENIZER.read_text(), {"bos_token_id": 0, "eos_token_id": 0,
+                                                         "chat_template": CHAT_TEMPLATE})
     if extra:
         extra(writer)
-    rng = np.random.default_rng(seed)
+    rng, k_types = np.random.default_rng(seed), itertools.cycle(k_quants)
     for _, name, w in _gguf_tensors(model, arch):
         router = name.endswith(("ffn_gate_inp.weight", "ffn_gate_inp_shexp.weight"))
-        if k_quant is not None and not router and quantizable(w, k_quant):
+        if k_quants and not router and quantizable(w, k_quants[0]):
+            k_quant = next(k_types)
             writer.add_tensor(name, k_quant_blocks(w.shape[:-1], w.shape[-1], k_quant, 1 / (512 * w.shape[-1] ** 0.5),
                                                    rng), raw_dtype=k_quant)
         elif not router and quantizable(w, qtype) and qtype != gguf.GGMLQuantizationType.F32:

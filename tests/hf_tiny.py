@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
+
+from moedge.exporter.options import nbits_block
+from moedge.quant import dequantize, quantize_int8
 
 COMMON = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
               max_position_embeddings=128, bos_token_id=1, eos_token_id=2, pad_token_id=None, rms_norm_eps=1e-5)
@@ -34,6 +38,9 @@ FAMILIES: dict[str, tuple[str, dict]] = {
 }
 
 
+DENSE_LINEARS = tuple(f"{m}_proj.weight" for m in ("q", "k", "v", "o", "gate", "up", "down"))
+
+
 def build_hf_model(family: str, seed: int = 0):
     """A seeded random model of `family`: weights ~ N(0, 1/fan_in), norm weights in [0.5, 1.5], biases nonzero."""
     model_type, overrides = FAMILIES[family]
@@ -54,3 +61,23 @@ def build_hf_model(family: str, seed: int = 0):
 def save_hf_model(model, folder: Path, **kwargs) -> Path:
     model.save_pretrained(folder, **kwargs)
     return folder
+
+
+def _int8(weight: torch.Tensor, group: int | None) -> torch.Tensor:
+    return torch.from_numpy(dequantize(quantize_int8(weight.detach().numpy(), group)))
+
+
+def int8_round_tripped(model, int8_dense: bool):
+    """A copy of `model` computing what a default (int8) bundle computes in one-token decode steps: its
+    experts, LM head and (if `int8_dense`) attention/dense-FFN matrices replaced by their int8 round trip
+    (rows are quantized independently, so the fused gate_up rows quantize exactly as our separate gate
+    and up; a tied head gets its own quantized copy, as in the bundle)."""
+    reference = copy.deepcopy(model)
+    with torch.no_grad():
+        for name, weight in reference.named_parameters():
+            if name.endswith(("experts.gate_up_proj", "experts.down_proj")):
+                weight.copy_(_int8(weight, None))
+            elif int8_dense and name.endswith(DENSE_LINEARS):
+                weight.copy_(_int8(weight, nbits_block(weight.shape[1], 0)))
+        reference.lm_head.weight = torch.nn.Parameter(_int8(reference.lm_head.weight, None))
+    return reference

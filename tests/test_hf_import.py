@@ -18,18 +18,16 @@ import torch
 from safetensors.torch import save_file
 
 from helpers import run_cli
-from hf_tiny import FAMILIES, build_hf_model, save_hf_model
+from hf_tiny import FAMILIES, build_hf_model, int8_round_tripped, save_hf_model
 from moedge.exporter import ExportError, export
 from moedge.exporter.adapters import ADAPTERS
 from moedge.exporter.adapters.adapter import moe_layer_kinds
-from moedge.exporter.options import nbits_block
 from moedge.quant import SCHEMES, dequantize, quantize_int8
 from moedge.runtime import InputError, Model
 
 PROMPT = [5, 17, 99, 3, 120, 42, 7, 7, 130, 0, 64, 128]
 FLOAT_BOUND = 1e-5  # float32 rounding only: a wrong epsilon or bias fails it
 INT8_BOUND = 3e-2  # int8 weights everywhere and int8 activations in prefill's dense linears
-DENSE_LINEARS = tuple(f"{m}_proj.weight" for m in ("q", "k", "v", "o", "gate", "up", "down"))
 MOE_TYPES = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "granitemoe")
 ARCHITECTURES = ["GraniteMoeForCausalLM", "LlamaForCausalLM", "MistralForCausalLM", "MixtralForCausalLM",
                  "OlmoeForCausalLM", "Qwen2ForCausalLM", "Qwen2MoeForCausalLM", "Qwen3ForCausalLM",
@@ -82,23 +80,13 @@ def test_int8_prefill_within_bound(family):
 @pytest.mark.parametrize("length", [len(PROMPT), 40])
 def test_int8_decode_matches_transformers_with_int8_weights(family, length):
     """transformers with its experts, LM head and attention/dense-FFN matrices replaced by their int8
-    round trip (rows are quantized independently, so the fused gate_up rows quantize exactly as our
-    separate gate and up; a tied head gets its own quantized copy, as in the bundle). One-token decode
-    steps keep activations float, so they match it; prefill's MatMulNBits quantizes activations too."""
+    round trip (`hf_tiny.int8_round_tripped`). One-token decode steps keep activations float, so they
+    match it; prefill's MatMulNBits quantizes activations too."""
     tokens = (PROMPT * 4)[:length]
     model = Model.load(family.int8_bundle, threads=1)
     int8_dense = model.manifest.dense_linears == "int8"  # Qwen2-MoE's shared expert (40 wide) keeps them float
-    reference = copy.deepcopy(family.hf)
     with torch.no_grad():
-        for name, weight in reference.named_parameters():
-            if name.endswith(("experts.gate_up_proj", "experts.down_proj")):
-                weight.copy_(torch.from_numpy(dequantize(quantize_int8(weight.numpy(), None))))
-            elif int8_dense and name.endswith(DENSE_LINEARS):
-                block = nbits_block(weight.shape[1], 0)
-                weight.copy_(torch.from_numpy(dequantize(quantize_int8(weight.numpy(), block))))
-        head = reference.lm_head.weight.detach().numpy()
-        reference.lm_head.weight = torch.nn.Parameter(torch.from_numpy(dequantize(quantize_int8(head, None))))
-        ref = reference(torch.tensor([tokens])).logits[0].numpy()
+        ref = int8_round_tripped(family.hf, int8_dense)(torch.tensor([tokens])).logits[0].numpy()
     session = model.session()
     got = np.stack([session.decode(t) for t in tokens])
     assert relative_error(got, ref) <= FLOAT_BOUND
