@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..runtime.spec import ModelSpec, SpecError
+from ..runtime.spec import ModelSpec
 from ..runtime.tensor_names import template
 from .adapters.registry import adapter_for
 from .gguf_config import gguf_config
@@ -62,11 +62,7 @@ def read_gguf(path: str | Path) -> Source:
     if EMBEDDING_TENSOR not in file:
         raise ExportError(f"{path}: tensor {EMBEDDING_TENSOR} is missing")
     config = gguf_config(str(path), file.metadata, set(file.tensors), file.shape(EMBEDDING_TENSOR)[0])
-    adapter = adapter_for(config)
-    try:
-        spec = adapter.spec().validate()
-    except (SpecError, TypeError, ValueError) as exc:
-        raise ExportError(f"{path}: unsupported {file.metadata['general.architecture']} model: {exc}") from None
+    spec = adapter_for(config).checked_spec()
     shapes = canonical_shapes(spec)
     sources = _sources(file, shapes)
     permuted = file.metadata["general.architecture"] in INTERLEAVED_ROPE

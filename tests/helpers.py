@@ -98,6 +98,17 @@ class Exported:
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def greedy_tokens(bundle, prompt: list[int], n: int = 32) -> list[int]:
+    """The bundle's `n` greedy tokens after `prompt`: one prefill, then decode steps."""
+    from moedge.runtime import Model
+
+    session = Model.load(bundle, threads=1).session()
+    tokens = [int(session.prefill(prompt)[-1].argmax())]
+    while len(tokens) < n:
+        tokens.append(int(session.decode(tokens[-1]).argmax()))
+    return tokens
+
+
 def run_cli(*args, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
     """`moedge ARGS...` in a fresh process (as a user runs it); text output captured."""
     return subprocess.run([sys.executable, "-m", "moedge.cli.main", *map(str, args)], capture_output=True, text=True,

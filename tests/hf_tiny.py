@@ -42,9 +42,14 @@ DENSE_LINEARS = tuple(f"{m}_proj.weight" for m in ("q", "k", "v", "o", "gate", "
 
 
 def build_hf_model(family: str, seed: int = 0):
-    """A seeded random model of `family`: weights ~ N(0, 1/fan_in), norm weights in [0.5, 1.5], biases nonzero."""
+    """A seeded random model of `family` (see `random_model`)."""
     model_type, overrides = FAMILIES[family]
-    config = AutoConfig.for_model(model_type, **{**COMMON, **overrides})
+    return random_model(model_type, {**COMMON, **overrides}, seed)
+
+
+def random_model(model_type: str, config: dict, seed: int = 0):
+    """A seeded random transformers model: weights ~ N(0, 1/fan_in), norm weights in [0.5, 1.5], biases nonzero."""
+    config = AutoConfig.for_model(model_type, **config)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, attn_implementation="eager")
     with torch.no_grad():
@@ -81,3 +86,10 @@ def int8_round_tripped(model, int8_dense: bool):
                 weight.copy_(_int8(weight, nbits_block(weight.shape[1], 0)))
         reference.lm_head.weight = torch.nn.Parameter(_int8(reference.lm_head.weight, None))
     return reference
+
+
+def transformers_greedy(model, prompt: list[int], n: int = 32) -> list[int]:
+    """`model.generate`'s `n` greedy tokens after `prompt` (eos does not stop it)."""
+    model.generation_config.eos_token_id = None
+    with torch.no_grad():
+        return model.generate(torch.tensor([prompt]), max_new_tokens=n, do_sample=False)[0, len(prompt):].tolist()

@@ -27,10 +27,10 @@ from gguf_tiny import (
     write_gguf_model,
 )
 from tokenizers import Tokenizer
-from transformers import AutoConfig, AutoModelForCausalLM
+from transformers import AutoModelForCausalLM
 
-from helpers import run_cli
-from hf_tiny import int8_round_tripped
+from helpers import greedy_tokens, run_cli
+from hf_tiny import int8_round_tripped, random_model, transformers_greedy
 from moedge.exporter import export
 from moedge.exporter.bundle_weights import bundle_float_tensors
 from moedge.exporter.gguf_writer import write_gguf
@@ -47,19 +47,8 @@ K_QUANTS = (Q.Q2_K, Q.Q3_K, Q.Q4_K, Q.Q5_K, Q.Q6_K)
 
 
 def build(family: str, seed: int = 0, **overrides):
-    """A seeded random HF model of `family` as a GGUF file can hold it (see hf_tiny.build_hf_model)."""
-    model_type, config = gguf_family(family, **overrides)
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **config), attn_implementation="eager")
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name:
-                p.uniform_(0.5, 1.5)
-            elif p.dim() == 1:
-                p.normal_(0.0, 0.1)
-            else:
-                p.normal_(0.0, p.shape[-1] ** -0.5)
-    return model.eval()
+    """A seeded random HF model of `family` as a GGUF file can hold it."""
+    return random_model(*gguf_family(family, **overrides), seed)
 
 
 def reference(model, path):
@@ -128,14 +117,7 @@ def assert_int8_decode_matches(case):
 
 
 def test_32_greedy_tokens_match_generate(case):
-    case.reference.generation_config.eos_token_id = None
-    with torch.no_grad():
-        want = case.reference.generate(torch.tensor([PROMPT]), max_new_tokens=32, do_sample=False)[0, len(PROMPT):]
-    session = Model.load(case.float_bundle, threads=1).session()
-    got = [int(np.argmax(session.prefill(PROMPT)[-1]))]
-    while len(got) < 32:
-        got.append(int(np.argmax(session.decode(got[-1]))))
-    assert got == want.tolist()
+    assert greedy_tokens(case.float_bundle, PROMPT) == transformers_greedy(case.reference, PROMPT)
 
 
 def test_k_quants_match_the_gguf_model(k_case):

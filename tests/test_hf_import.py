@@ -17,8 +17,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from helpers import run_cli
-from hf_tiny import FAMILIES, build_hf_model, int8_round_tripped, save_hf_model
+from helpers import greedy_tokens, run_cli
+from hf_tiny import FAMILIES, build_hf_model, int8_round_tripped, save_hf_model, transformers_greedy
 from moedge.exporter import ExportError, export
 from moedge.exporter.adapters import ADAPTERS
 from moedge.exporter.adapters.adapter import moe_layer_kinds
@@ -116,14 +116,7 @@ def test_int4_prefill_matches_transformers_with_int4_experts(family, tmp_path):
 
 
 def test_32_greedy_tokens_match_generate(family):
-    family.hf.generation_config.eos_token_id = None  # 32 tokens on both sides
-    with torch.no_grad():
-        want = family.hf.generate(torch.tensor([PROMPT]), max_new_tokens=32, do_sample=False)[0, len(PROMPT):]
-    session = Model.load(family.float_bundle, threads=1).session()
-    got = [int(np.argmax(session.prefill(PROMPT)[-1]))]
-    while len(got) < 32:
-        got.append(int(np.argmax(session.decode(got[-1]))))
-    assert got == want.tolist()
+    assert greedy_tokens(family.float_bundle, PROMPT) == transformers_greedy(family.hf, PROMPT)
 
 
 def test_generate_stops_at_eos_like_transformers(family):

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ...runtime.bundle import EMBEDDING, HEAD_NORM
-from ...runtime.spec import ModelSpec
+from ...runtime.spec import ModelSpec, SpecError
 from ...runtime.tensor_names import EXPERT_PARTS, LM_HEAD, expert_part, layer_names, swiglu_names, template
 from ..source import ExportError
 from .config import HFConfig
@@ -72,6 +72,13 @@ class Adapter(ABC):
     @abstractmethod
     def spec(self) -> ModelSpec:
         """The canonical description of the checkpoint; `ExportError` for anything unsupported."""
+
+    def checked_spec(self) -> ModelSpec:
+        """`spec()`, validated; any inconsistency as one `ExportError` naming the config."""
+        try:
+            return self.spec().validate()
+        except (SpecError, TypeError, ValueError) as exc:
+            raise ExportError(f"{self.config.name}: unsupported {self.config.architecture} config: {exc}") from None
 
     def base_fields(self) -> dict[str, Any]:
         """The ModelSpec fields every family reads the same way (all layers dense)."""

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ...runtime.spec import ModelSpec, SpecError
+from ...runtime.spec import ModelSpec
 from ..model import canonical_shapes
 from ..source import ExportError, Source
 from .adapter import Adapter
@@ -41,10 +41,7 @@ def read_hf_checkpoint(folder: str | Path) -> Source:
     folder = Path(folder)
     config = HFConfig.load(folder)
     adapter = adapter_for(config)
-    try:
-        spec = adapter.spec().validate()
-    except (SpecError, TypeError, ValueError) as exc:
-        raise ExportError(f"{config.name}: unsupported {config.architecture} config: {exc}") from None
+    spec = adapter.checked_spec()
     tensors = SafetensorsFolder(folder)
     shapes = canonical_shapes(spec)
     _check_coverage(adapter, spec, tensors, list(shapes))
