@@ -17,7 +17,7 @@ from .bundle_dir import BundleDir
 from .dense_decode import DecodeLayers
 from .errors import BundleError
 from .expert_store import ExpertStore
-from .graphs import DenseGraph, GraphLayers, session_options
+from .graphs import DenseGraph, GraphLayers, session_options, shared_initializers
 from .head import Head, tensor_view
 from .moe import MoELayer
 from .verify import read_tokenizer, verified_load_files
@@ -34,12 +34,15 @@ class Weights:
         self.manifest = manifest
         self.spec = spec = manifest.spec
         tokenizer_json = verified_load_files(bundle, manifest) if verify else read_tokenizer(bundle, manifest)
-        options = session_options(threads, prepack=manifest.dense_linears == "int8")
+        self._dense_map = bundle.map(manifest.dense_file)
+        dense = np.frombuffer(self._dense_map, dtype=np.uint8)
+        # the graphs read their weights from this mapping too: every dense weight is held once
+        self._initializers = shared_initializers({name: tensor_view(dense, manifest, name)
+                                                  for name in manifest.dense_tensors})
+        options = session_options(threads, self._initializers)
         contract = graph_contract(spec, manifest.quantization_dict(), manifest.dense_dict())
         self.graph_layers = GraphLayers([DenseGraph(bundle.graph_path(name), name, options, i, contract, spec)
                                          for i, name in enumerate(manifest.layer_graphs)], spec)
-        self._dense_map = bundle.map(manifest.dense_file)
-        dense = np.frombuffer(self._dense_map, dtype=np.uint8)
         # one token: numba over the same tensors (decode="onnx": the graphs, the reference)
         self.decode_layers = DecodeLayers(manifest, dense, threads) if decode == "numba" else self.graph_layers
         self.embedding = tensor_view(dense, manifest, EMBEDDING)  # [V, D]
