@@ -138,8 +138,9 @@ class Model:
                  top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
                  stop: list[str] | None = None) -> Iterator[Token]:
         """Stream up to `max_new_tokens` tokens after `prompt` (text, or token ids); greedy at temperature 0,
-        else top-k/top-p sampling; ends early at EOS or a `stop` string. Bad arguments raise `InputError`
-        naming the argument, before any work."""
+        else top-k/top-p sampling; ends early at EOS or a `stop` string (the last token's text holds it:
+        `stop_strings.StopStrings` gives the text without it). Bad arguments raise `InputError` naming the
+        argument, before any work."""
         check_sampling(max_new_tokens, temperature, top_k, top_p, seed, stop)
         if isinstance(prompt, str):
             ids = self.encode(prompt)
