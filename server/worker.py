@@ -91,9 +91,10 @@ class Worker:
         self._thread.join(timeout=10)
 
     def submit(self, job: Job) -> None:
-        """Queue `job`; a 503 `ApiError` when `queue_size` jobs already wait."""
+        """Queue `job`; a 503 `ApiError` when `queue_size` jobs already wait (or, with 0, when one runs)."""
         with self._wake:
-            if len(self._waiting) >= self.queue_size or self._closed:
+            idle = self._running is None
+            if len(self._waiting) >= self.queue_size + idle or self._closed:
                 raise overloaded(self.queue_size)
             self._waiting.append(job)
             self._wake.notify()
@@ -118,21 +119,26 @@ class Worker:
     def _serve(self) -> None:
         use_threads(self.model.threads)  # numba's thread count is per thread
         while (job := self._next()) is not None:
-            try:
-                self._run(job)
-            except InputError as exc:
-                job.emit(Failed(bad_request(str(exc))))
-            except Exception as exc:  # keep serving; the client gets a 500 and the log the traceback
-                log.exception("%s: generation failed", job.rid)
-                job.emit(Failed(internal(f"generation failed: {type(exc).__name__}: {exc}")))
-            finally:
-                with self._wake:
-                    self._running = None
+            end = self._finish(job)
+            with self._wake:
+                self._running = None  # before the client hears the end, so it may send its next request
+            if end is not None:
+                job.emit(end)
 
-    def _run(self, job: Job) -> None:
+    def _finish(self, job: Job) -> Finished | Failed | None:
+        """Run `job`: its end, or None if it was cancelled."""
+        try:
+            return self._run(job)
+        except InputError as exc:
+            return Failed(bad_request(str(exc)))
+        except Exception as exc:  # keep serving; the client gets a 500 and the log the traceback
+            log.exception("%s: generation failed", job.rid)
+            return Failed(internal(f"generation failed: {type(exc).__name__}: {exc}"))
+
+    def _run(self, job: Job) -> Finished | None:
         g = job.generation
         if job.cancelled.is_set():
-            return
+            return None
         start, count, stops = time.perf_counter(), 0, StopStrings(g.stop)
         tokens = self.model.generate(g.prompt, max_new_tokens=g.max_tokens, temperature=g.temperature,
                                      top_k=g.top_k, top_p=g.top_p, seed=g.seed)
@@ -145,11 +151,11 @@ class Worker:
                 break
             if job.cancelled.is_set():
                 log.info("%s: the client went away; stopped after %d of %d tokens", job.rid, count, g.max_tokens)
-                return
+                return None
         if stops.matched is None and (rest := stops.flush()):
             job.emit(Delta(rest))
         reason = "length" if count == g.max_tokens and stops.matched is None else "stop"
         seconds = time.perf_counter() - start
         log.info("%s: %d prompt + %d completion tokens, finish %s, %.2f s", job.rid, len(g.prompt), count, reason,
                  seconds)
-        job.emit(Finished(reason, len(g.prompt), count))
+        return Finished(reason, len(g.prompt), count)

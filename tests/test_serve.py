@@ -7,6 +7,7 @@ with `Model.generate` on the same bundle with the same settings. Also `moedge ru
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import shutil
@@ -14,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -25,8 +27,11 @@ import pytest
 
 from fuzz_bundles import edit_manifest
 from helpers import ROOT, run_cli
-from moedge.runtime import Model
+from moedge.runtime import Model, Token
 from moedge.runtime.chat import chat_prompt
+from moedge.server.errors import ApiError
+from moedge.server.schema import Generation
+from moedge.server.worker import Delta, Finished, Job, Worker
 
 CONTEXT = 1024
 LONG = 1000  # tokens: a generation that is still running while the test does a few requests
@@ -325,6 +330,41 @@ def test_concurrent_clients_all_get_their_own_answer(server, model):
 
     with ThreadPoolExecutor(len(prompts)) as pool:
         assert list(pool.map(ask, range(len(prompts)))) == want
+
+
+class _GatedModel:
+    """A stand-in model whose tokens ("x") come only once `gate` is open."""
+
+    threads = 1
+
+    def __init__(self):
+        self.gate = threading.Event()
+
+    def generate(self, prompt, max_new_tokens, **settings):
+        for i in range(max_new_tokens):
+            self.gate.wait()
+            yield Token(i, "x")
+
+
+def test_with_no_queue_one_request_runs_and_the_next_is_refused_until_it_ends():
+    async def scenario():
+        model = _GatedModel()
+        worker = Worker(model, queue_size=0)
+        worker.start()
+        try:
+            first = Job("first", Generation([1], 3))
+            worker.submit(first)
+            with pytest.raises(ApiError) as caught:
+                worker.submit(Job("second", Generation([1], 3)))
+            assert caught.value.status == 503
+            model.gate.set()
+            assert [await first.events.get() for _ in range(4)] == [Delta("x")] * 3 + [Finished("length", 1, 3)]
+            worker.submit(third := Job("third", Generation([1, 2], 3, stop=("xx",))))  # idle again: admitted
+            assert await third.events.get() == Finished("stop", 2, 2)
+        finally:
+            worker.close()
+
+    asyncio.run(scenario())
 
 
 def _long_stream(client: openai.OpenAI, max_tokens: int = LONG):
