@@ -45,33 +45,32 @@ def integer(body: dict, name: str, default: int | None, lo: int) -> int | None:
     return value
 
 
-def boolean(body: dict, name: str, default: bool = False) -> bool:
+_REQUIRED = object()
+
+
+def _typed(body: dict, name: str, kind: type, label: str, default: Any) -> Any:
     value = body.get(name)
     if value is None:
+        if default is _REQUIRED:
+            raise bad_request(f"{name} is required", name)
         return default
-    if not isinstance(value, bool):
-        raise bad_request(f"{name} must be a boolean, got {describe(value)}", name)
+    if not isinstance(value, kind):
+        raise bad_request(f"{name} must be {label}, got {describe(value)}", name)
     return value
+
+
+def boolean(body: dict, name: str, default: bool = False) -> bool:
+    return _typed(body, name, bool, "a boolean", default)
 
 
 def text(body: dict, name: str) -> str:
     """A required string."""
-    value = body.get(name)
-    if value is None:
-        raise bad_request(f"{name} is required", name)
-    if not isinstance(value, str):
-        raise bad_request(f"{name} must be a string, got {describe(value)}", name)
-    return value
+    return _typed(body, name, str, "a string", _REQUIRED)
 
 
 def obj(body: dict, name: str) -> dict:
     """An optional JSON object ({} when absent)."""
-    value = body.get(name)
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise bad_request(f"{name} must be an object, got {describe(value)}", name)
-    return value
+    return _typed(body, name, dict, "an object", {})
 
 
 def stop(body: dict) -> tuple[str, ...]:

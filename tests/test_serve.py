@@ -248,6 +248,9 @@ def _post(server: ServerProcess, path: str, data: bytes, method: str = "POST") -
     ("/completions", b'{"model": "chat", "prompt": ', 400, "the body is not valid JSON: Expecting value"),
     ("/completions", b'["chat"]', 400, "the body must be a JSON object, got list"),
     ("/completions", b'{"model": "chat"}', 400, "prompt is required"),
+    ("/completions", b'{"prompt": "x"}', 400, "model is required"),
+    ("/completions", b'{"model": "chat", "prompt": "x", "max_tokens": NaN}', 400, "max_tokens must be an integer"),
+    ("/completions", b'"' + b"x" * (9 << 20) + b'"', 413, "the request body is larger than 8 MB"),
     ("/nowhere", b"{}", 404, "Not Found: POST /v1/nowhere"),
     ("/models", b"{}", 405, "Method Not Allowed: POST /v1/models"),
 ])
