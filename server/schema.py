@@ -59,9 +59,8 @@ def chat_request(body: dict, model: Model, name: str) -> ValidRequest:
         prompt = chat_prompt(model, messages)
     except InputError as exc:
         raise bad_request(str(exc), "messages") from None
-    if body.get("max_completion_tokens") is not None:
-        body = {**body, "max_tokens": body["max_completion_tokens"]}
-    return _request(body, _generation(body, model, prompt, "messages", None), "")
+    limit = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
+    return _request(body, _generation(body, model, prompt, "messages", None, limit), "")
 
 
 def _check_model(body: dict, name: str) -> None:
@@ -78,9 +77,11 @@ def _request(body: dict, generation: Generation, echo: str) -> ValidRequest:
     return ValidRequest(generation, stream, fields.boolean(options, "include_usage"), echo)
 
 
-def _generation(body: dict, model: Model, prompt: list[int], prompt_field: str, default_max: int | None) -> Generation:
+def _generation(body: dict, model: Model, prompt: list[int], prompt_field: str, default_max: int | None,
+                limit: str = "max_tokens") -> Generation:
+    """The sampling fields, and the completion's length (the `limit` field) checked against the context."""
     context = model.spec.max_seq_len
-    max_tokens = fields.integer(body, "max_tokens", default_max, 1)
+    max_tokens = fields.integer(body, limit, default_max, 1)
     if max_tokens is None and len(prompt) >= context:
         raise bad_request(f"The prompt is {len(prompt)} tokens, which leaves no room for a completion in this "
                           f"model's context of {context} tokens", prompt_field, "context_length_exceeded")
@@ -88,7 +89,7 @@ def _generation(body: dict, model: Model, prompt: list[int], prompt_field: str, 
     if len(prompt) + max_tokens > context:
         raise bad_request(f"This model's maximum context length is {context} tokens, however you requested "
                           f"{len(prompt) + max_tokens} tokens ({len(prompt)} in the prompt, {max_tokens} for the "
-                          "completion). Please reduce the prompt or max_tokens.", prompt_field,
+                          f"completion). Please reduce the prompt or {limit}.", prompt_field,
                           "context_length_exceeded")
     return Generation(prompt, max_tokens, temperature=fields.number(body, "temperature", 1.0, 0.0, 2.0),
                       top_p=fields.number(body, "top_p", 1.0, 0.0, 1.0, lo_open=True),

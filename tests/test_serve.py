@@ -168,7 +168,7 @@ def test_chat_uses_the_template_streamed_or_not(client, model):
     messages = [{"role": "system", "content": "You write Python."}, {"role": "user", "content": "A class, please."}]
     ids = chat_prompt(model, messages)
     text, count = _reference(model, ids, max_new_tokens=30)
-    answer = client.chat.completions.create(model="chat", messages=messages, max_tokens=30, temperature=0)
+    answer = client.chat.completions.create(model="chat", messages=messages, max_completion_tokens=30, temperature=0)
     assert answer.choices[0].message.content == text and answer.choices[0].message.role == "assistant"
     assert (answer.usage.prompt_tokens, answer.usage.completion_tokens) == (len(ids), count)
     chunks = list(client.chat.completions.create(model="chat", messages=messages, max_tokens=30, temperature=0,
@@ -282,6 +282,14 @@ def test_bad_fields_are_named(client, fields, param, message):
         client.completions.create(**{"model": "chat", "prompt": PROMPT, **fields})
     assert caught.value.status_code == 400 and caught.value.param == param
     assert caught.value.body["message"].startswith(message), caught.value.body
+
+
+def test_bad_max_completion_tokens_is_named(client):
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model="chat", messages=[{"role": "user", "content": "x"}],
+                                       max_completion_tokens=-3)
+    assert caught.value.param == "max_completion_tokens"
+    assert caught.value.body["message"] == "max_completion_tokens must be >= 1, got -3"
 
 
 @pytest.mark.parametrize("messages, message", [
