@@ -1,6 +1,6 @@
 """`moedge serve` as apps use it: a real server process on 127.0.0.1 and the official `openai` client.
 
-The bundle is the default sample model with a chat template and a context of 1024 tokens (so a long
+The bundle is the default sample model with a chat template and a context of 2048 tokens (so a long
 generation takes a while: the queue and disconnect tests need one running). Answers are compared
 with `Model.generate` on the same bundle with the same settings. Also `moedge run --stop`.
 """
@@ -33,8 +33,8 @@ from moedge.server.errors import ApiError
 from moedge.server.schema import Generation
 from moedge.server.worker import Delta, Finished, Job, Worker
 
-CONTEXT = 1024
-LONG = 1000  # tokens: a generation that is still running while the test does a few requests
+CONTEXT = 2048
+LONG = 2000  # tokens: a generation that is still running while the test does a few requests
 QUEUE = 3
 TEMPLATE = ("{% for m in messages %}### {{ m['role'] }}:\n{{ m['content'] }}\n{% endfor %}"
             "{% if add_generation_prompt %}### assistant:\n{% endif %}")
@@ -307,16 +307,17 @@ def test_bad_messages_are_named(client, messages, message):
 
 def test_too_long_a_prompt_says_the_token_counts(client, model):
     prompt = "x = 1\n" * 100
-    n = len(model.encode(prompt))
-    assert n < CONTEXT < n + 700
+    n, asked = len(model.encode(prompt)), CONTEXT - 300
+    assert n < CONTEXT < n + asked
     with pytest.raises(openai.BadRequestError) as caught:
-        client.completions.create(model="chat", prompt=prompt, max_tokens=700)
+        client.completions.create(model="chat", prompt=prompt, max_tokens=asked)
     assert caught.value.code == "context_length_exceeded" and caught.value.param == "prompt"
     assert caught.value.body["message"] == (
-        f"This model's maximum context length is {CONTEXT} tokens, however you requested {n + 700} tokens "
-        f"({n} in the prompt, 700 for the completion). Please reduce the prompt or max_tokens.")
+        f"This model's maximum context length is {CONTEXT} tokens, however you requested {n + asked} tokens "
+        f"({n} in the prompt, {asked} for the completion). Please reduce the prompt or max_tokens.")
+    longer = [{"role": "user", "content": prompt * (CONTEXT // n + 1)}]
     with pytest.raises(openai.BadRequestError, match="leaves no room for a completion"):
-        client.chat.completions.create(model="chat", messages=[{"role": "user", "content": prompt * 3}])
+        client.chat.completions.create(model="chat", messages=longer)
 
 
 def test_unknown_model_is_404(client):
@@ -414,7 +415,7 @@ def test_a_client_that_drops_mid_stream_stops_its_generation(server, client, mod
 
 
 def test_a_client_that_gives_up_waiting_stops_its_generation(server):
-    impatient = server.client(timeout=0.3)
+    impatient = server.client(timeout=0.5)
     with pytest.raises(openai.APITimeoutError):
         impatient.completions.create(model="chat", prompt=PROMPT, max_tokens=LONG - 1, temperature=0)
     stopped = server.wait_for_log(rf"the client went away; stopped after (\d+) of {LONG - 1} tokens")
