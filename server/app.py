@@ -11,6 +11,7 @@ import json
 import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 import anyio
@@ -29,6 +30,7 @@ from .schema import ValidRequest, chat_request, completion_request
 from .worker import Delta, Failed, Finished, Job, Worker
 
 MAX_BODY_BYTES = 8 << 20
+SHUTDOWN_GRACE_SECONDS = 2  # for streams to send their last event when the server shuts down
 
 
 async def _json_body(request: Request) -> dict[str, Any]:
@@ -97,11 +99,20 @@ class Server:
         job = Job(reply.id, valid.generation)
         self.worker.submit(job)
         if valid.stream:
-            return EventSourceResponse(self._stream(job, reply, valid), headers={"x-request-id": reply.id})
+            stopping = anyio.Event()  # set by EventSourceResponse when the server shuts down
+            return EventSourceResponse(self._stream(job, reply, valid), headers={"x-request-id": reply.id},
+                                       shutdown_event=stopping, shutdown_grace_period=SHUTDOWN_GRACE_SECONDS,
+                                       data_sender_callable=partial(self._end_at_shutdown, job, stopping))
         try:
             return await self._whole(request, job, reply, valid)
         finally:
             self.worker.cancel(job)
+
+    async def _end_at_shutdown(self, job: Job, stopping: anyio.Event) -> None:
+        """When the server shuts down, stop `job` and end its stream with a 503 error event."""
+        await stopping.wait()
+        self.worker.cancel(job, "the server is shutting down")
+        job.events.put_nowait(Failed(ApiError(503, "The server is shutting down", kind="server_error")))
 
     async def _stream(self, job: Job, reply: TextReply, valid: ValidRequest) -> AsyncIterator[dict[str, str]]:
         """The events of a streamed answer; closing it (the client went away) cancels the job."""

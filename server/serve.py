@@ -13,7 +13,7 @@ from moedge.runtime import InputError, Model
 
 from .app import Server
 
-SHUTDOWN_GRACE_SECONDS = 3  # then requests still running are cancelled
+DRAIN_SECONDS = 3  # at Ctrl-C, for requests to finish; then they are cancelled
 
 
 def listen(host: str, port: int) -> socket.socket:
@@ -53,5 +53,5 @@ def serve(model: Model, sock: socket.socket, name: str, queue_size: int = 8) -> 
     print(f"serving {name!r} on {url} (GET /models, POST /completions and /chat/completions; "
           f"{queue_size} requests may wait); Ctrl-C stops", flush=True)
     config = uvicorn.Config(Server(model, name, queue_size).app(), log_config=_log_config(),
-                            timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS)
+                            timeout_graceful_shutdown=DRAIN_SECONDS)
     uvicorn.Server(config).run(sockets=[sock])

@@ -54,6 +54,7 @@ class Job:
         self.generation = generation
         self.events: asyncio.Queue = asyncio.Queue()
         self.cancelled = threading.Event()
+        self.cancel_reason = ""
         self._loop = asyncio.get_running_loop()
 
     def emit(self, event: Delta | Finished | Failed) -> None:
@@ -99,12 +100,16 @@ class Worker:
             self._waiting.append(job)
             self._wake.notify()
 
-    def cancel(self, job: Job) -> None:
-        """Stop `job`: out of the queue if it waits, before its next token if it runs."""
+    def cancel(self, job: Job, reason: str = "the client went away") -> None:
+        """Stop `job` (for `reason`, which the log says): out of the queue if it waits, before its next token if
+        it runs."""
         with self._wake:
+            if job.cancelled.is_set():
+                return
             if job in self._waiting:
                 self._waiting.remove(job)
-                log.info("%s: the client went away while waiting; dropped from the queue", job.rid)
+                log.info("%s: %s while waiting; dropped from the queue", job.rid, reason)
+            job.cancel_reason = reason
             job.cancelled.set()
 
     def _next(self) -> Job | None:
@@ -150,7 +155,7 @@ class Worker:
             if stops.matched is not None:
                 break
             if job.cancelled.is_set():
-                log.info("%s: the client went away; stopped after %d of %d tokens", job.rid, count, g.max_tokens)
+                log.info("%s: %s; stopped after %d of %d tokens", job.rid, job.cancel_reason, count, g.max_tokens)
                 return None
         if stops.matched is None and (rest := stops.flush()):
             job.emit(Delta(rest))

@@ -441,6 +441,20 @@ def test_a_bundle_without_a_chat_template_still_serves_completions(bundle, model
         assert process.stop() == 130
 
 
+def test_ctrl_c_ends_open_streams_with_an_error(bundle, tmp_path):
+    process = ServerProcess(bundle, tmp_path / "stopping.log")
+    try:
+        chunks = iter(_long_stream(process.client(timeout=60)))
+        rid = next(chunks).id
+        process.proc.send_signal(signal.SIGINT)
+        with pytest.raises(openai.APIError, match="The server is shutting down"):
+            list(chunks)
+        assert process.proc.wait(timeout=30) == 130
+        process.wait_for_log(rf"{rid}: the server is shutting down; stopped after \d+ of {LONG} tokens", timeout=1)
+    finally:
+        process.stop()
+
+
 def test_a_busy_port_is_a_one_line_error(bundle):
     with socket.create_server(("127.0.0.1", 0)) as busy:
         port = busy.getsockname()[1]
