@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import select
 import shutil
 import signal
 import socket
@@ -39,6 +40,7 @@ QUEUE = 3
 TEMPLATE = ("{% for m in messages %}### {{ m['role'] }}:\n{{ m['content'] }}\n{% endfor %}"
             "{% if add_generation_prompt %}### assistant:\n{% endif %}")
 PROMPT = "def __init__(self"
+STARTUP_SECONDS = 300  # a first run compiles the kernels
 
 
 class ServerProcess:
@@ -46,12 +48,16 @@ class ServerProcess:
 
     def __init__(self, bundle: Path, log: Path, *args: str):
         self.log = log
-        self.proc = subprocess.Popen([sys.executable, "-m", "moedge.cli.main", "serve", str(bundle), "--port", "0",
-                                      "--threads", "1", *args], stdout=subprocess.PIPE,
-                                     stderr=log.open("w"), text=True)
-        line = self.proc.stdout.readline()  # the process either says where it serves or exits
+        with log.open("w") as stderr:
+            self.proc = subprocess.Popen([sys.executable, "-m", "moedge.cli.main", "serve", str(bundle), "--port",
+                                          "0", "--threads", "1", *args], stdout=subprocess.PIPE, stderr=stderr,
+                                         text=True)
+        ready = select.select([self.proc.stdout], [], [], STARTUP_SECONDS)[0]  # it says where it serves, or exits
+        line = self.proc.stdout.readline() if ready else ""
         found = re.search(r"on (http://\S+/v1)", line)
-        assert found, f"no address in {line!r}; log:\n{log.read_text()}"
+        if not found:
+            self.stop()
+            raise AssertionError(f"no address in {line!r}; log:\n{log.read_text()}")
         self.url = found.group(1)
 
     def client(self, **kwargs) -> openai.OpenAI:
@@ -67,12 +73,14 @@ class ServerProcess:
         raise AssertionError(f"{pattern!r} not in the server log:\n{self.log.read_text()}")
 
     def stop(self) -> int:
+        """Ctrl-C, and its exit code (killed if it has not ended within 30 s)."""
         self.proc.send_signal(signal.SIGINT)
         try:
             return self.proc.wait(timeout=30)
         finally:
             if self.proc.poll() is None:
                 self.proc.kill()
+            self.proc.stdout.close()
 
 
 @pytest.fixture(scope="module")
