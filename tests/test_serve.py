@@ -387,8 +387,8 @@ def test_with_no_queue_one_request_runs_and_the_next_is_refused_until_it_ends():
     asyncio.run(scenario())
 
 
-def _long_stream(client: openai.OpenAI, max_tokens: int = LONG):
-    return client.completions.create(model="chat", prompt=PROMPT, max_tokens=max_tokens, temperature=0, stream=True)
+def _long_stream(client: openai.OpenAI):
+    return client.completions.create(model="chat", prompt=PROMPT, max_tokens=LONG, temperature=0, stream=True)
 
 
 def test_a_full_queue_answers_503_and_the_server_goes_on(server, client, model):
