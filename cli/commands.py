@@ -28,16 +28,11 @@ def export(src: str, out: str, group_size: int | None = None, bits: int = 8, for
           f"dense linears {manifest.dense_linears})")
 
 
-def run(bundle: str, prompt: str, n: int = 64, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
-        seed: int | None = None, threads: int | None = None, chat: bool = False,
-        expert_budget_mb: float | None = None, verify: bool = True) -> None:
-    """Generate text from a prompt (with `chat`: a user message in the chat template), streaming it;
-    then print latency and expert usage."""
+def _load(bundle: str, threads: int | None, expert_budget_mb: float | None, verify: bool):
+    """`Model.load` with the CLI's notes on stderr: the automatic expert budget, the first kernel compile."""
     from moedge.runtime import Model
-    from moedge.runtime.chat import chat_prompt
     from moedge.runtime.jit_cache import kernels_cached
 
-    t0 = time.perf_counter()
     budget = None if expert_budget_mb is None else int(expert_budget_mb * 1e6)
     model = Model.load(bundle, threads=threads, expert_budget=budget, verify=verify)
     if model.budget_note:
@@ -45,6 +40,20 @@ def run(bundle: str, prompt: str, n: int = 64, temperature: float = 0.0, top_k: 
     if not kernels_cached(model.weights):  # after the load: a bad bundle still gets its one-line error alone
         print("moedge: compiling the kernels for this CPU (first run after an install or update, ~10-15 s)",
               file=sys.stderr, flush=True)
+    return model
+
+
+def run(bundle: str, prompt: str, n: int = 64, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
+        seed: int | None = None, threads: int | None = None, chat: bool = False,
+        expert_budget_mb: float | None = None, verify: bool = True, stop: list[str] | None = None) -> None:
+    """Generate text from a prompt (with `chat`: a user message in the chat template), streaming it and
+    ending before the first `stop` string; then print latency and expert usage."""
+    from moedge.runtime.chat import chat_prompt
+    from moedge.runtime.stop_strings import StopStrings
+
+    stops = StopStrings(stop or ())
+    t0 = time.perf_counter()
+    model = _load(bundle, threads, expert_budget_mb, verify)
     inputs = chat_prompt(model, [{"role": "user", "content": prompt}]) if chat else prompt
     loaded = time.perf_counter()
     stamps = [loaded]
@@ -52,10 +61,14 @@ def run(bundle: str, prompt: str, n: int = 64, temperature: float = 0.0, top_k: 
     for token in model.generate(inputs, max_new_tokens=n, temperature=temperature, top_k=top_k,
                                 top_p=top_p, seed=seed):
         stamps.append(time.perf_counter())
-        sys.stdout.write(token.text)
+        sys.stdout.write(stops.feed(token.text))
         sys.stdout.flush()
-    print()
+        if stops.matched is not None:
+            break
+    print(stops.flush())
     line = f"\nload {1e3 * (loaded - t0):.0f} ms, {len(stamps) - 1} tokens"
+    if stops.matched is not None:
+        line += f" (ended at the stop string {stops.matched!r})"
     if len(stamps) > 1:
         line += f", first token {1e3 * (stamps[1] - loaded):.0f} ms (prefill included)"
     if len(stamps) > 2:
@@ -68,6 +81,22 @@ def run(bundle: str, prompt: str, n: int = 64, temperature: float = 0.0, top_k: 
         released = f"; {store.releases} released under the budget" if store.budget_bytes is not None else ""
         print(f"experts touched: {store.first_touches} of {total} "
               f"({store.bytes_touched / 1e6:.1f} MB of {store.size / 1e6:.1f} MB){released}")
+
+
+def serve(bundle: str, host: str = "127.0.0.1", port: int = 8080, queue: int = 8, name: str | None = None,
+          threads: int | None = None, expert_budget_mb: float | None = None, verify: bool = True) -> None:
+    """Serve a bundle over HTTP with OpenAI's API (/v1/models, /v1/completions, /v1/chat/completions),
+    one request at a time, until Ctrl-C."""
+    require("starlette", "uvicorn", "sse_starlette", purpose="moedge serve")
+    from moedge.server import listen
+    from moedge.server import serve as serve_http
+
+    sock = listen(host, port)
+    try:
+        model = _load(bundle, threads, expert_budget_mb, verify)
+        serve_http(model, sock, name or Path(bundle).resolve().name.removesuffix(".moedge"), queue)
+    finally:
+        sock.close()
 
 
 def inspect(bundle: str, verify: bool = False) -> None:
@@ -168,6 +197,11 @@ def eval(bundle: str, text: str, reference: str | None = None, context: int | No
               f"top-1 agreement {100 * result.agreement(ref):.2f}%")
     if result.usage is not None:
         _report_usage(model, result.usage, usage, f"{Path(bundle).name} on {Path(text).name}")
+        rates = ", ".join(f"{100 * f:.0f}% cached: {100 * r:.1f}%" for f, r in result.cache_hit_rates.items())
+        print(f"expert cache on this text (LRU, that share of each layer's experts cached), hit rate: {rates}")
+        if result.guess_recall is not None:
+            print(f"read-ahead: the next layer's router on the current state names {100 * result.guess_recall:.1f}% "
+                  "of the experts routed to")
 
 
 def _report_usage(model, counts: np.ndarray, image: str | None, title: str) -> None:

@@ -57,6 +57,22 @@ def _parser() -> argparse.ArgumentParser:
                    help="keep at most this many MB of experts mapped (least recently used are released)")
     p.add_argument("--no-verify", dest="verify", action="store_false",
                    help="skip the checksums (dense files at load, each expert on first use)")
+    p.add_argument("--stop", action="append", default=None, metavar="TEXT",
+                   help="end the text before this string (repeatable)")
+
+    p = sub.add_parser("serve", help="answer OpenAI-style HTTP requests (/v1/completions, /v1/chat/completions)",
+                       description=commands.serve.__doc__)
+    p.add_argument("bundle")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=integer(0, 65535), default=8080, help="default 8080; 0 picks a free port")
+    p.add_argument("--queue", type=integer(0, 10000), default=8,
+                   help="requests that may wait while one runs; more are answered 503 (default 8)")
+    p.add_argument("--name", default=None, help="the model's name in the API (default: the bundle folder's name)")
+    p.add_argument("--threads", type=integer(1, 1024), default=None,
+                   help="default: the CPU count (1 for a model whose decode step reads under 16 MB)")
+    p.add_argument("--expert-budget-mb", type=number(0.0), default=None,
+                   help="keep at most this many MB of experts mapped (least recently used are released)")
+    p.add_argument("--no-verify", dest="verify", action="store_false", help="skip the checksums")
 
     p = sub.add_parser("bench", help="measure decode latency, prefill, cold start, memory and the roofline",
                        description=commands.bench.__doc__)

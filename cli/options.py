@@ -83,7 +83,8 @@ def _importable(module: str) -> bool:
         return False
 
 
-EXTRAS = {"torch": "export", "onnx": "export", "safetensors": "export", "matplotlib": "plot"}
+EXTRAS = {"torch": "export", "onnx": "export", "safetensors": "export", "matplotlib": "plot", "starlette": "serve",
+          "uvicorn": "serve", "sse_starlette": "serve"}
 
 
 def require(*modules: str, purpose: str) -> None:

@@ -122,3 +122,23 @@ def sample_module(name: str) -> ModuleType:
     spec.loader.exec_module(module)
     return module
 
+
+PAGE = 4096
+# MADV_PAGEOUT skips pages still in a CPU's batch of pages waiting to join the LRU lists (up to 15 per
+# CPU; 2 CPUs here), so a few pages of released experts may stay mapped: far below one more span each step.
+LRU_BATCH_SLACK = 2 * 15 * PAGE
+
+
+def mapped_bytes(store) -> int:
+    """Resident bytes of the store's own mapping of the experts file (from /proc/self/smaps)."""
+    start, end = store.address, store.address + store.size
+    total, inside = 0, False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split()[0]
+            if "-" in head and ":" not in head:
+                lo, hi = (int(x, 16) for x in head.split("-"))
+                inside = start <= lo and hi <= end + PAGE
+            elif inside and line.startswith("Rss:"):
+                total += int(line.split()[1]) * 1024
+    return total

@@ -73,7 +73,7 @@ def _int8(weight: torch.Tensor, group: int | None) -> torch.Tensor:
 
 
 def int8_round_tripped(model, int8_dense: bool):
-    """A copy of `model` computing what a default (int8) bundle computes in one-token decode steps: its
+    """A copy of `model` computing what a default (int8) bundle computes (decode and prefill): its
     experts, LM head and (if `int8_dense`) attention/dense-FFN matrices replaced by their int8 round trip
     (rows are quantized independently, so the fused gate_up rows quantize exactly as our separate gate
     and up; a tied head gets its own quantized copy, as in the bundle)."""

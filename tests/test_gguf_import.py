@@ -5,9 +5,9 @@ with experts, qwen2moe, olmoe, granitemoe), with the Hugging Face model holding 
 tensors (`gguf_tiny.model_from_gguf`).
 
 Float bundles match within FLOAT_BOUND of the logit range (measured: < 5e-7) and give transformers'
-32 greedy tokens; int8 bundles decode within the same bound of the reference with int8-round-tripped
-weights, as in the Hugging Face tests (against the float reference, a routing flip in these random models
-moves logits by up to 0.2 of their range, whether the file is F32 or Q4_0).
+32 greedy tokens; int8 bundles decode and prefill within the same bound of the reference with
+int8-round-tripped weights, as in the Hugging Face tests (against the float reference, a routing flip in
+these random models moves logits by up to 0.2 of their range, whether the file is F32 or Q4_0).
 """
 
 import copy
@@ -101,19 +101,18 @@ def test_float_prefill_matches_the_gguf_model(case, length):
     assert relative_error(got, logits(case.reference, tokens)) <= FLOAT_BOUND
 
 
-def test_int8_decode_matches_the_gguf_model_with_int8_weights(case):
-    """As tests/test_hf_import.py: one-token decode steps of the default (int8) bundle within FLOAT_BOUND of
-    the reference whose experts, head and dense linears are int8-round-tripped. (Prefill quantizes
-    activations to int8 too, in the Hugging Face path's own code; on these random models that flips a
-    routing choice — 0.12 of the logit range on the Q4_0 Mixtral — so prefill is held to no bound here.)"""
-    assert_int8_decode_matches(case)
+def test_int8_bundle_matches_the_gguf_model_with_int8_weights(case):
+    """As tests/test_hf_import.py: the default (int8) bundle's decode steps and prefill within FLOAT_BOUND
+    of the reference whose experts, head and dense linears are int8-round-tripped."""
+    assert_int8_matches(case)
 
 
-def assert_int8_decode_matches(case):
+def assert_int8_matches(case):
     model = Model.load(case.int8_bundle, threads=1)
-    reference = int8_round_tripped(case.reference, model.manifest.dense_linears == "int8")
+    want = logits(int8_round_tripped(case.reference, model.manifest.dense_linears == "int8"), PROMPT)
     session = model.session()
-    assert relative_error(np.stack([session.decode(t) for t in PROMPT]), logits(reference, PROMPT)) <= FLOAT_BOUND
+    assert relative_error(np.stack([session.decode(t) for t in PROMPT]), want) <= FLOAT_BOUND
+    assert relative_error(model.session().prefill(PROMPT), want) <= FLOAT_BOUND
 
 
 def test_32_greedy_tokens_match_generate(case):
@@ -125,7 +124,7 @@ def test_k_quants_match_the_gguf_model(k_case):
     assert set(K_QUANTS) <= types
     got = Model.load(k_case.float_bundle, threads=1).session().prefill(PROMPT)
     assert relative_error(got, logits(k_case.reference, PROMPT)) <= FLOAT_BOUND
-    assert_int8_decode_matches(k_case)
+    assert_int8_matches(k_case)
 
 
 # -- the tokenizer and generation metadata ------------------------------------------------------------

@@ -43,14 +43,21 @@ def format_report(report: dict) -> str:
     if cap:
         lines.append(f"  under a {cap['limit_bytes'] / 2**20:.0f} MiB memory cgroup (page cache of the bundle dropped "
                      "first; fresh processes, first thread count):")
-        for label in ("uncapped", "capped"):
-            run = cap[label]
-            if "killed" in run:
-                lines.append(f"    {label:8s}: {run['killed']}")
+        for label in ("uncapped", "capped", "capped_no_read_ahead"):
+            run = cap.get(label)
+            if run is None:
                 continue
-            lines.append(f"    {label:8s}: decode {run['decode_ms_median']:.2f} ms/token median, "
-                         f"{run['read_bytes_per_token'] / MB:.2f} MB read from storage per token, expert hit rate "
-                         f"{100 * run['expert_hit_rate']:.1f}%, peak RSS {run['rss_peak'] / MB:.0f} MB"
+            name = label.replace("_", " ")
+            if "killed" in run:
+                lines.append(f"    {name}: {run['killed']}")
+                continue
+            recall = run.get("guess_recall")
+            lines.append(f"    {name}: decode {run['decode_ms_median']:.2f} ms/token median "
+                         f"({run['decode_ms_median'] / cap['uncapped'].get('decode_ms_median', float('nan')):.1f}x "
+                         f"uncapped), {run['read_bytes_per_token'] / MB:.2f} MB read from storage per token, expert "
+                         f"hit rate {100 * run['expert_hit_rate']:.1f}%, peak RSS {run['rss_peak'] / MB:.0f} MB"
+                         + (f", read-ahead recall {100 * recall:.1f}% ({run['read_aheads_per_token']:.1f} experts "
+                            "read ahead per token)" if recall is not None else "")
                          + (f"; {run['budget_note']}" if run.get("budget_note") else ""))
     for peer in report.get("peers", []):
         lines.append(f"  peer {peer['name']} ({peer['threads']} thread(s)): "

@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from ..errors import InputError
 from ..forward import RoutingTrace
+from .locality import CACHED_FRACTIONS, guess_recall, lru_hit_rate
 
 if TYPE_CHECKING:
     from ..model import Model
@@ -31,6 +32,8 @@ class Evaluation:
     tokens: int
     predictions: np.ndarray  # int64 [tokens], the top-1 next token at every predicted position
     usage: np.ndarray | None = None  # int64 [n_layers, n_experts]: times each expert was chosen
+    cache_hit_rates: dict[float, float] | None = None  # LRU hit rate with that fraction of each layer's experts
+    guess_recall: float | None = None  # share of routed experts the next-layer guess named (read-ahead)
 
     @property
     def perplexity(self) -> float:
@@ -100,23 +103,32 @@ def score(windows_: list[np.ndarray], window_logits: Callable[[np.ndarray], np.n
 
 
 def evaluate(model: Model, windows_: list[np.ndarray]) -> Evaluation:
-    """Run every window through a fresh sequence of `model`; count the experts its tokens chose."""
+    """Run every window through a fresh sequence of `model`; count the experts its tokens chose, replay their
+    routing through LRU expert caches and score the next-layer guesses (`locality`)."""
     routing = RoutingTrace()
     session = model.session(probe=routing)
     spec = model.spec
     usage = np.zeros((spec.n_layers, spec.routing.n_experts), dtype=np.int64) if spec.is_moe else None
+    routes: list[dict[int, np.ndarray]] = []
+    guesses: list[dict[int, np.ndarray]] = []
 
     def window_logits(ids: np.ndarray) -> np.ndarray:
         session.reset()
         routing.trace.clear()
+        routing.guesses = {}
         logits = session.prefill(ids)
         if usage is not None:
             for layer, chosen in routing.trace:
                 usage[layer] += np.bincount(chosen.reshape(-1), minlength=usage.shape[1])
+            routes.append(dict(routing.trace))
+            guesses.append(routing.guesses)
         return logits
 
     nll, count, predictions = score(windows_, window_logits, desc="eval bundle")
-    return Evaluation(nll, count, predictions, usage)
+    if usage is None:
+        return Evaluation(nll, count, predictions)
+    hit_rates = {f: lru_hit_rate(routes, spec.routing.n_experts, f) for f in CACHED_FRACTIONS}
+    return Evaluation(nll, count, predictions, usage, hit_rates, guess_recall(routes, guesses))
 
 
 def balance(usage: np.ndarray) -> np.ndarray:
