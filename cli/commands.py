@@ -28,46 +28,114 @@ def export(src: str, out: str, group_size: int | None = None, bits: int = 8, for
           f"dense linears {manifest.dense_linears})")
 
 
-def run(bundle: str, prompt: str, n: int = 64, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
-        seed: int | None = None, threads: int | None = None, chat: bool = False,
-        expert_budget_mb: float | None = None, verify: bool = True) -> None:
-    """Generate text from a prompt (with `chat`: a user message in the chat template), streaming it;
-    then print latency and expert usage."""
+def _load(bundle: str, threads: int | None, expert_budget_mb: float | None, verify: bool, quiet: bool):
+    """`Model.load` for a command; its notes (a memory budget, a first compile) on stderr unless `quiet`."""
     from moedge.runtime import Model
-    from moedge.runtime.chat import chat_prompt
     from moedge.runtime.jit_cache import kernels_cached
 
-    t0 = time.perf_counter()
     budget = None if expert_budget_mb is None else int(expert_budget_mb * 1e6)
     model = Model.load(bundle, threads=threads, expert_budget=budget, verify=verify)
-    if model.budget_note:
+    if model.budget_note and not quiet:
         print(f"moedge: {model.budget_note}", file=sys.stderr)
-    if not kernels_cached(model.weights):  # after the load: a bad bundle still gets its one-line error alone
+    if not kernels_cached(model.weights) and not quiet:  # after the load: a bad bundle gets its error alone
         print("moedge: compiling the kernels for this CPU (first run after an install or update, ~10-15 s)",
               file=sys.stderr, flush=True)
-    inputs = chat_prompt(model, [{"role": "user", "content": prompt}]) if chat else prompt
+    return model
+
+
+def _prompt_ids(model, text: str | None, ids: list[int] | None, chat: bool, n: int) -> list[int]:
+    """The prompt's token ids, checked against the vocabulary and, with `n` new tokens, the context."""
+    from moedge.runtime import InputError
+    from moedge.runtime.chat import chat_prompt
+    from moedge.runtime.inputs import check_tokens
+
+    if ids is not None:
+        try:
+            ids = check_tokens(ids, model.spec.vocab_size).tolist()
+        except InputError as exc:
+            raise InputError(f"--ids: {exc}") from None
+    elif chat:
+        ids = chat_prompt(model, [{"role": "user", "content": text}])
+    else:
+        ids = model.encode(text)
+    if not ids:
+        raise InputError("the prompt is empty")
+    if len(ids) + n > model.spec.max_seq_len:
+        raise InputError(f"-n {n}: the prompt's {len(ids)} tokens plus {n} new tokens exceed the model's context "
+                         f"of {model.spec.max_seq_len} tokens")
+    return ids
+
+
+def _read_prompt(prompt: str | None, file: str | None) -> str | None:
+    """The prompt text: `--prompt TEXT`, `--prompt -` (stdin) or `--file FILE`."""
+    from moedge.runtime import InputError
+
+    if prompt == "-":
+        return sys.stdin.read()
+    if file is None:
+        return prompt
+    try:
+        return Path(file).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise InputError(f"--file {file}: not UTF-8 text") from None
+    except OSError as exc:
+        raise InputError(f"--file {file}: {exc.strerror or exc}") from None
+
+
+def run(bundle: str, prompt: str | None = None, file: str | None = None, ids: list[int] | None = None, n: int = 64,
+        temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
+        threads: int | None = None, chat: bool = False, expert_budget_mb: float | None = None, verify: bool = True,
+        quiet: bool = False) -> None:
+    """Generate text from a prompt (with `chat`: a user message in the chat template): the generated text alone
+    on stdout as it comes (token ids for a bundle without a tokenizer), then latency and expert usage on stderr."""
+    from moedge.runtime import InputError
+
+    if chat and ids is not None:
+        raise InputError("--chat takes a text prompt, not --ids")
+    text = _read_prompt(prompt, file)
+    t0 = time.perf_counter()
+    model = _load(bundle, threads, expert_budget_mb, verify, quiet)
+    inputs = _prompt_ids(model, text, ids, chat, n)
     loaded = time.perf_counter()
     stamps = [loaded]
-    sys.stdout.write(prompt + ("\n" if chat else ""))
     for token in model.generate(inputs, max_new_tokens=n, temperature=temperature, top_k=top_k,
                                 top_p=top_p, seed=seed):
         stamps.append(time.perf_counter())
-        sys.stdout.write(token.text)
+        sys.stdout.write(token.text if model.tokenizer is not None else f"{token.id} ")
         sys.stdout.flush()
     print()
-    line = f"\nload {1e3 * (loaded - t0):.0f} ms, {len(stamps) - 1} tokens"
+    if not quiet:
+        _report_run(model, loaded - t0, stamps)
+
+
+def _report_run(model, load_s: float, stamps: list[float]) -> None:
+    """Latency and expert usage of a `run`, on stderr."""
+    line = f"load {1e3 * load_s:.0f} ms, {len(stamps) - 1} tokens"
     if len(stamps) > 1:
-        line += f", first token {1e3 * (stamps[1] - loaded):.0f} ms (prefill included)"
+        line += f", first token {1e3 * (stamps[1] - stamps[0]):.0f} ms (prefill included)"
     if len(stamps) > 2:
         ms = float(np.median(np.diff(stamps[1:]))) * 1e3
         line += f", decode {ms:.2f} ms/token (median), {1e3 / ms:.1f} tokens/s"
-    print(line)
+    print(line, file=sys.stderr)
     store = model.experts
     if store is not None:
         total = store.touched.size - (store.offsets < 0).sum()
         released = f"; {store.releases} released under the budget" if store.budget_bytes is not None else ""
         print(f"experts touched: {store.first_touches} of {total} "
-              f"({store.bytes_touched / 1e6:.1f} MB of {store.size / 1e6:.1f} MB){released}")
+              f"({store.bytes_touched / 1e6:.1f} MB of {store.size / 1e6:.1f} MB){released}", file=sys.stderr)
+
+
+def chat(bundle: str, system: str | None = None, n: int = 512, temperature: float = 0.8, top_k: int = 40,
+         top_p: float = 0.95, seed: int | None = None, threads: int | None = None,
+         expert_budget_mb: float | None = None, verify: bool = True) -> None:
+    """Chat with a bundle in the terminal through its chat template (plain continuation without one); the
+    history stays in the session's KV cache. /reset forgets it, /exit leaves, Ctrl-C stops a reply."""
+    from moedge.runtime.conversation import Conversation
+
+    from .chat_loop import chat_loop
+
+    model = _load(bundle, threads, expert_budget_mb, verify, quiet=False)
+    chat_loop(Conversation(model, system, n, temperature, top_k, top_p, seed))
 
 
 def inspect(bundle: str, verify: bool = False) -> None:

@@ -30,6 +30,14 @@ def integer(lo: int, hi: int | None = None) -> Callable[[str], int]:
     return parse
 
 
+def token_ids(text: str) -> list[int]:
+    """A type for token ids: `1,2,3` (or separated by spaces)."""
+    parts = text.replace(",", " ").split()
+    if not parts or not all(p.isdigit() for p in parts):
+        raise argparse.ArgumentTypeError(f"must be token ids like 1,2,3, got {text!r}")
+    return [int(p) for p in parts]
+
+
 def size(text: str) -> int:
     """A type for a memory size: 1G, 512M, 300000000 (binary units; at least 16M)."""
     units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}

@@ -1,5 +1,6 @@
 """The CLI end to end, through subprocesses: export → inspect → run, and one-line errors."""
 
+import argparse
 import subprocess
 import sys
 
@@ -27,10 +28,18 @@ def test_export_inspect_run(default_checkpoint, tmp_path):
     assert "4 layers (4 MoE)" in shown and "group 64" in shown and "checksums: experts.bin: 32 expert spans ok" in shown
     head = next(line for line in shown.splitlines() if line.strip().startswith("LM head"))
     assert "int8" in head and "8.50 bits/weight" in head  # int8 codes + one float32 scale per 64
-    ran = moedge("run", bundle, "--prompt", "The with statement", "-n", "12", "--temperature", "0.8",
-                 "--seed", "1").stdout
-    assert ran.startswith("The with statement")
-    assert "12 tokens" in ran and "ms/token" in ran and "experts touched:" in ran
+    ran = moedge("run", bundle, "--prompt", "The with statement", "-n", "12", "--temperature", "0.8", "--seed", "1")
+    assert "12 tokens" in ran.stderr and "ms/token" in ran.stderr and "experts touched:" in ran.stderr
+    quiet = moedge("run", bundle, "--prompt", "The with statement", "-n", "12", "--temperature", "0.8", "--seed", "1",
+                   "-q")
+    assert quiet.stdout == ran.stdout and quiet.stderr == "" and len(ran.stdout) > 12  # the generated text alone
+    assert not ran.stdout.startswith("The with statement")
+    piped = run_cli("run", bundle, "--prompt", "-", "-n", "12", "--temperature", "0.8", "--seed", "1", "-q",
+                    input="The with statement")
+    (tmp_path / "prompt.txt").write_text("The with statement")
+    from_file = moedge("run", bundle, "-f", tmp_path / "prompt.txt", "-n", "12", "--temperature", "0.8", "--seed",
+                       "1", "-q")
+    assert piped.stdout == from_file.stdout == ran.stdout
 
 
 @pytest.mark.parametrize("args, message", [
@@ -45,9 +54,56 @@ def test_bad_input_is_one_line_error(args, message):
     assert "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("command", ["export", "run", "inspect", "eval"])
+@pytest.mark.parametrize("command", ["export", "run", "chat", "inspect", "eval", "bench"])
 def test_help(command):
     assert "usage: moedge " + command in moedge(command, "--help").stdout
+
+
+def test_every_option_has_help():
+    from moedge.cli.main import _parser
+
+    commands = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for name, sub in commands.choices.items():
+        for action in sub._actions:
+            assert action.help, f"moedge {name} {action.dest} has no help"
+
+
+def test_version():
+    from moedge.runtime.bundle import FORMAT_VERSION
+
+    assert moedge("--version").stdout.strip() == f"moedge 0.1.0 (bundle format {FORMAT_VERSION})"
+
+
+def test_token_ids_in_and_out_without_a_tokenizer(exported):
+    from helpers import VOCAB, tiny_moe_spec
+    from moedge.runtime import Model
+
+    bundle = exported("cli-compile", tiny_moe_spec()).bundle
+    ran = moedge("run", bundle, "--ids", "5,7, 9", "-n", "6", "-q")
+    want = [t.id for t in Model.load(bundle).generate([5, 7, 9], max_new_tokens=6)]
+    assert [int(i) for i in ran.stdout.split()] == want
+    outside = moedge("run", bundle, "--ids", f"5,{VOCAB}", check=False)
+    assert outside.returncode == 2 and f"--ids: token id {VOCAB} is outside the vocabulary" in outside.stderr
+    text = moedge("run", bundle, "--prompt", "hello", check=False)
+    assert text.returncode == 2 and "no tokenizer: pass token ids" in text.stderr
+    too_long = moedge("run", bundle, "--ids", "1,2,3", "-n", "94", check=False)
+    assert too_long.returncode == 2 and too_long.stderr.startswith("moedge: error: -n 94: the prompt's 3 tokens")
+
+
+def test_an_error_never_shares_a_line_with_the_text(exported, capsys, monkeypatch):
+    """A failure mid-generation: the streamed text's line is ended before the one-line error."""
+    from helpers import tiny_moe_spec
+    from moedge.cli.main import main
+    from moedge.runtime import NumericalError
+    from moedge.runtime.session import Session
+
+    def failing(self, token):
+        raise NumericalError("the activations stopped being finite")
+    monkeypatch.setattr(Session, "decode", failing)
+    assert main(["run", str(exported("cli-compile", tiny_moe_spec()).bundle), "--ids", "1,2", "-n", "5"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out.endswith("\n") and captured.out.strip()  # one id printed, then its line ended
+    assert captured.err == "moedge: error: the activations stopped being finite\n"
 
 
 SLOW_EXPORT = """
@@ -92,6 +148,12 @@ def test_terminated_export_leaves_nothing(tmp_path):
     (["run", "B", "--prompt", "x", "--top-p", "0"], "argument --top-p: must be a finite number (0, 1]"),
     (["run", "B", "--prompt", "x", "-n", "2.5"], "argument -n: must be a whole number"),
     (["run", "B", "--prompt", "x", "--expert-budget-mb", "-3"], "argument --expert-budget-mb"),
+    (["run", "B"], "one of the arguments --prompt -f/--file --ids is required"),
+    (["run", "B", "--prompt", "x", "--ids", "1"], "argument --ids: not allowed with argument --prompt"),
+    (["run", "B", "--ids", "1,x"], "argument --ids: must be token ids like 1,2,3, got '1,x'"),
+    (["chat", "B", "--top-p", "2"], "argument --top-p: must be a finite number (0, 1]"),
+    (["chat", "B", "-n", "0"], "argument -n: must be a whole number >= 1"),
+    ([], "the following arguments are required: command"),
     (["bench", "B", "--threads", "0"], "argument --threads: must be a whole number in [1, 1024]"),
     (["bench", "B", "--repeat", "0"], "argument --repeat: must be a whole number >= 1"),
     (["bench", "B", "--new-tokens", "3"], "argument --new-tokens: must be a whole number >= 5"),
