@@ -139,13 +139,17 @@ def chat(bundle: str, system: str | None = None, n: int = 512, temperature: floa
 
 
 def inspect(bundle: str, verify: bool = False) -> None:
-    """Print a bundle's spec, file sizes and per-layer quantization error."""
+    """Print a bundle's format, spec, tokenizer and chat template, bos/eos, graph and file sizes, how each part is
+    stored (scheme and bits per weight) and the experts' quantization error per layer."""
     from moedge.runtime.bundle import read_manifest
     from moedge.runtime.storage import storage
     from moedge.runtime.verify import verify_bundle
 
+    from .describe import graphs_line, human_size, text_lines
+
     manifest = read_manifest(bundle)
     spec = manifest.spec
+    print(text_lines(bundle, manifest)[0])
     print(f"model: {spec.n_layers} layers ({spec.layer_kinds.count('moe')} MoE), hidden {spec.hidden_size}, "
           f"heads {spec.n_heads}/{spec.n_kv_heads}, head dim {spec.head_dim}, vocab {spec.vocab_size}, "
           f"context {spec.max_seq_len}")
@@ -153,9 +157,10 @@ def inspect(bundle: str, verify: bool = False) -> None:
         r = spec.routing
         print(f"routing: {r.n_experts} experts of {spec.expert_intermediate_size}, top-{r.top_k}, "
               f"{r.score_func}, normalize={r.normalize_top_k}, shared={r.shared_expert_size}")
+    print(*text_lines(bundle, manifest)[1:], graphs_line(manifest), "files:", sep="\n")
     for name, info in sorted(manifest.files.items()):
-        print(f"  {name:24s} {info['size'] / 1e6:10.2f} MB")
-    print(f"total: {sum(info['size'] for info in manifest.files.values()) / 1e6:.2f} MB; stored as:")
+        print(f"  {name:24s} {human_size(info['size']):>10s}")
+    print(f"total: {human_size(sum(info['size'] for info in manifest.files.values()))}; stored as:")
     for part in storage(manifest):
         print(f"  {part.name:26s} {part.stored:18s} {part.bits_per_weight:6.2f} bits/weight, "
               f"{part.weights / 1e6:8.2f} M weights, {part.nbytes / 1e6:8.2f} MB")

@@ -217,3 +217,24 @@ def test_a_first_run_says_it_compiles(monkeypatch, exported):
         assert kernels_cached(model.weights)  # every kernel it calls ran, so every one is in numba's cache
     monkeypatch.setattr(os.path, "exists", lambda path: not str(path).endswith(".nbi"))
     assert not kernels_cached(model.weights)
+
+
+def test_inspect_shows_format_tokenizer_template_bos_eos_graphs_and_storage(chat_bundle, exported):
+    shown = moedge("inspect", chat_bundle[0]).stdout.splitlines()
+    assert shown[0] == "format: moedge bundle version 3"
+    assert "tokenizer: tokenizer.json (25 tokens); chat template: yes (157 characters)" in shown
+    assert "bos: 1 '<s>'; eos: 2 '</s>'" in shown
+    assert any(line.startswith("graphs: 2 layer graphs of 5.") for line in shown)
+    stored = stored_parts("\n".join(shown))
+    assert stored["dense linears"][:2] == ["float32", "32.00"] and stored["LM head"][:2] == ["int8", "8.50"]
+    from helpers import tiny_moe_spec
+
+    bare = moedge("inspect", exported("cli-compile", tiny_moe_spec()).bundle).stdout
+    assert "tokenizer: none (prompts must be token ids); chat template: none" in bare and "bos: none; eos: none" in bare
+    span = 8192  # one page-aligned span per expert: 3 x 64 x 32 int8 codes and scales, padded
+    assert stored_parts(bare)["experts"][:4] == ["int8", "per", "channel", f"{8 * span / (3 * 64 * 32):.2f}"]
+
+
+def stored_parts(shown: str) -> dict[str, list[str]]:
+    """`inspect`'s "stored as" rows: part name -> the words after it."""
+    return {line[:29].strip(): line[29:].split() for line in shown.splitlines() if "bits/weight" in line}
