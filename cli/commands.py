@@ -210,7 +210,8 @@ def bench(bundle: str, threads: list[int], prompt_tokens: int = 128, new_tokens:
 def eval(bundle: str, text: str, reference: str | None = None, context: int | None = None,
          max_tokens: int | None = None, usage: str | None = None, threads: int | None = None,
          verify: bool = True) -> None:
-    """Perplexity of a bundle on a text file or folder; compare with the float checkpoint; expert usage."""
+    """Perplexity of a bundle on a text file or folder; compare with the float checkpoint (moedge or Hugging Face
+    folder); expert usage."""
     from moedge.runtime import InputError, Model
     from moedge.runtime.tools.evaluate import evaluate, read_texts, windows
 
@@ -218,29 +219,57 @@ def eval(bundle: str, text: str, reference: str | None = None, context: int | No
         require("torch", "safetensors", purpose="eval --reference")
     if usage:
         require("matplotlib", purpose="eval --usage")
+    texts = read_texts(text)
+    source = _open_reference(reference) if reference else None  # a bad reference fails before the work
     model = Model.load(bundle, threads=threads, verify=verify)
     context = context or model.spec.max_seq_len
     if not 2 <= context <= model.spec.max_seq_len:
         raise InputError(f"--context must be in [2, {model.spec.max_seq_len}], got {context}")
     if usage and not model.spec.is_moe:
         raise InputError("--usage needs an MoE bundle")
-    texts = read_texts(text)
     docs = [model.encode(t) for t in texts]
+    if source is not None:
+        _check_reference(source, reference, model.spec, texts, docs)
     chunks = windows(docs, context, max_tokens)
     result = evaluate(model, chunks)
     print(f"{text}: {result.tokens} tokens evaluated in {len(chunks)} windows of ≤ {context}, "
           f"perplexity {result.perplexity:.4f}")
-    if reference:
-        from moedge.exporter.reference import evaluate_reference, reference_tokenizer
+    if source is not None:
+        from moedge.exporter.reference import evaluate_reference
 
-        if [e.ids for e in reference_tokenizer(reference).encode_batch(texts)] != docs:
-            raise InputError(f"{reference}: its tokenizer differs from the bundle's")
-        ref = evaluate_reference(reference, chunks)
+        ref = evaluate_reference(source, chunks)
         change = result.perplexity / ref.perplexity - 1
         print(f"reference {reference}: perplexity {ref.perplexity:.4f}; bundle vs reference {100 * change:+.3f}%, "
               f"top-1 agreement {100 * result.agreement(ref):.2f}%")
     if result.usage is not None:
         _report_usage(model, result.usage, usage, f"{Path(bundle).name} on {Path(text).name}")
+
+
+def _open_reference(reference: str):
+    """The reference checkpoint opened for scoring (`eval --reference`), or an error naming the option."""
+    from moedge.exporter.source import open_source
+    from moedge.runtime import MoedgeError
+
+    try:
+        return open_source(reference)
+    except MoedgeError as exc:
+        raise type(exc)(f"--reference: {exc}") from None
+
+
+def _check_reference(source, reference: str, spec, texts: list[str], docs: list[list[int]]) -> None:
+    """Refuse a reference that tokenizes differently or cannot read the ids; warn when its shape differs."""
+    from moedge.exporter.reference import reference_tokenizer, shape_differences
+    from moedge.runtime import InputError
+
+    if [e.ids for e in reference_tokenizer(source).encode_batch(texts)] != docs:
+        raise InputError(f"--reference {reference}: its tokenizer differs from the bundle's")
+    top = max((max(d) for d in docs if d), default=0)
+    if top >= source.spec.vocab_size:
+        raise InputError(f"--reference {reference}: its vocabulary of {source.spec.vocab_size} lacks token {top}")
+    diffs = shape_differences(source.spec, spec)
+    if diffs:
+        print(f"moedge: warning: the reference differs from the bundle ({', '.join(diffs)}): the comparison is "
+              "between different models", file=sys.stderr)
 
 
 def _report_usage(model, counts: np.ndarray, image: str | None, title: str) -> None:
