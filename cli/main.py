@@ -131,7 +131,7 @@ def _parser() -> argparse.ArgumentParser:
                         "compare (needs torch)")
     p.add_argument("--context", type=integer(2), default=None, help="window length in tokens (default: the model's)")
     p.add_argument("--max-tokens", type=integer(1), default=None, help="evaluate only the first N tokens")
-    p.add_argument("--usage", type=output_file(".png"), default=None, metavar="FILE.png",
+    p.add_argument("--usage", type=output_file(".png", companion=".json"), default=None, metavar="FILE.png",
                    help="write the expert-usage heatmap here, and its counts beside it as .json")
     p.add_argument("--threads", type=integer(1, 1024), default=None,
                    help="default: the CPU count (1 for a model whose decode step reads under 16 MB)")

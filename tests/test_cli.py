@@ -238,3 +238,41 @@ def test_inspect_shows_format_tokenizer_template_bos_eos_graphs_and_storage(chat
 def stored_parts(shown: str) -> dict[str, list[str]]:
     """`inspect`'s "stored as" rows: part name -> the words after it."""
     return {line[:29].strip(): line[29:].split() for line in shown.splitlines() if "bits/weight" in line}
+
+
+def test_output_paths_are_checked_before_the_work(tmp_path, capsys):
+    from moedge.cli.main import main
+
+    (tmp_path / "u.json").mkdir()  # where --usage would write its counts
+    (tmp_path / "r.json").mkdir()
+    usage, report = str(tmp_path / "u.json"), str(tmp_path / "r.json")
+    for args, message in [(["eval", "B", "--text", "t", "--usage", str(tmp_path / "u.png")], f"{usage!r} is a folder"),
+                          (["bench", "B", "--json", report], f"{report!r} is a folder"),
+                          (["bench", "B", "--plot", str(tmp_path / "no" / "r.png")], "the folder")]:
+        with pytest.raises(SystemExit):
+            main(args)
+        assert message in capsys.readouterr().err
+
+
+BLOCKED = """
+import sys
+for name in sys.argv[1].split(","):
+    sys.modules[name] = None  # as if not installed
+from moedge.cli.main import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize("blocked, args, message", [
+    ("torch", ["export", "SRC", "-o", "OUT"], "moedge export needs torch: pip install 'moedge[export]'"),
+    ("matplotlib", ["bench", "BUNDLE", "--plot", "r.png"], "bench --plot needs matplotlib: pip install 'moedge[plot]'"),
+    ("matplotlib", ["eval", "BUNDLE", "--text", "t", "--usage", "u.png"],
+     "eval --usage needs matplotlib: pip install 'moedge[plot]'"),
+    ("torch", ["eval", "BUNDLE", "--text", "t", "--reference", "R"],
+     "eval --reference needs torch: pip install 'moedge[export]'"),
+    ("torch,onnx", ["bench", "BUNDLE", "--peers"], "bench --peers needs torch, onnx: pip install 'moedge[export]'"),
+])
+def test_a_missing_optional_dependency_is_one_line_naming_the_extra(blocked, args, message, tmp_path):
+    result = subprocess.run([sys.executable, "-c", BLOCKED, blocked, *args], capture_output=True, text=True,
+                            cwd=tmp_path, timeout=120)
+    assert result.returncode == 2 and result.stderr == f"moedge: error: {message}\n" and result.stdout == ""
