@@ -36,6 +36,23 @@ def _version() -> str:
     return f"moedge {number_} (bundle format {FORMAT_VERSION})"
 
 
+def _generation_options(p: argparse.ArgumentParser, temperature: float, top_k: int, top_p: float) -> None:
+    """The sampling and loading flags of `run` and `chat` (with their own sampling defaults)."""
+    p.add_argument("--temperature", type=number(0.0), default=temperature,
+                   help=f"0 means greedy (default {temperature:g})")
+    p.add_argument("--top-k", type=integer(0), default=top_k,
+                   help=f"sample among the k likeliest (default {top_k}; 0: all)")
+    p.add_argument("--top-p", type=number(0.0, 1.0, lo_open=True), default=top_p,
+                   help=f"nucleus sampling (default {top_p:g})")
+    p.add_argument("--seed", type=integer(0), default=None, help="seed of the sampler (default: random)")
+    p.add_argument("--threads", type=integer(1, 1024), default=None,
+                   help="default: the CPU count (1 for a model whose decode step reads under 16 MB)")
+    p.add_argument("--expert-budget-mb", type=number(0.0), default=None,
+                   help="keep at most this many MB of experts mapped (least recently used are released)")
+    p.add_argument("--no-verify", dest="verify", action="store_false",
+                   help="skip the checksums (dense files at load, each expert on first use)")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="moedge", description="Edge inference for dense and MoE transformers.")
     parser.add_argument("--version", action="version", version=_version())
@@ -66,17 +83,8 @@ def _parser() -> argparse.ArgumentParser:
     source.add_argument("--ids", type=token_ids, metavar="1,2,3",
                         help="the prompt as token ids (for a bundle without a tokenizer: ids are printed too)")
     p.add_argument("-n", type=integer(0), default=64, help="new tokens (default 64)")
-    p.add_argument("--temperature", type=number(0.0), default=0.0, help="0 means greedy (default)")
-    p.add_argument("--top-k", type=integer(0), default=0, help="sample among the k likeliest (default 0: all)")
-    p.add_argument("--top-p", type=number(0.0, 1.0, lo_open=True), default=1.0, help="nucleus sampling (default 1)")
-    p.add_argument("--seed", type=integer(0), default=None, help="seed of the sampler (default: random)")
-    p.add_argument("--threads", type=integer(1, 1024), default=None,
-                   help="default: the CPU count (1 for a model whose decode step reads under 16 MB)")
+    _generation_options(p, temperature=0.0, top_k=0, top_p=1.0)
     p.add_argument("--chat", action="store_true", help="send the prompt as a user message through the chat template")
-    p.add_argument("--expert-budget-mb", type=number(0.0), default=None,
-                   help="keep at most this many MB of experts mapped (least recently used are released)")
-    p.add_argument("--no-verify", dest="verify", action="store_false",
-                   help="skip the checksums (dense files at load, each expert on first use)")
     p.add_argument("-q", "--quiet", action="store_true", help="print the generated text only (no notes, no statistics)")
 
     p = sub.add_parser("chat", help="chat in the terminal (history kept in the KV cache)",
@@ -84,16 +92,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("bundle", help=BUNDLE_HELP)
     p.add_argument("--system", default=None, help="a system message (plain continuation: text before the chat)")
     p.add_argument("-n", type=integer(1), default=512, help="most tokens per reply (default 512)")
-    p.add_argument("--temperature", type=number(0.0), default=0.8, help="0 means greedy (default 0.8)")
-    p.add_argument("--top-k", type=integer(0), default=40, help="sample among the k likeliest (default 40; 0: all)")
-    p.add_argument("--top-p", type=number(0.0, 1.0, lo_open=True), default=0.95, help="nucleus sampling (default 0.95)")
-    p.add_argument("--seed", type=integer(0), default=None, help="seed of the sampler (default: random)")
-    p.add_argument("--threads", type=integer(1, 1024), default=None,
-                   help="default: the CPU count (1 for a model whose decode step reads under 16 MB)")
-    p.add_argument("--expert-budget-mb", type=number(0.0), default=None,
-                   help="keep at most this many MB of experts mapped (least recently used are released)")
-    p.add_argument("--no-verify", dest="verify", action="store_false",
-                   help="skip the checksums (dense files at load, each expert on first use)")
+    _generation_options(p, temperature=0.8, top_k=40, top_p=0.95)
 
     p = sub.add_parser("bench", help="measure decode latency, prefill, cold start, memory and the roofline",
                        description=commands.bench.__doc__)
