@@ -34,8 +34,9 @@ def _read(stdin: TextIO, interactive: bool) -> str | None:
 
 def _cache_notes(turn: Turn, err: TextIO) -> None:
     if turn.dropped:
-        _note(f"the context is full: dropped the {turn.dropped} oldest exchange(s) and re-read the rest "
-              f"({turn.fed} tokens)", err)
+        exchanges = "the oldest exchange" if turn.dropped == 1 else f"the {turn.dropped} oldest exchanges"
+        _note(f"the context was full: dropped {exchanges}; the conversation now holds {len(turn.prompt)} tokens "
+              f"({turn.fed} read anew)", err)
     elif turn.history_changed:
         _note(f"the template renders the earlier turns differently from what the cache held: re-read "
               f"{turn.fed} tokens", err)

@@ -183,3 +183,13 @@ def test_ctrl_c_stops_the_reply_not_the_program(chat_bundle):
     out, err = proc.communicate("what is your name\n", timeout=120)
     assert proc.returncode == 0, err
     assert out.endswith("\n") and out.splitlines()[-1].strip()  # a whole second reply (read(1) buffered the first)
+
+
+def test_the_terminal_loop_says_when_the_context_is_full(chat_bundle):
+    result = run_cli("chat", chat_bundle[0], "-n", "500", "--temperature", "0", "--threads", "1",
+                     input="hello\nhello\n")
+    assert result.returncode == 0, result.stderr
+    err = result.stderr.splitlines()
+    cut = "moedge: the context (128 tokens) is full: the reply was cut; the oldest exchanges will be dropped"
+    assert err[-3].startswith(cut) and err[-1].startswith(cut)
+    assert err[-2].startswith("moedge: the context was full: dropped the oldest exchange; the conversation now holds")
