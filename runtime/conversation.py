@@ -48,9 +48,8 @@ class Turn:
 
     Before iterating, `kept`, `fed`, `rewound`, `history_changed` and `dropped` say what the turn does to the
     cache (a reply's last tokens often re-tokenize differently once the next message follows: that rewinds
-    without changing the history);
-    after (or after an interruption), `text` is the reply so far and `cut` whether it hit the end of
-    the context.
+    without changing the history). After iterating, or an interruption, `text` is the reply so far and `cut`
+    says whether it hit the end of the context.
     """
 
     def __init__(self, conversation: Conversation, prompt: list[int], kept: int, rewound: int, dropped: int,
