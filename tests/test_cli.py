@@ -46,6 +46,8 @@ def test_export_inspect_run(default_checkpoint, tmp_path):
     (["run", "/nonexistent.moedge", "--prompt", "x"], "no such bundle"),
     (["export", "/nonexistent", "-o", "/tmp/never.moedge"], "is not a folder"),
     (["inspect", "/"], "not a moedge bundle"),
+    (["run", "/nonexistent.moedge", "-f", "/nonexistent.txt"], "--file /nonexistent.txt: No such file or directory"),
+    (["run", "/nonexistent.moedge", "-f", sys.executable], f"--file {sys.executable}: not UTF-8 text"),
 ])
 def test_bad_input_is_one_line_error(args, message):
     result = moedge(*args, check=False)
