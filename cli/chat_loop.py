@@ -2,7 +2,7 @@
 
 Replies stream to stdout, one per line-ended block; notes (context full, an interrupted reply) go to
 stderr. On a terminal the prompt is `>>> ` with line editing; piped input is read line by line, one
-message per line, without prompts.
+message per line, without prompts. A message between a pair of \"\"\" may span lines.
 """
 
 from __future__ import annotations
@@ -13,23 +13,40 @@ from typing import TextIO
 from moedge.runtime.conversation import Conversation, Turn
 from moedge.runtime.errors import InputError
 
-COMMANDS = "/reset forgets the conversation, /exit (or Ctrl-D) leaves, /help shows this; Ctrl-C stops a reply"
+COMMANDS = ('/reset forgets the conversation, /exit (or Ctrl-D) leaves, /help shows this; Ctrl-C stops a reply; '
+            '"""text""" spans lines')
+QUOTES = '"""'
 
 
 def _note(text: str, err: TextIO) -> None:
     print(f"moedge: {text}", file=err, flush=True)
 
 
-def _read(stdin: TextIO, interactive: bool) -> str | None:
-    """The next message line, or None at the end of the input."""
+def _read_line(stdin: TextIO, interactive: bool, prompt: str) -> str | None:
+    """One line, or None at the end of the input."""
     if interactive:
         try:
-            return input(">>> ")
+            return input(prompt)
         except EOFError:
             print()
             return None
     line = stdin.readline()
     return line.rstrip("\n") if line else None
+
+
+def _read(stdin: TextIO, interactive: bool) -> str | None:
+    """The next message: one line, or the lines between a pair of \"\"\" (the end of the input closes them)."""
+    line = _read_line(stdin, interactive, ">>> ")
+    if line is None or not line.lstrip().startswith(QUOTES):
+        return line
+    lines = [line.lstrip()[len(QUOTES):]]
+    while not lines[-1].endswith(QUOTES):
+        more = _read_line(stdin, interactive, "... ")
+        if more is None:
+            return "\n".join(lines)
+        lines.append(more)
+    lines[-1] = lines[-1][:-len(QUOTES)]
+    return "\n".join(lines)
 
 
 def _cache_notes(turn: Turn, err: TextIO) -> None:

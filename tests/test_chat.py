@@ -193,3 +193,13 @@ def test_the_terminal_loop_says_when_the_context_is_full(chat_bundle):
     cut = "moedge: the context (128 tokens) is full: the reply was cut; the oldest exchanges will be dropped"
     assert err[-3].startswith(cut) and err[-1].startswith(cut)
     assert err[-2].startswith("moedge: the context was full: dropped the oldest exchange; the conversation now holds")
+
+
+def test_a_message_between_triple_quotes_spans_lines():
+    import io
+
+    from moedge.cli.chat_loop import _read
+
+    stdin = io.StringIO('"""def f(x):\n    return x\n"""\n"""one line"""\nnext\n  """unclosed\nto the end\n')
+    messages = [_read(stdin, interactive=False) for _ in range(5)]
+    assert messages == ["def f(x):\n    return x\n", "one line", "next", "unclosed\nto the end", None]
