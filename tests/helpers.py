@@ -99,9 +99,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_cli(*args, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
-    """`moedge ARGS...` in a fresh process (as a user runs it); text output captured."""
-    return subprocess.run([sys.executable, "-m", "moedge.cli.main", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, **kwargs)
+    """`moedge ARGS...` in a fresh process (as a user runs it); text output captured unless `stdout`/`stderr` say."""
+    streams = {"stdout": kwargs.pop("stdout", subprocess.PIPE), "stderr": kwargs.pop("stderr", subprocess.PIPE)}
+    return subprocess.run([sys.executable, "-m", "moedge.cli.main", *map(str, args)], text=True, timeout=timeout,
+                          **streams, **kwargs)
 
 
 def sample_module(name: str) -> ModuleType:
