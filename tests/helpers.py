@@ -110,9 +110,10 @@ def greedy_tokens(bundle, prompt: list[int], n: int = 32) -> list[int]:
 
 
 def run_cli(*args, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
-    """`moedge ARGS...` in a fresh process (as a user runs it); text output captured."""
-    return subprocess.run([sys.executable, "-m", "moedge.cli.main", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, **kwargs)
+    """`moedge ARGS...` in a fresh process (as a user runs it); text output captured unless `stdout`/`stderr` say."""
+    streams = {"stdout": kwargs.pop("stdout", subprocess.PIPE), "stderr": kwargs.pop("stderr", subprocess.PIPE)}
+    return subprocess.run([sys.executable, "-m", "moedge.cli.main", *map(str, args)], text=True, timeout=timeout,
+                          **streams, **kwargs)
 
 
 def sample_module(name: str) -> ModuleType:

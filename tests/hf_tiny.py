@@ -41,10 +41,10 @@ FAMILIES: dict[str, tuple[str, dict]] = {
 DENSE_LINEARS = tuple(f"{m}_proj.weight" for m in ("q", "k", "v", "o", "gate", "up", "down"))
 
 
-def build_hf_model(family: str, seed: int = 0):
-    """A seeded random model of `family` (see `random_model`)."""
+def build_hf_model(family: str, seed: int = 0, **config):
+    """A seeded random model of `family` (`config` overrides its config; see `random_model`)."""
     model_type, overrides = FAMILIES[family]
-    return random_model(model_type, {**COMMON, **overrides}, seed)
+    return random_model(model_type, {**COMMON, **overrides, **config}, seed)
 
 
 def random_model(model_type: str, config: dict, seed: int = 0):
@@ -93,3 +93,26 @@ def transformers_greedy(model, prompt: list[int], n: int = 32) -> list[int]:
     model.generation_config.eos_token_id = None
     with torch.no_grad():
         return model.generate(torch.tensor([prompt]), max_new_tokens=n, do_sample=False)[0, len(prompt):].tolist()
+
+
+CHAT_TEMPLATE = ("{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }}{{ eos_token }}"
+                 "{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}")
+WORDS = ["the", "a", "cat", "dog", "sat", "on", "mat", "hello", "world", "how", "are", "you", "today", "fine",
+         "thanks", "what", "is", "your", "name"]
+
+
+CHAT_VOCAB = 6 + len(WORDS)  # the special tokens and WORDS
+
+
+def chat_tokenizer():
+    """A word-level tokenizer of WORDS with special tokens and CHAT_TEMPLATE (a transformers tokenizer)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<unk>", "<s>", "</s>", "<|user|>", "<|assistant|>", "<|system|>"]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(specials + WORDS)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.add_special_tokens(specials)
+    hf = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    hf.chat_template = CHAT_TEMPLATE
+    return hf

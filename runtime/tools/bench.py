@@ -25,7 +25,7 @@ from ..bundle import read_manifest
 from ..errors import InputError
 from ..forward import Probe
 from ..model import Model
-from ..storage import step_bytes
+from ..storage import step_bytes, storage
 from .bandwidth import read_bandwidth
 from .memory_cap import drop_cached_pages, memory_cgroup
 
@@ -44,12 +44,13 @@ class ThreadResult:
     decode_ms_p99: float
     tokens_per_s: float
     prefill_tokens_per_s: float
-    breakdown_ms: dict[str, float]
+    breakdown_ms: dict[str, float]  # median ms per token of each part (as the decode latency: the median)
     bandwidth_gb_s: float
     roofline_ms: float
     ratio_to_roofline: float
     python_overhead_fraction: float
-    latencies_ms: list[float] = field(repr=False)
+    latencies_ms: list[float] = field(repr=False)  # every run's, one after the other
+    prefill_runs: list[float] = field(default_factory=list)  # prefill tokens/s of each run
     cold_start: dict[str, dict] = field(default_factory=dict)
 
 
@@ -71,12 +72,13 @@ class PartTimer(Probe):
 
 
 def measure_decode(model: Model, prompt_tokens: int, new_tokens: int, repeat: int, seed: int,
-                   progress: tqdm) -> tuple[list[float], float, dict[str, float]]:
-    """Per-token decode latencies (s), prefill tokens/s and the mean time per part per token."""
+                   progress: tqdm) -> tuple[list[float], list[float], dict[str, float]]:
+    """Per-token decode latencies (s), prefill tokens/s of each run and the median time per part per token (s);
+    "other" is the median of what the parts leave of each token."""
     rng = np.random.default_rng(seed)
     vocab = model.spec.vocab_size
     timer = PartTimer()
-    latencies, prefill_rates, parts = [], [], defaultdict(float)
+    latencies, prefill_rates, parts = [], [], defaultdict(list)
     for _ in range(repeat):
         session = model.session(probe=timer)
         prompt = rng.integers(0, vocab, prompt_tokens)
@@ -91,11 +93,10 @@ def measure_decode(model: Model, prompt_tokens: int, new_tokens: int, repeat: in
             if i >= WARMUP_TOKENS:
                 latencies.append(elapsed)
                 for part in PARTS:
-                    parts[part] += timer.totals.get(part, 0.0)
-                parts["total"] += elapsed
+                    parts[part].append(timer.totals.get(part, 0.0))
+                parts["other"].append(elapsed - sum(timer.totals.get(part, 0.0) for part in PARTS))
             progress.update(1)
-    count = max(len(latencies), 1)
-    return latencies, float(np.median(prefill_rates)), {k: v / count for k, v in parts.items()}
+    return latencies, prefill_rates, {k: float(np.median(v)) for k, v in parts.items()}
 
 
 def cold_start(bundle: Path, threads: int, prompt_tokens: int, seed: int, numba_cache: str | None,
@@ -152,27 +153,29 @@ def bench(bundle: str | Path, threads: list[int], prompt_tokens: int = 128, new_
     with tqdm(total=total, desc="bench", unit="tok", disable=not show_progress) as progress:
         for n in threads:
             model = Model.load(bundle, threads=n)
-            latencies, prefill_rate, parts = measure_decode(model, prompt_tokens, new_tokens, repeat, seed, progress)
+            latencies, prefill_rates, parts = measure_decode(model, prompt_tokens, new_tokens, repeat, seed, progress)
             del model
             ms = np.array(latencies) * 1e3
             bandwidth = read_bandwidth(n)
             roofline_ms = bytes_per_step["total"] / (bandwidth * 1e9) * 1e3
-            breakdown = {k: v * 1e3 for k, v in parts.items() if k != "total"}
-            breakdown["other"] = parts["total"] * 1e3 - sum(breakdown.values())
+            breakdown = {k: v * 1e3 for k, v in parts.items()}
             inside = breakdown["dense"] + breakdown["head"] + breakdown["experts"]
             median = float(np.median(ms))
             results.append(ThreadResult(
                 threads=n, decode_ms_median=median, decode_ms_p90=float(np.percentile(ms, 90)),
                 decode_ms_p99=float(np.percentile(ms, 99)), tokens_per_s=1e3 / median,
-                prefill_tokens_per_s=prefill_rate, breakdown_ms=breakdown, bandwidth_gb_s=bandwidth,
+                prefill_tokens_per_s=float(np.median(prefill_rates)), breakdown_ms=breakdown, bandwidth_gb_s=bandwidth,
                 roofline_ms=roofline_ms, ratio_to_roofline=median / roofline_ms,
-                python_overhead_fraction=1.0 - inside / (parts["total"] * 1e3), latencies_ms=ms.tolist()))
+                python_overhead_fraction=max(0.0, 1.0 - inside / sum(breakdown.values())), latencies_ms=ms.tolist(),
+                prefill_runs=prefill_rates))
             if cold:
                 with tempfile.TemporaryDirectory() as empty_cache:
                     results[-1].cold_start = {
                         "numba_cache_cold": cold_start(bundle, n, prompt_tokens, seed, empty_cache),
                         "numba_cache_warm": cold_start(bundle, n, prompt_tokens, seed, None)}
     return {**capped, "bundle": str(bundle), "model": manifest.spec.to_dict(), "quantization": manifest.quant_scheme,
+            "bundle_bytes": sum(f["size"] for f in manifest.files.values()),
+            "weights": sum(part.weights for part in storage(manifest)),  # stored: a tied head counts twice
             "bytes_per_decode_step": bytes_per_step, "prompt_tokens": prompt_tokens, "new_tokens": new_tokens,
             "repeat": repeat, "seed": seed, "token_stream": "seeded random",
             "results": [asdict(r) for r in results]}
