@@ -169,8 +169,8 @@ def test_eval_reference_is_checked_before_the_work_and_differences_are_named(shi
     text = tmp_path / "t.txt"
     text.write_text("import os\nprint(os.getcwd())\n")
     missing = run_cli("eval", shipped_bundle, "--text", text, "--reference", tmp_path / "nowhere")
-    assert missing.returncode == 2 and missing.stderr == f"moedge: error: --reference: {tmp_path / 'nowhere'} is not " \
-        "a folder (expected a checkpoint folder)\n" and missing.stdout == ""
+    assert missing.returncode == 2 and missing.stderr == f"moedge: error: --reference: {tmp_path / 'nowhere'} is " \
+        "neither a folder (a checkpoint) nor a GGUF file\n" and missing.stdout == ""
     other_tokenizer = run_cli("eval", shipped_bundle, "--text", text, "--reference", chat_bundle[0].parent / "hf")
     assert other_tokenizer.returncode == 2 and "its tokenizer differs from the bundle's" in other_tokenizer.stderr
     dense = run_cli("eval", shipped_bundle, "--text", text, "--reference", ROOT / "samples" / "dense")
