@@ -29,7 +29,7 @@ class Weights:
     `tokenizer` (or None)."""
 
     def __init__(self, bundle: BundleDir, manifest: Manifest, threads: int, expert_budget: int | None = None,
-                 verify: bool = True, decode: str = "numba"):
+                 verify: bool = True, decode: str = "numba", expert_activations: str = "int8"):
         self.root = bundle.path
         self.manifest = manifest
         self.spec = spec = manifest.spec
@@ -52,7 +52,7 @@ class Weights:
             name = manifest.experts.file
             self.experts = ExpertStore(bundle.map(name), bundle.path / name, manifest.experts, spec, expert_budget,
                                        verify)
-            self.moe = {i: MoELayer(i, spec, self.experts, threads) for i in spec.moe_layers}
+            self.moe = {i: MoELayer(i, spec, self.experts, threads, expert_activations) for i in spec.moe_layers}
         self.tokenizer = _tokenizer(tokenizer_json, manifest.tokenizer)
 
     def embed(self, tokens: np.ndarray) -> np.ndarray:
