@@ -7,6 +7,10 @@ by blocks of 32 inputs (byte j of a block: input j in the low nibble, input j + 
 each stored + 8). numba picks the loop by the view's rank when it compiles a kernel, so every kernel
 is written once; one call covers whole rows (a call per group of 32 costs 4x). Each function here is
 also plain Python (numpy), for reading and for tests.
+
+The activations a row is dotted with are float32, viewed [groups, group], or int8-quantized by blocks of
+32 (`quantize_activations`; a tuple: numba's parallel loops cannot pass a NamedTuple): then int8 and int4
+rows take the integer block dots of `kernel_q8` instead, and the kernels compile a second specialisation.
 """
 
 from __future__ import annotations
@@ -19,9 +23,12 @@ from numba.core.errors import NumbaIRAssumptionWarning
 from numba.extending import overload
 
 from . import numba_cache  # noqa: F401  (first: it says where the kernels' cache lives)
+from .kernel_q8 import BLOCK, dot4_q8
 
 _0 = np.float32(0.0)
 _8 = np.float32(8.0)
+_EXPONENT = np.int32(0x7F800000)  # a float32's exponent bits: all set for NaN and ±inf
+_BY_127 = np.float32(1.0 / 127.0)  # a multiplication: LLVM turns a division by 127 into it anyway
 NIBBLES = 16  # bytes per packed block of 32 int4 codes
 # An overload compiles with these, not with its caller's flags: without fastmath no reduction vectorizes.
 KERNEL_OPTIONS = {"fastmath": True, "error_model": "numpy"}
@@ -29,6 +36,49 @@ KERNEL_OPTIONS = {"fastmath": True, "error_model": "numpy"}
 # pedantic SSA check then flags loop variables of the inlined body as "not in scope"; the results are
 # checked against numpy and PyTorch in the tests, so that compile-time note is silenced here.
 warnings.filterwarnings("ignore", message=r"variable '_rows?_dot", category=NumbaIRAssumptionWarning)
+
+
+QuantizedActivations = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+@njit(cache=True, error_model="numpy")
+def quantize_activations(x: np.ndarray) -> QuantizedActivations:
+    """x [n] (n a multiple of 32) quantized by blocks of 32 as `quant.quantize_activations` does, bit for bit
+    but for exact ties (x / scale = k + ½ may round either way here; no fastmath): (codes [n] int16 in
+    [-127, 127], mixed [n / 2] int16 = 16 · codes j − codes j+16 of each block's j < 16 (`kernel_q8`), scales
+    [n / 32] float32, shifts [n / 32] float32 = 8 · scale · Σ codes, the offset of int4's nibbles). A NaN or
+    infinity makes its block's scale NaN."""
+    blocks = x.shape[0] // BLOCK
+    codes = np.empty(x.shape[0], dtype=np.int16)
+    mixed = np.empty(x.shape[0] // 2, dtype=np.int16)
+    scales = np.empty(blocks, dtype=np.float32)
+    shifts = np.empty(blocks, dtype=np.float32)
+    bits = x.view(np.int32)  # NaN and ±inf by their exponent: a float test could be folded away once inlined
+    for b in range(blocks):
+        block = x[b * BLOCK:(b + 1) * BLOCK]
+        largest = _0
+        not_finite = False
+        for j in range(BLOCK):
+            largest = max(largest, abs(block[j]))
+            not_finite |= bits[b * BLOCK + j] & _EXPONENT == _EXPONENT
+        scale = np.float32(np.nan) if not_finite else largest * _BY_127
+        inverse = np.float32(1.0) / scale if scale > _0 else _0
+        total = 0
+        for j in range(BLOCK):
+            code = np.int16(np.rint(block[j] * inverse))
+            codes[b * BLOCK + j] = code
+            total += code
+        for j in range(BLOCK // 2):
+            mixed[b * BLOCK // 2 + j] = np.int16(16) * codes[b * BLOCK + j] - codes[b * BLOCK + BLOCK // 2 + j]
+        scales[b] = scale
+        shifts[b] = _8 * scale * np.float32(total)
+    return codes, mixed, scales, shifts
+
+
+def activations(x: np.ndarray, group: int, quantized: bool | None) -> np.ndarray | QuantizedActivations:
+    """What the row dots take for x [n]: float32 viewed [n / group, group] when `quantized` is None,
+    else int8 blocks of 32 (`quantize_activations`). numba picks by the type of `quantized`."""
+    return x.reshape(-1, group) if quantized is None else quantize_activations(x)
 
 
 def codes_view(flat: np.ndarray, rows: int, groups: int, group: int) -> np.ndarray:
@@ -68,6 +118,13 @@ def _nibble(byte, high):
     return np.float32(np.int32(v >> 4)) if high else np.float32(np.int32(v & 15))
 
 
+@overload(activations)
+def _activations(x, group, quantized):
+    if isinstance(quantized, types.NoneType):
+        return lambda x, group, quantized: x.reshape(x.shape[0] // group, group)
+    return lambda x, group, quantized: quantize_activations(x)
+
+
 @overload(codes_view)
 def _codes_view(flat, rows, groups, group):
     if flat.dtype == types.uint8:
@@ -99,6 +156,8 @@ def _row_values(w, s, r, out2):
 
 @overload(row_dot, jit_options=KERNEL_OPTIONS, inline="always")
 def _row_dot(w, s, r, x2):
+    if isinstance(x2, types.BaseTuple):  # quantized activations: the integer dot of four rows, used once
+        return lambda w, s, r, x2: dot4_q8(w[r], w[r], w[r], w[r], s[r], s[r], s[r], s[r], *x2)[0]
     if w.ndim == 4:
         def int4(w, s, r, x2):
             acc = _0
@@ -130,6 +189,10 @@ def _row_dot(w, s, r, x2):
 
 @overload(rows_dot4, jit_options=KERNEL_OPTIONS, inline="always")
 def _rows_dot4(wa, sa, ra, wb, sb, rb, wc, sc, rc, wd, sd, rd, x2):
+    if isinstance(x2, types.BaseTuple):  # quantized activations
+        def quantized(wa, sa, ra, wb, sb, rb, wc, sc, rc, wd, sd, rd, x2):
+            return dot4_q8(wa[ra], wb[rb], wc[rc], wd[rd], sa[ra], sb[rb], sc[rc], sd[rd], *x2)
+        return quantized
     if wa.ndim == 4:
         def int4(wa, sa, ra, wb, sb, rb, wc, sc, rc, wd, sd, rd, x2):
             a = _0

@@ -7,8 +7,11 @@ matrices and their scales sit inside a span. numba compiles one specialisation p
 
 Every matrix is read through a view shaped [rows, groups, group] (int4: [rows, groups, blocks, 16],
 see `kernel_codes`) so that inner loops start at 0: indexing a flat buffer at a run-time offset makes
-numba emit a wrap-around check that turns the loads into gathers (measured 6x slower). Activations
-stay float32, so results equal a float model with the dequantized weights up to rounding. Every
+numba emit a wrap-around check that turns the loads into gathers (measured 6x slower). The expert
+kernels take `quantized`: None keeps the activations float32 (results equal a float model with the
+dequantized weights up to rounding); INT8_ACTIVATIONS quantizes each expert's input and hidden vector
+by blocks of 32 (`quant.quantize_activations`) and computes int8 and int4 rows with integer block dots
+(`kernel_q8`), at the memory bandwidth instead of the unpacking's speed. Every
 kernel uses numba's numpy error model: a NaN or a division by zero gives NaN/inf (which the session
 reports), never a Python exception.
 """
@@ -21,11 +24,12 @@ import numpy as np
 from numba import njit, prange
 
 from . import numba_cache  # noqa: F401  (first: it says where the kernels' cache lives)
-from .kernel_codes import codes_view, row_dot, row_values, rows_dot4
+from .kernel_codes import activations, codes_view, row_dot, row_values, rows_dot4
 
 _0 = np.float32(0.0)
 _1 = np.float32(1.0)
 GATE, UP, DOWN = 0, 1, 2  # an expert's matrices, in span order
+INT8_ACTIVATIONS = True  # the expert kernels' `quantized` argument (None: float32 activations)
 
 
 class ExpertBytes(NamedTuple):
@@ -87,26 +91,26 @@ def dot_rows4(w3, s2, x2, r0, r1, r2, r3):
 
 
 @njit(cache=True, error_model="numpy", fastmath=True)
-def _expert_into(x, b, expert, weight, hidden, out):
-    """out[D] += weight · expert(x[D]) (GATE, UP [I, D]; DOWN [D, I]); hidden is scratch [I]."""
+def _expert_into(x2, b, expert, weight, hidden, out, quantized):
+    """out[D] += weight · expert(x) (GATE, UP [I, D]; DOWN [D, I]) for x as the row dots take it
+    (`kernel_codes.activations`); hidden is scratch [I]."""
     kind = b.kinds[expert]  # a run-time value: a literal would compile `_expert_rows` once per kind
     if kind == 1:  # one layer may mix int4 and int8 experts (`packed` is `weights` when it does not)
-        _expert_rows(x, b.packed, b, kind, expert, weight, hidden, out)
+        _expert_rows(x2, b.packed, b, kind, expert, weight, hidden, out, quantized)
     else:
-        _expert_rows(x, b.weights, b, kind, expert, weight, hidden, out)
+        _expert_rows(x2, b.weights, b, kind, expert, weight, hidden, out, quantized)
 
 
 @njit(cache=True, error_model="numpy", fastmath=True)
-def _expert_rows(x, codes, b, kind, expert, weight, hidden, out):
+def _expert_rows(x2, codes, b, kind, expert, weight, hidden, out, quantized):
     """`_expert_into` for an expert whose codes are in `codes`.
 
     Rows r and r + I/2 of GATE and UP go together, and rows r + c·D/4 of DOWN: four streams each.
     """
-    d, i = x.shape[0], hidden.shape[0]
+    d, i = out.shape[0], hidden.shape[0]
     g3, gs = _matrix(codes, b, kind, expert, GATE, i, d, b.group_hidden)
     u3, us = _matrix(codes, b, kind, expert, UP, i, d, b.group_hidden)
     d3, ds = _matrix(codes, b, kind, expert, DOWN, d, i, b.group_inner)
-    x2 = x.reshape(d // b.group_hidden, b.group_hidden)
     half = i // 2
     for r in range(half):
         g0, g1, u0, u1 = _dots4(g3, gs, r, g3, gs, r + half, u3, us, r, u3, us, r + half, x2)
@@ -114,7 +118,7 @@ def _expert_rows(x, codes, b, kind, expert, weight, hidden, out):
         hidden[r + half] = g1 / (_1 + np.exp(-g1)) * u1
     for r in range(2 * half, i):
         hidden[r] = _gate_up(g3, gs, u3, us, x2, r)
-    h2 = hidden.reshape(i // b.group_inner, b.group_inner)
+    h2 = activations(hidden, b.group_inner, quantized)
     q = d // 4
     for r in range(q):
         a0, a1, a2, a3 = dot_rows4(d3, ds, h2, r, r + q, r + 2 * q, r + 3 * q)
@@ -127,20 +131,23 @@ def _expert_rows(x, codes, b, kind, expert, weight, hidden, out):
 
 
 @njit(cache=True, error_model="numpy", fastmath=True)
-def moe_decode(x, b, experts, gates, hidden, out):
-    """out[D] = Σ_j gates[j]·expert_j(x[D]) over the k `experts` of record b; hidden: scratch [k, I]."""
+def moe_decode(x, b, experts, gates, hidden, out, quantized):
+    """out[D] = Σ_j gates[j]·expert_j(x[D]) over the k `experts` of record b; hidden: scratch [k, I].
+    `quantized`: None (float32 activations) or INT8_ACTIVATIONS."""
     out[:] = _0
+    x2 = activations(x, b.group_hidden, quantized)  # once for the k experts
     for j in range(experts.shape[0]):
-        _expert_into(x, b, experts[j], gates[j], hidden[j], out)
+        _expert_into(x2, b, experts[j], gates[j], hidden[j], out, quantized)
 
 
 @njit(cache=True, error_model="numpy", fastmath=True, parallel=True)
-def moe_decode_parallel(x, b, experts, gates, hidden, out):
+def moe_decode_parallel(x, b, experts, gates, hidden, out, quantized):
     """`moe_decode` with the k experts spread over the threads (one fork/join per layer)."""
     k, d = experts.shape[0], x.shape[0]
     partial = np.zeros((k, d), dtype=np.float32)
+    x2 = activations(x, b.group_hidden, quantized)
     for j in prange(k):
-        _expert_into(x, b, experts[j], gates[j], hidden[j], partial[j])
+        _expert_into(x2, b, experts[j], gates[j], hidden[j], partial[j], quantized)
     for r in range(d):
         acc = _0
         for j in range(k):
@@ -149,12 +156,12 @@ def moe_decode_parallel(x, b, experts, gates, hidden, out):
 
 
 @njit(cache=True, error_model="numpy", fastmath=True)
-def expert_tokens(x, b, expert, hidden, out):
+def expert_tokens(x, b, expert, hidden, out, quantized):
     """out[n, D] = expert(x[n, D]) for a few tokens, each through the decode kernel's four-stream rows
     (the expert's bytes stay in cache from one token to the next); hidden is scratch [n, I]."""
     for t in range(x.shape[0]):
         out[t, :] = _0
-        _expert_into(x[t], b, expert, _1, hidden[t], out[t])
+        _expert_into(activations(x[t], b.group_hidden, quantized), b, expert, _1, hidden[t], out[t], quantized)
 
 
 @njit(cache=True, error_model="numpy", fastmath=True)

@@ -20,6 +20,7 @@ from .forward import SILENT, Probe
 from .generate import Token, stream
 from .inputs import check_sampling, check_tokens
 from .memory import automatic_budget, available_memory
+from .moe import EXPERT_ACTIVATIONS
 from .session import Session
 from .spec import ModelSpec
 from .storage import step_bytes
@@ -82,7 +83,8 @@ class Model:
 
     @classmethod
     def load(cls, path: str | os.PathLike, threads: int | None = None, expert_budget: int | None = None,
-             verify: bool = True, decode: str = "numba", read_ahead: bool = True) -> Model:
+             verify: bool = True, decode: str = "numba", read_ahead: bool = True,
+             expert_activations: str = "int8") -> Model:
         """Validate and open the bundle at `path` with `threads` threads (default: the CPU count, or one for a
         model whose decode step reads under 16 MB, which fork/joins would only slow down).
 
@@ -92,9 +94,12 @@ class Model:
         `verify` checks the checksum of every byte before its first use: the dense files here, each
         expert when it is first routed to. Bad bundles raise `BundleError`, bad arguments `InputError`.
         `decode` runs one-token steps' dense parts in "numba" (fast) or in the layer graphs ("onnx", the
-        reference; prompts always run in the graphs). numba has one thread pool per process: loading sets
-        it up (see `threads.use_threads`). `read_ahead`: under an expert budget, guess each next MoE layer's
-        experts from the current hidden state and start reading them early (`runtime/prefetch.py`).
+        reference; prompts always run in the graphs). `read_ahead`: under an expert budget that holds two
+        layers' experts, guess each next MoE layer's experts from the current hidden state and start reading
+        them early (`runtime/prefetch.py`). `expert_activations` "int8" quantizes the inputs of int8
+        and int4 experts to int8 blocks of 32 (fast integer kernels), "float" keeps them float32 (a float model
+        with the dequantized weights up to rounding: the exact reference). numba has one thread pool per
+        process: loading sets it up (see `threads.use_threads`).
         """
         if not isinstance(path, (str, os.PathLike)):
             raise InputError(f"the bundle path must be a string or a path, got {type(path).__name__}")
@@ -108,6 +113,8 @@ class Model:
             raise InputError(f"read_ahead must be True or False, got {read_ahead!r}")
         if decode not in ("numba", "onnx"):
             raise InputError(f"decode must be 'numba' or 'onnx', got {decode!r}")
+        if expert_activations not in EXPERT_ACTIVATIONS:
+            raise InputError(f"expert_activations must be 'int8' or 'float', got {expert_activations!r}")
         with BundleDir(path) as bundle:
             manifest = read_manifest(bundle, verify)
             _check_budget(manifest, expert_budget)
@@ -118,7 +125,9 @@ class Model:
                 expert_budget, note = _budget_for_machine(manifest)
             # reading ahead needs room for two layers' experts: it must not release those being computed
             read_ahead = read_ahead and expert_budget is not None and expert_budget >= 2 * _smallest_budget(manifest)
-            return cls(Weights(bundle, manifest, threads, expert_budget, verify, decode, read_ahead), threads, note)
+            weights = Weights(bundle, manifest, threads, expert_budget, verify, decode, read_ahead=read_ahead,
+                              expert_activations=expert_activations)
+            return cls(weights, threads, note)
 
     def session(self, probe: Probe = SILENT) -> Session:
         """A new sequence with its own preallocated KV cache; `probe` watches its steps."""

@@ -3,19 +3,26 @@
 Decode (one token) computes its k experts in one kernel call. Prefill groups the tokens by
 expert; an expert chosen by at least `PREFILL_GEMM_MIN_TOKENS` tokens is dequantized once
 and multiplied with BLAS, fewer tokens go through the kernel that reads each row once.
+The kernels quantize int8 and int4 experts' activations to int8 blocks of 32 (`EXPERT_ACTIVATIONS`).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from ..quant import fake_quantize_activations
 from . import kernels
 from .expert_store import ExpertStore
+from .kernel_q8 import BLOCK as ACTIVATION_BLOCK
 from .routing import route
 from .spec import ModelSpec
 
 PREFILL_GEMM_MIN_TOKENS = 16
 PARALLEL_MIN_BYTES = 1 << 20  # a layer's k experts below this decode on one thread (fork/join costs ~20 µs)
+# "int8": int8 and int4 experts take their activations quantized to int8 blocks of 32 (the fast kernels,
+# `quant.quantize_activations`); "float": float32 activations, a float model with the dequantized weights
+# up to rounding (the exact reference). Float32 experts, and groups that are not multiples of 32, stay float.
+EXPERT_ACTIVATIONS = ("int8", "float")
 
 
 class ExpertScratch:
@@ -29,7 +36,7 @@ class ExpertScratch:
 class MoELayer:
     """The routed experts of layer `index` (the shared expert runs in the layer's ONNX graph)."""
 
-    def __init__(self, index: int, spec: ModelSpec, store: ExpertStore, threads: int):
+    def __init__(self, index: int, spec: ModelSpec, store: ExpertStore, threads: int, activations: str = "int8"):
         self.index = index
         self.routing = spec.routing
         self.store = store
@@ -41,6 +48,10 @@ class MoELayer:
         k_bytes = spec.routing.top_k * max(store.spans[index])
         parallel = threads > 1 and k_bytes >= PARALLEL_MIN_BYTES
         self.decode_kernel = kernels.moe_decode_parallel if parallel else kernels.moe_decode
+        b = self.bytes
+        blocks = b.group_hidden % ACTIVATION_BLOCK == 0 and b.group_inner % ACTIVATION_BLOCK == 0
+        integer = activations == "int8" and b.weights.dtype != np.float32 and blocks
+        self.quantized = kernels.INT8_ACTIVATIONS if integer else None  # the kernels' `quantized` argument
 
     def route(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Route router logits [T, E] to expert ids and weights [T, k], and count the use."""
@@ -59,7 +70,7 @@ class MoELayer:
     def _weighted_sum(self, x: np.ndarray, ids: np.ndarray, weights: np.ndarray, scratch: ExpertScratch) -> np.ndarray:
         if x.shape[0] == 1:  # decode: the kernel writes every element
             out = np.empty_like(x)
-            self.decode_kernel(x[0], self.bytes, ids[0], weights[0], scratch.hidden, out[0])
+            self.decode_kernel(x[0], self.bytes, ids[0], weights[0], scratch.hidden, out[0], self.quantized)
             return out
         out = np.zeros_like(x)
         flat = ids.ravel()
@@ -76,12 +87,18 @@ class MoELayer:
         if x.shape[0] < PREFILL_GEMM_MIN_TOKENS:
             hidden = np.empty((x.shape[0], self.i), dtype=np.float32)
             out = np.empty_like(x)
-            kernels.expert_tokens(x, self.bytes, expert, hidden, out)
+            kernels.expert_tokens(x, self.bytes, expert, hidden, out, self.quantized)
             return out
         gate, up, down = (self._dequantize(expert, part, scratch) for part in (kernels.GATE, kernels.UP, kernels.DOWN))
+        x = self._as_kernels_see(x)
         h = x @ gate.T
         h = h / (1.0 + np.exp(-h)) * (x @ up.T)
-        return h @ down.T
+        return self._as_kernels_see(h) @ down.T
+
+    def _as_kernels_see(self, v: np.ndarray) -> np.ndarray:
+        """v as the kernels take it (int8 blocks with int8 activations): a token gives the same numbers
+        whichever path its expert takes."""
+        return v if self.quantized is None else fake_quantize_activations(v)
 
     def _dequantize(self, expert: int, part: int, scratch: ExpertScratch) -> np.ndarray:
         if part not in scratch.dequantized:  # allocated once: fresh 2 MB arrays would page-fault on every write

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numba
 
-KERNEL_SOURCES = ("kernel_codes.py", "kernels.py", "dense_decode.py", "routing.py", "expert_store.py",
+KERNEL_SOURCES = ("kernel_q8.py", "kernel_codes.py", "kernels.py", "dense_decode.py", "routing.py", "expert_store.py",
                   "tools/bandwidth.py")
 
 

@@ -34,7 +34,8 @@ class Weights:
     `tokenizer` (or None)."""
 
     def __init__(self, bundle: BundleDir, manifest: Manifest, threads: int, expert_budget: int | None = None,
-                 verify: bool = True, decode: str = "numba", read_ahead: bool = True):
+                 verify: bool = True, decode: str = "numba", read_ahead: bool = True,
+                 expert_activations: str = "int8"):
         self.root = bundle.path
         self.manifest = manifest
         self.spec = spec = manifest.spec
@@ -62,7 +63,7 @@ class Weights:
             fd = bundle.open(name)[0] if expert_budget is not None else None  # to drop released pages
             self.experts = ExpertStore(bundle.map(name), bundle.path / name, manifest.experts, spec, expert_budget,
                                        verify, fd)
-            self.moe = {i: MoELayer(i, spec, self.experts, threads) for i in spec.moe_layers}
+            self.moe = {i: MoELayer(i, spec, self.experts, threads, expert_activations) for i in spec.moe_layers}
             self.predictor = ExpertPredictor(spec, manifest, dense)
         self.reading_ahead = read_ahead and self.predictor is not None  # Model.load: only under a budget
         self.tokenizer = _tokenizer(tokenizer_json, manifest.tokenizer)

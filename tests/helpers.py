@@ -3,19 +3,21 @@ and the sample scripts as modules. Fixtures live in `conftest.py`."""
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import os
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
+from types import MethodType, ModuleType
 
 import torch
+import torch.nn.functional as F
 
 from moedge.exporter import export
 from moedge.exporter.checkpoint import save_checkpoint
-from moedge.exporter.model import Transformer
-from moedge.quant import SCHEMES, dequantize
+from moedge.exporter.model import Experts, Transformer
+from moedge.quant import SCHEMES, dequantize, fake_quantize_activations
 from moedge.runtime.spec import ModelSpec, RoutingSpec
 
 VOCAB = 203  # not a multiple of 8 on purpose
@@ -78,6 +80,27 @@ def dequantized_reference(model: Transformer, group_size: int | None, bits: int 
     return model
 
 
+def with_int8_activations(model: Transformer) -> Transformer:
+    """A copy of `model` whose experts take their input and hidden vectors quantized to int8 blocks of 32 and
+    back, as the runtime's expert kernels do with `expert_activations="int8"` (`quant.fake_quantize_activations`):
+    `Experts.forward` with those two steps added."""
+    def fake(v: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(fake_quantize_activations(v.detach().numpy()))
+
+    def forward(experts: Experts, x: torch.Tensor, weights: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        out, x = torch.zeros_like(x), fake(x)
+        for e in idx.unique().tolist():
+            rows, slot = (idx == e).nonzero(as_tuple=True)
+            h = fake(F.silu(x[rows] @ experts.gate[e].T) * (x[rows] @ experts.up[e].T))
+            out.index_add_(0, rows, (h @ experts.down[e].T) * weights[rows, slot, None])
+        return out
+
+    quantized = copy.deepcopy(model)
+    for moe in quantized.moe_layers():
+        moe.experts.forward = MethodType(forward, moe.experts)
+    return quantized
+
+
 class Exported:
     """A tiny model's checkpoint, its bundle, and the float reference matching the bundle's experts.
 
@@ -86,7 +109,7 @@ class Exported:
 
     def __init__(self, spec: ModelSpec, root: Path, group_size: int | None = None, float_experts: bool = False,
                  bits: int = 8):
-        self.spec = spec
+        self.spec, self.float_experts = spec, float_experts
         model = build_model(spec)
         self.checkpoint = save_checkpoint(model, root / "ckpt")
         self.bundle = root / "model.moedge"

@@ -1,19 +1,24 @@
 """The numba expert kernels against a numpy reference on odd shapes, straight from the bytes: int8 per channel
-and per group, int4, and a layer mixing int4 and int8 experts."""
+and per group, int4, and a layer mixing int4 and int8 experts; with float32 activations, and with activations
+quantized to int8 blocks of 32 against the same reference fed `quant.fake_quantize_activations`."""
 
 import numpy as np
 import pytest
 
-from moedge.quant import SCHEMES, dequantize, quantize_int8
-from moedge.runtime import kernels
+from moedge.quant import SCHEMES, dequantize, fake_quantize_activations, quantize_activations, quantize_int8
+from moedge.runtime import kernel_codes, kernels
 from moedge.runtime.bundle import PAGE, ExpertLayout, ExpertsIndex, expert_span_layout, pack_expert_span
 from moedge.runtime.expert_store import layer_bytes
 from moedge.runtime.spec import ModelSpec, RoutingSpec
 
 DIM, HID = 72, 40  # not multiples of the vector width
 DIM4, HID4 = 96, 64  # int4 needs multiples of 32
-CASES = {"per-channel": (["int8"] * 5, None), "group8": (["int8"] * 5, 8), "int4": (["int4"] * 5, 32),
-         "mixed": (["int4", "int8", "int4", "int8", "int8"], 32)}
+# name: (schemes of the 5 experts, group, D, I); int8 activations need D, I and the group multiples of 32
+CASES = {"per-channel": (["int8"] * 5, None, DIM, HID), "group8": (["int8"] * 5, 8, DIM, HID),
+         "int4": (["int4"] * 5, 32, DIM4, HID4), "mixed": (["int4", "int8", "int4", "int8", "int8"], 32, DIM4, HID4),
+         "per-channel-32": (["int8"] * 5, None, DIM4, HID4), "int4-g64": (["int4"] * 5, 64, 128, HID4)}
+QUANTIZABLE = ["int4", "mixed", "per-channel-32", "int4-g64"]
+INT8 = kernels.INT8_ACTIVATIONS
 
 
 def pack(experts, schemes, group):
@@ -36,43 +41,89 @@ def pack(experts, schemes, group):
     return layer_bytes(b"\0" * PAGE + b"".join(spans), index, offsets, 0, spec), deq
 
 
-def expert_ref(x, gate, up, down):
+def expert_ref(x, gate, up, down, quantized=None):
+    """One expert in float64; with `quantized`, its input and hidden vector go through int8 blocks first."""
+    same = (lambda v: v) if quantized is None else (lambda v: fake_quantize_activations(v).astype(np.float64))
+    x = same(x)
     h = x @ gate.T
-    return (h / (1 + np.exp(-h)) * (x @ up.T)) @ down.T
+    return same(h / (1 + np.exp(-h)) * (x @ up.T)) @ down.T
 
 
-@pytest.fixture(params=list(CASES))
-def packed(request):
-    schemes, group = CASES[request.param]
-    dim, hid = (DIM4, HID4) if group == 32 else (DIM, HID)
+def make_packed(name):
+    schemes, group, dim, hid = CASES[name]
     rng = np.random.default_rng(0)
     experts = [(rng.standard_normal((hid, dim)), rng.standard_normal((hid, dim)), rng.standard_normal((dim, hid)))
                for _ in range(5)]
     return pack([[w.astype(np.float32) for w in e] for e in experts], schemes, group)
 
 
-@pytest.mark.parametrize("kernel", [kernels.moe_decode, kernels.moe_decode_parallel], ids=["serial", "parallel"])
-def test_moe_decode_matches_reference(packed, kernel):
+@pytest.fixture(params=[name for name in CASES if name not in ("per-channel-32", "int4-g64")])
+def packed(request):
+    return make_packed(request.param)
+
+
+@pytest.fixture(params=QUANTIZABLE)
+def quantizable(request):
+    return make_packed(request.param)
+
+
+def check_decode(packed, kernel, quantized):
     experts, deq = packed
     hid, dim = deq[0][0].shape
     x = np.random.default_rng(1).standard_normal(dim).astype(np.float32)
     chosen, w = np.array([3, 0, 4]), np.array([0.5, 0.3, 0.2], np.float32)
     out = np.empty(dim, np.float32)
-    kernel(x, experts, chosen, w, np.empty((3, hid), np.float32), out)
-    ref = sum(wj * expert_ref(x.astype(np.float64), *deq[e]) for e, wj in zip(chosen, w, strict=True))
+    kernel(x, experts, chosen, w, np.empty((3, hid), np.float32), out, quantized)
+    ref = sum(wj * expert_ref(x, *deq[e], quantized) for e, wj in zip(chosen, w, strict=True))
     np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
 
 
-@pytest.mark.parametrize("n", [1, 3, 17])
-def test_expert_tokens_matches_reference(packed, n):
+def check_tokens(packed, n, quantized):
     experts, deq = packed
     hid, dim = deq[0][0].shape
     x = np.random.default_rng(n).standard_normal((n, dim)).astype(np.float32)
     out = np.empty_like(x)
     for e in (1, 2):  # an int8 and an int4 expert in the mixed layer
-        kernels.expert_tokens(x, experts, e, np.empty((n, hid), np.float32), out)
-        ref = expert_ref(x.astype(np.float64), *deq[e])
+        kernels.expert_tokens(x, experts, e, np.empty((n, hid), np.float32), out, quantized)
+        ref = expert_ref(x, *deq[e], quantized)
         np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+
+
+KERNELS = pytest.mark.parametrize("kernel", [kernels.moe_decode, kernels.moe_decode_parallel],
+                                  ids=["serial", "parallel"])
+
+
+@KERNELS
+def test_moe_decode_matches_reference(packed, kernel):
+    check_decode(packed, kernel, None)
+
+
+@KERNELS
+def test_moe_decode_int8_activations_matches_reference(quantizable, kernel):
+    check_decode(quantizable, kernel, INT8)
+
+
+@pytest.mark.parametrize("n", [1, 3, 17])
+def test_expert_tokens_matches_reference(packed, n):
+    check_tokens(packed, n, None)
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_expert_tokens_int8_activations_matches_reference(quantizable, n):
+    check_tokens(quantizable, n, INT8)
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e-30, 3e4])
+def test_kernel_quantizes_activations_like_the_reference(scale):
+    x = (np.random.default_rng(4).standard_normal(8 * 32) * scale).astype(np.float32)
+    x[32:64] = 0  # a block of zeros: scale 0, codes 0
+    codes, scales = quantize_activations(x)
+    got_codes, got_mixed, got_scales, got_shifts = kernel_codes.quantize_activations(x)
+    np.testing.assert_array_equal(got_codes, codes.ravel())
+    np.testing.assert_array_equal(got_mixed, (16 * codes[:, :16].astype(np.int16) - codes[:, 16:]).ravel())
+    np.testing.assert_array_equal(got_scales, scales)
+    np.testing.assert_allclose(got_shifts, 8 * scales * codes.sum(-1), rtol=1e-6)
+    assert np.abs(codes).max() == 127 and np.abs(fake_quantize_activations(x) - x).max() <= scales.max() / 2
 
 
 @pytest.mark.parametrize("part", [kernels.GATE, kernels.UP, kernels.DOWN])
@@ -90,7 +141,17 @@ def test_kernels_take_nan_without_raising(packed):
     hid, dim = deq[0][0].shape
     x = np.full(dim, np.nan, dtype=np.float32)
     out = np.empty(dim, np.float32)
-    kernels.moe_decode(x, experts, np.array([0, 1]), np.ones(2, np.float32), np.empty((2, hid), np.float32), out)
+    kernels.moe_decode(x, experts, np.array([0, 1]), np.ones(2, np.float32), np.empty((2, hid), np.float32), out, None)
+    assert np.isnan(out).all()
+
+
+def test_int8_activations_carry_nan(quantizable):
+    experts, deq = quantizable
+    hid, dim = deq[0][0].shape
+    x = np.random.default_rng(5).standard_normal(dim).astype(np.float32)
+    x[3] = np.nan  # one block's scale is NaN: every output depends on it
+    out = np.empty(dim, np.float32)
+    kernels.moe_decode(x, experts, np.array([0, 1]), np.ones(2, np.float32), np.empty((2, hid), np.float32), out, INT8)
     assert np.isnan(out).all()
 
 

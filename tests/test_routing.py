@@ -54,7 +54,8 @@ def test_ties_go_to_the_lower_index():
                                      dict(shared_expert_size=48, normalize_top_k=False),
                                      dict(top_k=3, score_func="sigmoid")], ids=["gated", "ungated", "none"])
 def test_moe_block_matches_numpy_reference(exported, routing):
-    """One MoE layer of the runtime (ONNX graph + CPU routing + kernels) vs numpy on the source weights."""
+    """One MoE layer of the runtime (ONNX graph + CPU routing + kernels) vs numpy on the source weights (float
+    expert activations, as numpy's; the int8 ones are checked in test_kernels and test_parity)."""
     from helpers import tiny_moe_spec
     from moedge.exporter.checkpoint import read_checkpoint
     from moedge.quant import dequantize, quantize_int8
@@ -62,7 +63,7 @@ def test_moe_block_matches_numpy_reference(exported, routing):
     from moedge.runtime.kv_cache import KVCache
 
     case = exported("block_" + "_".join(f"{k}{v}" for k, v in routing.items()), tiny_moe_spec(routing=routing))
-    model, source = Model.load(case.bundle, threads=1), read_checkpoint(case.checkpoint)
+    model, source = Model.load(case.bundle, threads=1, expert_activations="float"), read_checkpoint(case.checkpoint)
     spec = model.spec
     x = np.random.default_rng(0).standard_normal((5, spec.hidden_size)).astype(np.float32)
     layers = model.weights.graph_layers
