@@ -29,6 +29,15 @@ from .verify import check_expert
 # Reclaim the pages, not only unmap them: unmapped but cached pages would be mapped back by the
 # kernel's fault-around when a neighbouring expert faults. Linux 5.4+; Python 3.11 lacks the name.
 MADV_PAGEOUT = getattr(mmap, "MADV_PAGEOUT", 21)
+# Spans are aligned to the format's 4 KiB; the kernel's pages may be larger (16 KiB on a Raspberry Pi 5 or
+# Apple silicon, 64 KiB on some arm64 kernels), and madvise refuses a start inside a page (EINVAL).
+PAGE_SIZE = mmap.PAGESIZE
+
+
+def whole_pages(start: int, length: int, page: int) -> tuple[int, int]:
+    """(start, length) of the byte range widened to start on a page boundary (madvise rounds the end up)."""
+    first = start - start % page
+    return first, start + length - first
 
 
 @njit(cache=True)
@@ -139,14 +148,16 @@ class ExpertStore:
             self._clock += 1
             for e in _count(self.hits[layer], self.touched[layer], self.prefetched[layer], self.last_use[layer],
                             self._clock, ids):
-                self._map.madvise(mmap.MADV_WILLNEED, int(self.offsets[layer, e]), int(self.spans[layer, e]))
+                self._map.madvise(mmap.MADV_WILLNEED, *whole_pages(int(self.offsets[layer, e]),
+                                                                   int(self.spans[layer, e]), PAGE_SIZE))
                 self.fetches += 1
                 if self.checksums is not None and not self.verified[layer, e]:
                     self._verify(layer, e)
             if self.budget_bytes is not None:
                 for flat in _least_recently_used(self.prefetched.reshape(-1), self.last_use.reshape(-1),
                                                  self.spans.reshape(-1), self.budget_bytes):
-                    self._map.madvise(MADV_PAGEOUT, int(self.offsets.flat[flat]), int(self.spans.flat[flat]))
+                    self._map.madvise(MADV_PAGEOUT, *whole_pages(int(self.offsets.flat[flat]),
+                                                                 int(self.spans.flat[flat]), PAGE_SIZE))
                     self.releases += 1
 
     def _verify(self, layer: int, e: int) -> None:
