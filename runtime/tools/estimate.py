@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 MB = 1e6
-CACHED_STEP_BYTES = 64 << 20  # a step this small may be served from a large last-level cache, not from memory
+CACHED_STEP_BYTES = 64 * MB  # a step this small may be served from a large last-level cache, not from memory
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,7 @@ def format_estimates(step_bytes: int, ratio: float | None, ratio_label: str, nam
         if e.expected_ms is not None:
             line += f", expected {e.expected_ms:.3g} ms/token ({1e3 / e.expected_ms:.0f} tokens/s)"
         if e.peer_ms is not None:
-            line += f"; to beat: llama.cpp's {BOARDS[name].peer_gb_s:.0f} GB/s of weights there = {e.peer_ms:.3g} ms"
+            line += f"; to beat: llama.cpp's {BOARDS[name].peer_gb_s:g} GB/s of weights there = {e.peer_ms:.3g} ms"
         lines.append(line)
     if step_bytes < CACHED_STEP_BYTES:
         lines.append(f"  note: a step of {step_bytes / MB:.1f} MB can stay in a CPU's caches, where no memory "
