@@ -26,7 +26,7 @@ demo: setup
 	$(BIN)/moedge run $(BUILD)/default.moedge --prompt "$(PROMPT)" -n $(TOKENS) --temperature 0.7 --top-k 40 --seed 0
 
 lint: setup
-	$(BIN)/ruff check exporter runtime quant cli tests samples tools
+	$(BIN)/ruff check exporter runtime quant cli server tests samples benchmarks tools
 
 test: lint
 	$(BIN)/pytest -q

@@ -28,56 +28,153 @@ def export(src: str, out: str, group_size: int | None = None, bits: int = 8, for
           f"dense linears {manifest.dense_linears})")
 
 
-def run(bundle: str, prompt: str, n: int = 64, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
-        seed: int | None = None, threads: int | None = None, chat: bool = False,
-        expert_budget_mb: float | None = None, verify: bool = True) -> None:
-    """Generate text from a prompt (with `chat`: a user message in the chat template), streaming it;
-    then print latency and expert usage."""
+def _load(bundle: str, threads: int | None, expert_budget_mb: float | None, verify: bool, quiet: bool):
+    """`Model.load` for a command; its notes (a memory budget, a first compile) on stderr unless `quiet`."""
     from moedge.runtime import Model
-    from moedge.runtime.chat import chat_prompt
     from moedge.runtime.jit_cache import kernels_cached
 
-    t0 = time.perf_counter()
     budget = None if expert_budget_mb is None else int(expert_budget_mb * 1e6)
     model = Model.load(bundle, threads=threads, expert_budget=budget, verify=verify)
-    if model.budget_note:
+    if model.budget_note and not quiet:
         print(f"moedge: {model.budget_note}", file=sys.stderr)
-    if not kernels_cached(model.weights):  # after the load: a bad bundle still gets its one-line error alone
+    if not kernels_cached(model.weights) and not quiet:  # after the load: a bad bundle gets its error alone
         print("moedge: compiling the kernels for this CPU (first run after an install or update, ~10-15 s)",
               file=sys.stderr, flush=True)
-    inputs = chat_prompt(model, [{"role": "user", "content": prompt}]) if chat else prompt
+    return model
+
+
+def _prompt_ids(model, text: str | None, ids: list[int] | None, chat: bool, n: int) -> list[int]:
+    """The prompt's token ids, checked against the vocabulary and, with `n` new tokens, the context."""
+    from moedge.runtime import InputError
+    from moedge.runtime.chat import chat_prompt
+    from moedge.runtime.inputs import check_tokens
+
+    if ids is not None:
+        try:
+            ids = check_tokens(ids, model.spec.vocab_size).tolist()
+        except InputError as exc:
+            raise InputError(f"--ids: {exc}") from None
+    elif chat:
+        ids = chat_prompt(model, [{"role": "user", "content": text}])
+    else:
+        ids = model.encode(text)
+    if not ids:
+        raise InputError("the prompt is empty")
+    if len(ids) + n > model.spec.max_seq_len:
+        raise InputError(f"-n {n}: the prompt's {len(ids)} tokens plus {n} new tokens exceed the model's context "
+                         f"of {model.spec.max_seq_len} tokens")
+    return ids
+
+
+def _read_prompt(prompt: str | None, file: str | None) -> str | None:
+    """The prompt text: `--prompt TEXT`, `--prompt -` (stdin) or `--file FILE`."""
+    from moedge.runtime import InputError
+
+    if prompt == "-":
+        return sys.stdin.read()
+    if file is None:
+        return prompt
+    try:
+        return Path(file).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise InputError(f"--file {file}: not UTF-8 text") from None
+    except OSError as exc:
+        raise InputError(f"--file {file}: {exc.strerror or exc}") from None
+
+
+def run(bundle: str, prompt: str | None = None, file: str | None = None, ids: list[int] | None = None, n: int = 64,
+        temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
+        threads: int | None = None, chat: bool = False, expert_budget_mb: float | None = None, verify: bool = True,
+        quiet: bool = False, stop: list[str] | None = None) -> None:
+    """Generate text from a prompt (with `chat`: a user message in the chat template): the generated text alone
+    on stdout as it comes (token ids for a bundle without a tokenizer), ending before the first `stop` string;
+    then latency and expert usage on stderr."""
+    from moedge.runtime import InputError
+    from moedge.runtime.stop_strings import StopStrings
+
+    if chat and ids is not None:
+        raise InputError("--chat takes a text prompt, not --ids")
+    stops = StopStrings(stop or ())
+    text = _read_prompt(prompt, file)
+    t0 = time.perf_counter()
+    model = _load(bundle, threads, expert_budget_mb, verify, quiet)
+    if stop and model.tokenizer is None:
+        raise InputError("--stop needs a bundle with a tokenizer (this one prints token ids)")
+    inputs = _prompt_ids(model, text, ids, chat, n)
     loaded = time.perf_counter()
     stamps = [loaded]
-    sys.stdout.write(prompt + ("\n" if chat else ""))
     for token in model.generate(inputs, max_new_tokens=n, temperature=temperature, top_k=top_k,
                                 top_p=top_p, seed=seed):
         stamps.append(time.perf_counter())
-        sys.stdout.write(token.text)
+        sys.stdout.write(stops.feed(token.text) if model.tokenizer is not None else f"{token.id} ")
         sys.stdout.flush()
-    print()
-    line = f"\nload {1e3 * (loaded - t0):.0f} ms, {len(stamps) - 1} tokens"
+        if stops.matched is not None:
+            break
+    print(stops.flush())
+    if not quiet:
+        _report_run(model, loaded - t0, stamps, stops.matched)
+
+
+def _report_run(model, load_s: float, stamps: list[float], stopped_at: str | None = None) -> None:
+    """Latency and expert usage of a `run`, on stderr."""
+    line = f"load {1e3 * load_s:.0f} ms, {len(stamps) - 1} tokens"
+    if stopped_at is not None:
+        line += f" (ended at the stop string {stopped_at!r})"
     if len(stamps) > 1:
-        line += f", first token {1e3 * (stamps[1] - loaded):.0f} ms (prefill included)"
+        line += f", first token {1e3 * (stamps[1] - stamps[0]):.0f} ms (prefill included)"
     if len(stamps) > 2:
         ms = float(np.median(np.diff(stamps[1:]))) * 1e3
         line += f", decode {ms:.2f} ms/token (median), {1e3 / ms:.1f} tokens/s"
-    print(line)
+    print(line, file=sys.stderr)
     store = model.experts
     if store is not None:
         total = store.touched.size - (store.offsets < 0).sum()
         released = f"; {store.releases} released under the budget" if store.budget_bytes is not None else ""
         print(f"experts touched: {store.first_touches} of {total} "
-              f"({store.bytes_touched / 1e6:.1f} MB of {store.size / 1e6:.1f} MB){released}")
+              f"({store.bytes_touched / 1e6:.1f} MB of {store.size / 1e6:.1f} MB){released}", file=sys.stderr)
+
+
+def chat(bundle: str, system: str | None = None, n: int = 512, temperature: float = 0.8, top_k: int = 40,
+         top_p: float = 0.95, seed: int | None = None, threads: int | None = None,
+         expert_budget_mb: float | None = None, verify: bool = True) -> None:
+    """Chat with a bundle in the terminal through its chat template (plain continuation without one); the
+    history stays in the session's KV cache. /reset forgets it, /exit leaves, Ctrl-C stops a reply."""
+    from moedge.runtime.conversation import Conversation
+
+    from .chat_loop import chat_loop
+
+    model = _load(bundle, threads, expert_budget_mb, verify, quiet=False)
+    chat_loop(Conversation(model, system, n, temperature, top_k, top_p, seed))
+
+
+def serve(bundle: str, host: str = "127.0.0.1", port: int = 8080, queue: int = 8, name: str | None = None,
+          threads: int | None = None, expert_budget_mb: float | None = None, verify: bool = True) -> None:
+    """Serve a bundle over HTTP with OpenAI's API (/v1/models, /v1/completions, /v1/chat/completions),
+    one request at a time, until Ctrl-C."""
+    require("starlette", "uvicorn", "sse_starlette", purpose="moedge serve")
+    from moedge.server import listen
+    from moedge.server import serve as serve_http
+
+    sock = listen(host, port)
+    try:
+        model = _load(bundle, threads, expert_budget_mb, verify, quiet=False)
+        serve_http(model, sock, name or Path(bundle).resolve().name.removesuffix(".moedge"), queue)
+    finally:
+        sock.close()
 
 
 def inspect(bundle: str, verify: bool = False) -> None:
-    """Print a bundle's spec, file sizes and per-layer quantization error."""
+    """Print a bundle's format, spec, tokenizer and chat template, bos/eos, graph and file sizes, how each part is
+    stored (scheme and bits per weight) and the experts' quantization error per layer."""
     from moedge.runtime.bundle import read_manifest
     from moedge.runtime.storage import storage
     from moedge.runtime.verify import verify_bundle
 
+    from .describe import graphs_line, human_size, text_lines
+
     manifest = read_manifest(bundle)
     spec = manifest.spec
+    print(text_lines(bundle, manifest)[0])
     print(f"model: {spec.n_layers} layers ({spec.layer_kinds.count('moe')} MoE), hidden {spec.hidden_size}, "
           f"heads {spec.n_heads}/{spec.n_kv_heads}, head dim {spec.head_dim}, vocab {spec.vocab_size}, "
           f"context {spec.max_seq_len}")
@@ -85,9 +182,10 @@ def inspect(bundle: str, verify: bool = False) -> None:
         r = spec.routing
         print(f"routing: {r.n_experts} experts of {spec.expert_intermediate_size}, top-{r.top_k}, "
               f"{r.score_func}, normalize={r.normalize_top_k}, shared={r.shared_expert_size}")
+    print(*text_lines(bundle, manifest)[1:], graphs_line(manifest), "files:", sep="\n")
     for name, info in sorted(manifest.files.items()):
-        print(f"  {name:24s} {info['size'] / 1e6:10.2f} MB")
-    print(f"total: {sum(info['size'] for info in manifest.files.values()) / 1e6:.2f} MB; stored as:")
+        print(f"  {name:24s} {human_size(info['size']):>10s}")
+    print(f"total: {human_size(sum(info['size'] for info in manifest.files.values()))}; stored as:")
     for part in storage(manifest):
         print(f"  {part.name:26s} {part.stored:18s} {part.bits_per_weight:6.2f} bits/weight, "
               f"{part.weights / 1e6:8.2f} M weights, {part.nbytes / 1e6:8.2f} MB")
@@ -144,7 +242,8 @@ def bench(bundle: str, threads: list[int], prompt_tokens: int = 128, new_tokens:
 def eval(bundle: str, text: str, reference: str | None = None, context: int | None = None,
          max_tokens: int | None = None, usage: str | None = None, threads: int | None = None,
          verify: bool = True) -> None:
-    """Perplexity of a bundle on a text file or folder; compare with the float checkpoint; expert usage."""
+    """Perplexity of a bundle on a text file or folder; compare with the float checkpoint (moedge or Hugging Face
+    folder); expert usage."""
     from moedge.runtime import InputError, Model
     from moedge.runtime.tools.evaluate import evaluate, read_texts, windows
 
@@ -152,29 +251,62 @@ def eval(bundle: str, text: str, reference: str | None = None, context: int | No
         require("torch", "safetensors", purpose="eval --reference")
     if usage:
         require("matplotlib", purpose="eval --usage")
+    texts = read_texts(text)
+    source = _open_reference(reference) if reference else None  # a bad reference fails before the work
     model = Model.load(bundle, threads=threads, verify=verify)
     context = context or model.spec.max_seq_len
     if not 2 <= context <= model.spec.max_seq_len:
         raise InputError(f"--context must be in [2, {model.spec.max_seq_len}], got {context}")
     if usage and not model.spec.is_moe:
         raise InputError("--usage needs an MoE bundle")
-    texts = read_texts(text)
     docs = [model.encode(t) for t in texts]
+    if source is not None:
+        _check_reference(source, reference, model.spec, texts, docs)
     chunks = windows(docs, context, max_tokens)
     result = evaluate(model, chunks)
     print(f"{text}: {result.tokens} tokens evaluated in {len(chunks)} windows of ≤ {context}, "
           f"perplexity {result.perplexity:.4f}")
-    if reference:
-        from moedge.exporter.reference import evaluate_reference, reference_tokenizer
+    if source is not None:
+        from moedge.exporter.reference import evaluate_reference
 
-        if [e.ids for e in reference_tokenizer(reference).encode_batch(texts)] != docs:
-            raise InputError(f"{reference}: its tokenizer differs from the bundle's")
-        ref = evaluate_reference(reference, chunks)
+        ref = evaluate_reference(source, chunks)
         change = result.perplexity / ref.perplexity - 1
         print(f"reference {reference}: perplexity {ref.perplexity:.4f}; bundle vs reference {100 * change:+.3f}%, "
               f"top-1 agreement {100 * result.agreement(ref):.2f}%")
     if result.usage is not None:
         _report_usage(model, result.usage, usage, f"{Path(bundle).name} on {Path(text).name}")
+        rates = ", ".join(f"{100 * f:.0f}% cached: {100 * r:.1f}%" for f, r in result.cache_hit_rates.items())
+        print(f"expert cache on this text (LRU, that share of each layer's experts cached), hit rate: {rates}")
+        if result.guess_recall is not None:
+            print(f"read-ahead: the next layer's router on the current state names {100 * result.guess_recall:.1f}% "
+                  "of the experts routed to")
+
+
+def _open_reference(reference: str):
+    """The reference checkpoint opened for scoring (`eval --reference`), or an error naming the option."""
+    from moedge.exporter.source import open_source
+    from moedge.runtime import MoedgeError
+
+    try:
+        return open_source(reference)
+    except MoedgeError as exc:
+        raise type(exc)(f"--reference: {exc}") from None
+
+
+def _check_reference(source, reference: str, spec, texts: list[str], docs: list[list[int]]) -> None:
+    """Refuse a reference that tokenizes differently or cannot read the ids; warn when its shape differs."""
+    from moedge.exporter.reference import reference_tokenizer, shape_differences
+    from moedge.runtime import InputError
+
+    if [e.ids for e in reference_tokenizer(source).encode_batch(texts)] != docs:
+        raise InputError(f"--reference {reference}: its tokenizer differs from the bundle's")
+    top = max((max(d) for d in docs if d), default=0)
+    if top >= source.spec.vocab_size:
+        raise InputError(f"--reference {reference}: its vocabulary of {source.spec.vocab_size} lacks token {top}")
+    diffs = shape_differences(source.spec, spec)
+    if diffs:
+        print(f"moedge: warning: the reference differs from the bundle ({', '.join(diffs)}): the comparison is "
+              "between different models", file=sys.stderr)
 
 
 def _report_usage(model, counts: np.ndarray, image: str | None, title: str) -> None:

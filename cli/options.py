@@ -30,6 +30,14 @@ def integer(lo: int, hi: int | None = None) -> Callable[[str], int]:
     return parse
 
 
+def token_ids(text: str) -> list[int]:
+    """A type for token ids: `1,2,3` (or separated by spaces)."""
+    parts = text.replace(",", " ").split()
+    if not parts or not all(p.isdigit() for p in parts):
+        raise argparse.ArgumentTypeError(f"must be token ids like 1,2,3, got {text!r}")
+    return [int(p) for p in parts]
+
+
 def size(text: str) -> int:
     """A type for a memory size: 1G, 512M, 300000000 (binary units; at least 16M)."""
     units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
@@ -59,19 +67,27 @@ def number(lo: float, hi: float = math.inf, lo_open: bool = False) -> Callable[[
     return parse
 
 
-def output_file(suffix: str | None = None) -> Callable[[str], str]:
-    """A type for a file to write: its folder must exist and be writable (checked before any work)."""
-    def parse(text: str) -> str:
-        path = Path(text)
-        if suffix and path.suffix.lower() != suffix:
-            raise argparse.ArgumentTypeError(f"must name a {suffix} file, got {text!r}")
+def output_file(suffix: str | None = None, companion: str | None = None) -> Callable[[str], str]:
+    """A type for a file to write (and, with `companion`, the file of that suffix beside it): not a folder, in a
+    folder that exists and is writable, itself writable if it exists (checked before any work)."""
+    def check(path: Path) -> None:
         if path.is_dir():
-            raise argparse.ArgumentTypeError(f"{text!r} is a folder, not a file")
+            raise argparse.ArgumentTypeError(f"{str(path)!r} is a folder, not a file")
         folder = path.parent if str(path.parent) else Path(".")
         if not folder.is_dir():
             raise argparse.ArgumentTypeError(f"the folder {str(folder)!r} does not exist")
         if not os.access(folder, os.W_OK | os.X_OK):
             raise argparse.ArgumentTypeError(f"the folder {str(folder)!r} is not writable")
+        if path.exists() and not os.access(path, os.W_OK):
+            raise argparse.ArgumentTypeError(f"{str(path)!r} exists and is not writable")
+
+    def parse(text: str) -> str:
+        path = Path(text)
+        if suffix and path.suffix.lower() != suffix:
+            raise argparse.ArgumentTypeError(f"must name a {suffix} file, got {text!r}")
+        check(path)
+        if companion:
+            check(path.with_suffix(companion))
         return text
     return parse
 
@@ -83,7 +99,8 @@ def _importable(module: str) -> bool:
         return False
 
 
-EXTRAS = {"torch": "export", "onnx": "export", "safetensors": "export", "matplotlib": "plot"}
+EXTRAS = {"torch": "export", "onnx": "export", "safetensors": "export", "matplotlib": "plot", "starlette": "serve",
+          "uvicorn": "serve", "sse_starlette": "serve"}
 
 
 def require(*modules: str, purpose: str) -> None:

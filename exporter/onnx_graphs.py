@@ -72,7 +72,8 @@ class GraphBuilder:
         return name
 
     def linear(self, x: str, weight_name: str, bias_name: str | None = None) -> str:
-        """x [T, in] @ W[out, in]^T (+ b); an int8 weight runs as MatMulNBits with int8 activations."""
+        """x [T, in] @ W[out, in]^T (+ b); an int8 weight runs as MatMulNBits (accuracy level 4 lets a prepacking
+        onnxruntime quantize activations to int8; the runtime runs it unpacked, with float activations)."""
         bias = [self.weight(bias_name)] if bias_name else []
         entry = self.locate(weight_name)
         if entry.dtype == "float32":

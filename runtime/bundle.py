@@ -108,7 +108,7 @@ class Manifest:
     spec: ModelSpec
     quant_scheme: str  # the experts' scheme: "int8", "int4", "float32" or "mixed" (int4 or int8 per expert)
     group_size: int  # 0: one scale per output channel
-    dense_linears: str  # "float32", or "int8": graph linears as MatMulNBits with int8 activations
+    dense_linears: str  # "float32", or "int8": graph linears as MatMulNBits over uint8 codes
     layer_graphs: tuple[str, ...]
     head: dict[str, str]  # "norm", "weight", "scale": names of dense tensors
     dense_file: str

@@ -1,18 +1,21 @@
-"""Lazy access to int8 experts in a read-only memory map, with usage counters.
+"""Lazy access to the quantized experts in a read-only memory map, with usage counters.
 
 Opening the store maps the file and reads no expert byte. Readahead is switched off
 (MADV_RANDOM) so a page fault never pulls in a neighbouring expert; the first time an
-expert is routed to, exactly its span is prefetched with MADV_WILLNEED and (unless verification
+expert is routed to, exactly its span is read with MADV_WILLNEED and (unless verification
 is off) its checksum is checked before any kernel reads it. Without a memory
 budget, residency is left to the OS page cache. With one, the least recently used experts are
 released (MADV_PAGEOUT) whenever the mapped experts would exceed it; a released expert that is
-routed to again is prefetched again.
+routed to again is read again. `read_ahead` starts reading the experts a layer is guessed to route
+to before it does (runtime/prefetch.py).
 """
 
 from __future__ import annotations
 
 import mmap
+import os
 import threading
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -41,16 +44,37 @@ def whole_pages(start: int, length: int, page: int) -> tuple[int, int]:
 
 
 @njit(cache=True)
-def _count(hits, touched, mapped, last_use, clock, ids):
-    """Count uses of ids (one layer's rows); return the experts that are not mapped yet."""
+def _count(hits, touched, mapped, verified, guessed, last_use, clock, ids):
+    """Count uses of ids (one layer's rows). Returns the experts not mapped yet (to read), those not verified
+    yet (to check), and how many of ids had been guessed for this layer (the guesses are then cleared)."""
     fresh = []
+    unchecked = []
+    right = 0
     for e in ids.ravel():
         hits[e] += 1
         touched[e] = True
         last_use[e] = clock
+        right += guessed[e]
         if not mapped[e]:
             mapped[e] = True
             fresh.append(e)
+        if not verified[e] and e not in unchecked:
+            unchecked.append(e)
+    guessed[:] = False
+    return fresh, unchecked, right
+
+
+@njit(cache=True)
+def _guess(mapped, guessed, last_use, clock, ids):
+    """Mark guessed experts; return those not mapped yet (to read ahead), now counted as mapped and recent."""
+    fresh = []
+    for e in ids.ravel():
+        if not guessed[e]:
+            guessed[e] = True
+            if not mapped[e]:
+                mapped[e] = True
+                last_use[e] = clock
+                fresh.append(e)
     return fresh
 
 
@@ -97,12 +121,15 @@ class ExpertStore:
     """
 
     def __init__(self, experts_map: mmap.mmap, path: Path, index: ExpertsIndex, spec: ModelSpec,
-                 budget_bytes: int | None = None, verify: bool = True):
+                 budget_bytes: int | None = None, verify: bool = True, fd: int | None = None):
         n_layers, n_experts = spec.n_layers, spec.routing.n_experts
         self._map = experts_map
         self._map.madvise(mmap.MADV_RANDOM)
         check_experts_header(self._map[:EXPERTS_HEADER.size], path)  # faults in the header page only
         self.path = path
+        self._fd = fd  # of the experts file, owned by the store: releases drop the pages it caches
+        if fd is not None:
+            weakref.finalize(self, os.close, fd)
         self.checksums = index.checksums if verify else None
         self._bytes = np.frombuffer(self._map, dtype=np.uint8)  # checksums hash the span in place
         self.offsets = np.full((n_layers, n_experts), -1, dtype=np.int64)  # byte offset of each span
@@ -114,14 +141,24 @@ class ExpertStore:
                        for layer in index.layers}
         self.hits = np.zeros((n_layers, n_experts), dtype=np.int64)
         self.touched = np.zeros((n_layers, n_experts), dtype=bool)
-        self.prefetched = np.zeros((n_layers, n_experts), dtype=bool)  # and not released since
+        self.mapped = np.zeros((n_layers, n_experts), dtype=bool)  # read (or being read), not released since
         self.verified = np.zeros((n_layers, n_experts), dtype=bool)
         self._lock = threading.Lock()
         self.last_use = np.zeros((n_layers, n_experts), dtype=np.int64)
         self._clock = 0
         self.budget_bytes = budget_bytes
         self.releases = 0
-        self.fetches = 0  # experts prefetched because they were not mapped: first uses and uses after a release
+        self.fetches = 0  # experts read on demand because they were not mapped: first uses and uses after a release
+        self.guessed = np.zeros((n_layers, n_experts), dtype=bool)  # read ahead for the layer's next routing
+        self.guessed_layers: set[int] = set()
+        self.read_aheads = 0  # experts read ahead because they were guessed and not mapped
+        self.guesses_right = 0  # routed experts that had been guessed
+        self.guesses_routed = 0  # routed experts in routings that had a guess
+
+    @property
+    def guess_recall(self) -> float | None:
+        """Share of the routed experts that had been guessed (over the routings that had a guess)."""
+        return self.guesses_right / self.guesses_routed if self.guesses_routed else None
 
     @property
     def first_touches(self) -> int:
@@ -141,24 +178,53 @@ class ExpertStore:
         return self._bytes.nbytes
 
     def touch(self, layer: int, ids: np.ndarray) -> None:
-        """Count a routing decision `ids` [T, k] of `layer`; prefetch experts that are not mapped;
-        with a budget, release the least recently used others. An expert that fails its checksum
-        raises `BundleError` (and is checked again if routed to again)."""
+        """Count a routing decision `ids` [T, k] of `layer`; read the experts that are not mapped; with a
+        budget, release the least recently used others. An expert that fails its checksum raises
+        `BundleError` (and is checked again if routed to again)."""
         with self._lock:
             self._clock += 1
-            for e in _count(self.hits[layer], self.touched[layer], self.prefetched[layer], self.last_use[layer],
-                            self._clock, ids):
-                self._map.madvise(mmap.MADV_WILLNEED, *whole_pages(int(self.offsets[layer, e]),
-                                                                   int(self.spans[layer, e]), PAGE_SIZE))
+            fresh, unchecked, right = _count(self.hits[layer], self.touched[layer], self.mapped[layer],
+                                             self.verified[layer], self.guessed[layer], self.last_use[layer],
+                                             self._clock, ids)
+            if layer in self.guessed_layers:
+                self.guesses_right += right
+                self.guesses_routed += ids.size
+                self.guessed_layers.discard(layer)
+            for e in fresh:
+                self._read(layer, e)
                 self.fetches += 1
-                if self.checksums is not None and not self.verified[layer, e]:
+            if self.checksums is not None:
+                for e in unchecked:
                     self._verify(layer, e)
-            if self.budget_bytes is not None:
-                for flat in _least_recently_used(self.prefetched.reshape(-1), self.last_use.reshape(-1),
-                                                 self.spans.reshape(-1), self.budget_bytes):
-                    self._map.madvise(MADV_PAGEOUT, *whole_pages(int(self.offsets.flat[flat]),
-                                                                 int(self.spans.flat[flat]), PAGE_SIZE))
-                    self.releases += 1
+            self._hold_budget()
+
+    def read_ahead(self, layer: int, ids: np.ndarray) -> None:
+        """Start reading the experts `ids` [T, k] that `layer` is guessed to route to next (MADV_WILLNEED
+        returns at once: the kernel reads them while this thread computes). They count as mapped, so the
+        budget holds; their checksums are checked when they are routed to."""
+        with self._lock:
+            self._clock += 1
+            self.guessed_layers.add(layer)
+            for e in _guess(self.mapped[layer], self.guessed[layer], self.last_use[layer], self._clock, ids):
+                self._read(layer, e)
+                self.read_aheads += 1
+            self._hold_budget()
+
+    def _read(self, layer: int, e: int) -> None:
+        self._map.madvise(mmap.MADV_WILLNEED, *whole_pages(int(self.offsets[layer, e]), int(self.spans[layer, e]),
+                                                           PAGE_SIZE))
+
+    def _hold_budget(self) -> None:
+        """Release the least recently used experts while the mapped ones exceed the budget."""
+        if self.budget_bytes is None:
+            return
+        for flat in _least_recently_used(self.mapped.reshape(-1), self.last_use.reshape(-1),
+                                         self.spans.reshape(-1), self.budget_bytes):
+            start, size = int(self.offsets.flat[flat]), int(self.spans.flat[flat])
+            self._map.madvise(MADV_PAGEOUT, *whole_pages(start, size, PAGE_SIZE))  # the pages this mapping holds
+            if self._fd is not None:  # and those read ahead but never used, which only the page cache holds
+                os.posix_fadvise(self._fd, start, size, os.POSIX_FADV_DONTNEED)
+            self.releases += 1
 
     def _verify(self, layer: int, e: int) -> None:
         start = int(self.offsets[layer, e])
@@ -166,6 +232,6 @@ class ExpertStore:
             check_expert(self._bytes[start:start + self.spans[layer, e]], layer, e, self.checksums[layer][e],
                          self.path.name)
         except BundleError:
-            self.prefetched[layer, e] = False  # checked again if routed to again
+            self.mapped[layer, e] = False  # read and checked again if routed to again
             raise
         self.verified[layer, e] = True

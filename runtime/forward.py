@@ -3,7 +3,8 @@
     token ids → embedding rows → for each layer:
         dense part (attention over the KV cache, norms, dense FFN or shared expert + router logits; one
         token in numba, a prompt in the layer's onnxruntime graph) → the new k/v rows into the cache
-        → MoE layers: route on the CPU, add the selected experts' weighted sum (numba, from the mmap)
+        → MoE layers: route on the CPU, add the selected experts' weighted sum (numba, from the mmap);
+          with an expert budget, guess the next MoE layer's experts and start reading them
     → head (final norm + logits, numba) → refuse non-finite logits → commit the cache rows
 
 A `Probe` watches a step without changing it: `moedge bench` times the parts, `moedge eval`
@@ -22,7 +23,11 @@ from .weights import Weights
 
 class Probe:
     """Watches forward passes; this base does nothing. `lap(part)` ends a span of work of that part
-    (dense, routing, experts, head); `routed(layer, ids)` sees the experts [T, k] a layer chose."""
+    (dense, routing, experts, head); `routed(layer, ids)` sees the experts [T, k] a layer chose;
+    `guessed(layer, ids)` the experts [T, k] it was guessed to choose (made only while reading ahead,
+    or when `watches_guesses`)."""
+
+    watches_guesses = False
 
     def lap(self, part: str) -> None:
         pass
@@ -30,18 +35,28 @@ class Probe:
     def routed(self, layer: int, ids: np.ndarray) -> None:
         pass
 
+    def guessed(self, layer: int, ids: np.ndarray) -> None:
+        pass
+
 
 SILENT = Probe()
 
 
 class RoutingTrace(Probe):
-    """Records the experts every MoE layer chose: `trace` is a list of (layer, ids [T, k])."""
+    """Records the experts every MoE layer chose, `trace`: a list of (layer, ids [T, k]), and the next
+    layer's guesses, `guesses`: {layer: ids [T, k]} of the current step."""
+
+    watches_guesses = True
 
     def __init__(self):
         self.trace: list[tuple[int, np.ndarray]] = []
+        self.guesses: dict[int, np.ndarray] = {}
 
     def routed(self, layer: int, ids: np.ndarray) -> None:
         self.trace.append((layer, ids))
+
+    def guessed(self, layer: int, ids: np.ndarray) -> None:
+        self.guesses[layer] = ids
 
 
 def forward(weights: Weights, cache: KVCache, scratch: ExpertScratch | None, tokens: np.ndarray, last_only: bool,
@@ -62,6 +77,7 @@ def forward(weights: Weights, cache: KVCache, scratch: ExpertScratch | None, tok
             probe.routed(i, ids)
             probe.lap("routing")
             hidden += moe.experts(out.ffn_in, ids, gates, scratch)  # the routed experts' residual branch
+            weights.read_ahead(i, hidden, probe)  # guess the next MoE layer's experts; start reading them
             probe.lap("experts")
     logits = weights.head.run(hidden[-1:] if last_only else hidden)  # [T or 1, V]
     probe.lap("head")

@@ -10,6 +10,7 @@ from tokenizers import Tokenizer
 from tokenizers.decoders import DecodeStream
 
 from .session import Session
+from .stop_strings import StopStrings
 
 
 @dataclass(frozen=True)
@@ -43,18 +44,17 @@ def stream(session: Session, tokenizer: Tokenizer | None, prompt: list[int], max
     """Prefill `prompt` (checked ids) into a fresh `session`, then yield up to `max_new_tokens` tokens;
     ends early at an `eos` id or once the text holds a `stop` string."""
     rng = np.random.default_rng(seed)
-    stop = stop or []
+    stops = StopStrings(stop or ())
     logits = session.prefill(prompt, last_only=True)[0]
     text = DecodeStream(skip_special_tokens=True) if tokenizer is not None else None
-    tail, longest_stop = "", max((len(s) for s in stop), default=0)
     for step in range(max_new_tokens):
         token = sample(logits, rng, temperature, top_k, top_p)
         if token in eos:
             return
         piece = (text.step(tokenizer, token) or "") if text is not None else ""
         yield Token(token, piece)
-        tail = (tail + piece)[-(longest_stop + len(piece)):] if stop else ""
-        if any(s in tail for s in stop):
+        stops.feed(piece)
+        if stops.matched is not None:
             return
         if step + 1 < max_new_tokens:
             logits = session.decode(token)

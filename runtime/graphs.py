@@ -23,17 +23,31 @@ class LayerOutputs:
     router_logits: np.ndarray | None = None  # [T, E]
 
 
-def session_options(threads: int, prepack: bool) -> ort.SessionOptions:
+def shared_initializers(arrays: dict[str, np.ndarray]) -> dict[str, ort.OrtValue]:
+    """onnxruntime values over `arrays` without a copy (keep them alive as long as the sessions)."""
+    return {name: ort.OrtValue.ortvalue_from_numpy(array) for name, array in arrays.items()}
+
+
+def session_options(threads: int, initializers: dict[str, ort.OrtValue]) -> ort.SessionOptions:
+    """Options for every layer graph: `threads` intra-op threads that do not spin, and the graphs' weights
+    taken from `initializers` (over the runtime's one mapping of the dense file, which the numba decode
+    path reads too) instead of a second mapping or a prepacked private copy: each weight is held once."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    # Float weights stay in the memory-mapped external-data file instead of a prepacked private
-    # copy (no slower, measured); int8 MatMulNBits needs its prepacked layout to be fast.
-    options.add_session_config_entry("session.disable_prepacking", "0" if prepack else "1")
+    # Prepacking copies int8 MatMulNBits weights into a private layout (80 MB on granite-1b-shape). Without
+    # it, prefill (the graphs' only use) runs as fast (measured) and computes with float activations like
+    # the numba decode path, instead of int8 ones.
+    options.add_session_config_entry("session.disable_prepacking", "1")
+    # No arena: it keeps the high-water mark of a prefill's activations (~120 MB on granite-1b-shape, 128
+    # tokens) for the process's life; plain allocations are no slower here (measured side by side).
+    options.enable_cpu_mem_arena = False
     # Idle ORT threads must not spin: the numba expert kernels need the cores between graphs.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    for name, value in initializers.items():
+        options.add_initializer(name, value)
     return options
 
 

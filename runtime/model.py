@@ -82,7 +82,7 @@ class Model:
 
     @classmethod
     def load(cls, path: str | os.PathLike, threads: int | None = None, expert_budget: int | None = None,
-             verify: bool = True, decode: str = "numba") -> Model:
+             verify: bool = True, decode: str = "numba", read_ahead: bool = True) -> Model:
         """Validate and open the bundle at `path` with `threads` threads (default: the CPU count, or one for a
         model whose decode step reads under 16 MB, which fork/joins would only slow down).
 
@@ -93,7 +93,8 @@ class Model:
         expert when it is first routed to. Bad bundles raise `BundleError`, bad arguments `InputError`.
         `decode` runs one-token steps' dense parts in "numba" (fast) or in the layer graphs ("onnx", the
         reference; prompts always run in the graphs). numba has one thread pool per process: loading sets
-        it up (see `threads.use_threads`).
+        it up (see `threads.use_threads`). `read_ahead`: under an expert budget, guess each next MoE layer's
+        experts from the current hidden state and start reading them early (`runtime/prefetch.py`).
         """
         if not isinstance(path, (str, os.PathLike)):
             raise InputError(f"the bundle path must be a string or a path, got {type(path).__name__}")
@@ -103,6 +104,8 @@ class Model:
             raise InputError(f"expert_budget must be a whole number of bytes >= 0, got {expert_budget!r}")
         if type(verify) is not bool:
             raise InputError(f"verify must be True or False, got {verify!r}")
+        if type(read_ahead) is not bool:
+            raise InputError(f"read_ahead must be True or False, got {read_ahead!r}")
         if decode not in ("numba", "onnx"):
             raise InputError(f"decode must be 'numba' or 'onnx', got {decode!r}")
         with BundleDir(path) as bundle:
@@ -113,7 +116,9 @@ class Model:
             note = None
             if expert_budget is None:
                 expert_budget, note = _budget_for_machine(manifest)
-            return cls(Weights(bundle, manifest, threads, expert_budget, verify, decode), threads, note)
+            # reading ahead needs room for two layers' experts: it must not release those being computed
+            read_ahead = read_ahead and expert_budget is not None and expert_budget >= 2 * _smallest_budget(manifest)
+            return cls(Weights(bundle, manifest, threads, expert_budget, verify, decode, read_ahead), threads, note)
 
     def session(self, probe: Probe = SILENT) -> Session:
         """A new sequence with its own preallocated KV cache; `probe` watches its steps."""
@@ -133,8 +138,9 @@ class Model:
                  top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
                  stop: list[str] | None = None) -> Iterator[Token]:
         """Stream up to `max_new_tokens` tokens after `prompt` (text, or token ids); greedy at temperature 0,
-        else top-k/top-p sampling; ends early at EOS or a `stop` string. Bad arguments raise `InputError`
-        naming the argument, before any work."""
+        else top-k/top-p sampling; ends early at EOS or a `stop` string (the last token's text holds it:
+        `stop_strings.StopStrings` gives the text without it). Bad arguments raise `InputError` naming the
+        argument, before any work."""
         check_sampling(max_new_tokens, temperature, top_k, top_p, seed, stop)
         if isinstance(prompt, str):
             ids = self.encode(prompt)

@@ -47,6 +47,12 @@ class Session:
         """Forget the sequence (the cache memory is reused)."""
         self.cache.length = 0
 
+    def rewind(self, length: int) -> None:
+        """Keep only the first `length` tokens of the sequence (their cached rows do not depend on later ones)."""
+        if not 0 <= length <= self.pos:
+            raise InputError(f"cannot rewind a sequence of {self.pos} tokens to {length}")
+        self.cache.length = length
+
     def _step(self, tokens: np.ndarray, last_only: bool) -> np.ndarray:
         if len(tokens) > self.remaining:
             raise InputError(f"{len(tokens)} tokens at position {self.pos} exceed the context length "

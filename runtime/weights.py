@@ -8,6 +8,7 @@ expert byte. Every file is opened through the one directory handle it is given.
 from __future__ import annotations
 
 import mmap
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tokenizers import Tokenizer
@@ -17,10 +18,14 @@ from .bundle_dir import BundleDir
 from .dense_decode import DecodeLayers
 from .errors import BundleError
 from .expert_store import ExpertStore
-from .graphs import DenseGraph, GraphLayers, session_options
+from .graphs import DenseGraph, GraphLayers, session_options, shared_initializers
 from .head import Head, tensor_view
 from .moe import MoELayer
+from .prefetch import ExpertPredictor
 from .verify import read_tokenizer, verified_load_files
+
+if TYPE_CHECKING:
+    from .forward import Probe
 
 
 class Weights:
@@ -29,17 +34,20 @@ class Weights:
     `tokenizer` (or None)."""
 
     def __init__(self, bundle: BundleDir, manifest: Manifest, threads: int, expert_budget: int | None = None,
-                 verify: bool = True, decode: str = "numba"):
+                 verify: bool = True, decode: str = "numba", read_ahead: bool = True):
         self.root = bundle.path
         self.manifest = manifest
         self.spec = spec = manifest.spec
         tokenizer_json = verified_load_files(bundle, manifest) if verify else read_tokenizer(bundle, manifest)
-        options = session_options(threads, prepack=manifest.dense_linears == "int8")
+        self._dense_map = bundle.map(manifest.dense_file)
+        dense = np.frombuffer(self._dense_map, dtype=np.uint8)
+        # the graphs read their weights from this mapping too: every dense weight is held once
+        self._initializers = shared_initializers({name: tensor_view(dense, manifest, name)
+                                                  for name in manifest.dense_tensors})
+        options = session_options(threads, self._initializers)
         contract = graph_contract(spec, manifest.quantization_dict(), manifest.dense_dict())
         self.graph_layers = GraphLayers([DenseGraph(bundle.graph_path(name), name, options, i, contract, spec)
                                          for i, name in enumerate(manifest.layer_graphs)], spec)
-        self._dense_map = bundle.map(manifest.dense_file)
-        dense = np.frombuffer(self._dense_map, dtype=np.uint8)
         # one token: numba over the same tensors (decode="onnx": the graphs, the reference)
         self.decode_layers = DecodeLayers(manifest, dense, threads) if decode == "numba" else self.graph_layers
         self.embedding = tensor_view(dense, manifest, EMBEDDING)  # [V, D]
@@ -48,12 +56,29 @@ class Weights:
         self.head = Head(manifest, dense)
         self.experts: ExpertStore | None = None
         self.moe: dict[int, MoELayer] = {}
+        self.predictor: ExpertPredictor | None = None
         if manifest.experts is not None:
             name = manifest.experts.file
+            fd = bundle.open(name)[0] if expert_budget is not None else None  # to drop released pages
             self.experts = ExpertStore(bundle.map(name), bundle.path / name, manifest.experts, spec, expert_budget,
-                                       verify)
+                                       verify, fd)
             self.moe = {i: MoELayer(i, spec, self.experts, threads) for i in spec.moe_layers}
+            self.predictor = ExpertPredictor(spec, manifest, dense)
+        self.reading_ahead = read_ahead and self.predictor is not None  # Model.load: only under a budget
         self.tokenizer = _tokenizer(tokenizer_json, manifest.tokenizer)
+
+    def read_ahead(self, layer: int, hidden: np.ndarray, probe: Probe) -> None:
+        """While decoding with read-ahead on (or for a probe that watches guesses): guess from hidden [T, D] the
+        experts of the MoE layer after `layer`, and start reading those that are not mapped. A prompt routes
+        to most experts anyway: its guesses are only shown to the probe."""
+        reading = self.reading_ahead and hidden.shape[0] == 1
+        target = self.predictor.target(layer)
+        if target is None or not (reading or probe.watches_guesses):
+            return
+        ids = self.predictor.guess(layer, hidden)
+        probe.guessed(target, ids)
+        if reading:
+            self.experts.read_ahead(target, ids)
 
     def embed(self, tokens: np.ndarray) -> np.ndarray:
         """Embedding rows [T, D] for token ids, scaled by the spec's embedding multiplier."""

@@ -25,6 +25,21 @@ def exported(tmp_path_factory):
     return get
 
 
+@pytest.fixture(scope="session")
+def chat_bundle(tmp_path_factory):
+    """A tiny Qwen3 exported with a word-level tokenizer of its vocabulary and a chat template:
+    (bundle, transformers tokenizer). Float attention matrices, so prefill and decode agree to float error."""
+    from hf_tiny import CHAT_VOCAB, build_hf_model, chat_tokenizer, save_hf_model
+    from moedge.exporter import export
+
+    root = tmp_path_factory.mktemp("chat")
+    folder = save_hf_model(build_hf_model("qwen3", vocab_size=CHAT_VOCAB), root / "hf")
+    tokenizer = chat_tokenizer()
+    tokenizer.save_pretrained(folder)
+    export(folder, root / "chat.moedge", show_progress=False, float_dense=True)
+    return root / "chat.moedge", tokenizer
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _single_thread_torch():
     torch.set_num_threads(1)

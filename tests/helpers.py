@@ -99,9 +99,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_cli(*args, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
-    """`moedge ARGS...` in a fresh process (as a user runs it); text output captured."""
-    return subprocess.run([sys.executable, "-m", "moedge.cli.main", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, **kwargs)
+    """`moedge ARGS...` in a fresh process (as a user runs it); text output captured unless `stdout`/`stderr` say."""
+    streams = {"stdout": kwargs.pop("stdout", subprocess.PIPE), "stderr": kwargs.pop("stderr", subprocess.PIPE)}
+    return subprocess.run([sys.executable, "-m", "moedge.cli.main", *map(str, args)], text=True, timeout=timeout,
+                          **streams, **kwargs)
 
 
 def sample_module(name: str) -> ModuleType:
@@ -111,3 +112,23 @@ def sample_module(name: str) -> ModuleType:
     spec.loader.exec_module(module)
     return module
 
+
+PAGE = 4096
+# MADV_PAGEOUT skips pages still in a CPU's batch of pages waiting to join the LRU lists (up to 15 per
+# CPU; 2 CPUs here), so a few pages of released experts may stay mapped: far below one more span each step.
+LRU_BATCH_SLACK = 2 * 15 * PAGE
+
+
+def mapped_bytes(store) -> int:
+    """Resident bytes of the store's own mapping of the experts file (from /proc/self/smaps)."""
+    start, end = store.address, store.address + store.size
+    total, inside = 0, False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split()[0]
+            if "-" in head and ":" not in head:
+                lo, hi = (int(x, 16) for x in head.split("-"))
+                inside = start <= lo and hi <= end + PAGE
+            elif inside and line.startswith("Rss:"):
+                total += int(line.split()[1]) * 1024
+    return total

@@ -34,10 +34,11 @@ FAMILIES: dict[str, tuple[str, dict]] = {
 }
 
 
-def build_hf_model(family: str, seed: int = 0):
-    """A seeded random model of `family`: weights ~ N(0, 1/fan_in), norm weights in [0.5, 1.5], biases nonzero."""
+def build_hf_model(family: str, seed: int = 0, **config):
+    """A seeded random model of `family` (`config` overrides its config): weights ~ N(0, 1/fan_in), norm weights
+    in [0.5, 1.5], biases nonzero."""
     model_type, overrides = FAMILIES[family]
-    config = AutoConfig.for_model(model_type, **{**COMMON, **overrides})
+    config = AutoConfig.for_model(model_type, **{**COMMON, **overrides, **config})
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, attn_implementation="eager")
     with torch.no_grad():
@@ -54,3 +55,26 @@ def build_hf_model(family: str, seed: int = 0):
 def save_hf_model(model, folder: Path, **kwargs) -> Path:
     model.save_pretrained(folder, **kwargs)
     return folder
+
+
+CHAT_TEMPLATE = ("{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }}{{ eos_token }}"
+                 "{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}")
+WORDS = ["the", "a", "cat", "dog", "sat", "on", "mat", "hello", "world", "how", "are", "you", "today", "fine",
+         "thanks", "what", "is", "your", "name"]
+
+
+CHAT_VOCAB = 6 + len(WORDS)  # the special tokens and WORDS
+
+
+def chat_tokenizer():
+    """A word-level tokenizer of WORDS with special tokens and CHAT_TEMPLATE (a transformers tokenizer)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<unk>", "<s>", "</s>", "<|user|>", "<|assistant|>", "<|system|>"]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(specials + WORDS)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.add_special_tokens(specials)
+    hf = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    hf.chat_template = CHAT_TEMPLATE
+    return hf

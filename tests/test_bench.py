@@ -2,12 +2,15 @@
 
 import json
 
+import numpy as np
+import pytest
+
 from helpers import run_cli, tiny_moe_spec
 from moedge.runtime.memory import RESERVE
 
 RESULT_FIELDS = {"threads", "decode_ms_median", "decode_ms_p90", "decode_ms_p99", "tokens_per_s",
                  "prefill_tokens_per_s", "breakdown_ms", "bandwidth_gb_s", "roofline_ms", "ratio_to_roofline",
-                 "python_overhead_fraction", "latencies_ms", "cold_start"}
+                 "python_overhead_fraction", "latencies_ms", "prefill_runs", "cold_start"}
 COLD_FIELDS = {"time_to_first_token_s", "startup_s", "load_s", "prefill_s", "first_decode_s", "rss_before_load",
                "rss_peak", "rss_growth", "dense_bytes", "experts_bytes_touched", "experts_resident_bytes"}
 
@@ -19,6 +22,10 @@ def test_bench_json_plot_and_peers(exported, tmp_path):
                      "--repeat", "2", "--peers", "--json", report_path, "--plot", plot_path, timeout=600)
     assert result.returncode == 0, result.stderr
     assert "ratio to roofline" in result.stdout and "peer pytorch-eager" in result.stdout
+    table = result.stdout.split("\n\n")[-1].splitlines()  # the summary table comes last
+    assert table[0] == "| bundle | size | weights | quant | backend | threads | test | t/s |"
+    assert [row.split(" | ")[4:7] for row in table[2:4]] == [["moedge", "1", "pp16"], ["moedge", "1", "tg12"]]
+    assert any(" pytorch-eager | 1 | tg12 | " in row for row in table)
     report = json.loads(report_path.read_text())
     assert report["token_stream"] == "seeded random"
     step = report["bytes_per_decode_step"]
@@ -63,10 +70,87 @@ def test_bench_under_a_memory_cap(exported, tmp_path):
     limit = used + (case.bundle / "dense.bin").stat().st_size + case.spec.kv_cache_bytes + RESERVE + experts // 2
     tight = _capped(case.bundle, str(limit), tmp_path / "tight.json")
     assert tight.returncode == 0, tight.stderr
-    capped = json.loads((tmp_path / "tight.json").read_text())["memory_cap"]["capped"]
+    runs = json.loads((tmp_path / "tight.json").read_text())["memory_cap"]
+    capped = runs["capped"]
     assert capped["budget_note"] and "memory cgroup" in capped["budget_note"]
+    # the budget holds more than two layers' experts: reading ahead is on, and off in the run beside it
+    assert 0.0 <= capped["guess_recall"] <= 1.0 and capped["read_aheads_per_token"] > 0
+    assert runs["capped_no_read_ahead"]["guess_recall"] is None
+    assert runs["capped_no_read_ahead"]["read_aheads_per_token"] == 0
     assert 0 < capped["expert_budget_bytes"] < experts
     assert capped["expert_hit_rate"] < free["expert_hit_rate"] and capped["read_bytes_per_token"] > 0
     assert "memory cgroup" in tight.stdout
     too_long = run_cli("bench", case.bundle, "--prompt-tokens", "90", "--new-tokens", "16", "--no-cold")
     assert too_long.returncode == 2 and "exceed the model's context of 96" in too_long.stderr
+
+
+class FakeClock:
+    now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class ScheduledSession:
+    """Advances the fake clock by each part's scheduled time and tells the probe, as `forward` does."""
+
+    def __init__(self, clock: FakeClock, probe, schedule):
+        self.clock, self.probe, self.schedule, self.step = clock, probe, schedule, 0
+
+    def prefill(self, tokens, last_only=False):
+        self.clock.now += 0.01 * len(tokens)
+
+    def decode(self, token):
+        for part, seconds in self.schedule(self.step).items():
+            self.clock.now += seconds
+            self.probe.lap(part)
+        self.step += 1
+
+
+def test_the_breakdown_is_the_median_of_each_part(monkeypatch):
+    """One slow step (a page fault) moves a mean but not the median, which is what the latency reports."""
+    import time
+    from types import SimpleNamespace
+
+    from tqdm import tqdm
+
+    from moedge.runtime.tools.bench import WARMUP_TOKENS, measure_decode
+
+    clock = FakeClock()
+    monkeypatch.setattr(time, "perf_counter", clock)
+
+    def schedule(step):
+        return {"dense": 0.100 if step == WARMUP_TOKENS + 2 else 0.001, "routing": 0.0001, "experts": 0.002,
+                "head": 0.0005}
+    model = SimpleNamespace(spec=SimpleNamespace(vocab_size=50),
+                            session=lambda probe: ScheduledSession(clock, probe, schedule))
+    latencies, prefill_runs, parts = measure_decode(model, 10, WARMUP_TOKENS + 6, 2, 0, tqdm(disable=True))
+    assert len(latencies) == 12 and prefill_runs == pytest.approx([100.0, 100.0])
+    assert parts == pytest.approx({"dense": 0.001, "routing": 0.0001, "experts": 0.002, "head": 0.0005,
+                                   "other": 0.0}, abs=1e-9)
+    assert float(np.median(latencies)) == pytest.approx(sum(parts.values()))
+
+
+def test_summary_table_rates_and_spread():
+    from moedge.runtime.tools.bench_report import summary_table
+
+    report = {"bundle": "/x/m.moedge", "bundle_bytes": 6_840_000, "weights": 4_860_000, "quantization": "int8",
+              "prompt_tokens": 64, "new_tokens": 32, "repeat": 2,
+              "results": [{"threads": 2, "prefill_tokens_per_s": 150.0, "prefill_runs": [100.0, 200.0],
+                           "tokens_per_s": 400.0, "latencies_ms": [2.0, 2.0, 2.0, 4.0, 4.0, 4.0]}],
+              "peers": [{"name": "llama.cpp-q8_0", "threads": 2, "decode_ms_median": 2.0,
+                         "prefill_tokens_per_s": 300.0},
+                        {"name": "pytorch-eager", "threads": 2, "skipped": "no torch"}]}
+    rows = summary_table(report).splitlines()[2:]
+    assert rows == ["| m.moedge | 6.84 MB | 4.86 M | int8 | moedge | 2 | pp64 | 150.0 ± 50.0 |",
+                    "| m.moedge | 6.84 MB | 4.86 M | int8 | moedge | 2 | tg32 | 400.0 ± 125.0 |",  # runs: 500, 250
+                    "| m.moedge | 6.84 MB | 4.86 M | int8 | llama.cpp-q8_0 | 2 | pp64 | 300.0 |",
+                    "| m.moedge | 6.84 MB | 4.86 M | int8 | llama.cpp-q8_0 | 2 | tg32 | 500.0 |"]
+
+
+def test_the_latency_axis_shows_the_roofline_and_every_step():
+    from moedge.runtime.tools.bench_plot import latency_range
+
+    low, high = latency_range([{"latencies_ms": [0.3, 0.3, 12.0], "roofline_ms": 0.1},
+                               {"latencies_ms": [0.5, 15.0], "roofline_ms": 0.2}])
+    assert low < 0.1 and high > 15.0

@@ -2,6 +2,7 @@
 the windowing and likelihood helpers, and `moedge eval` end to end."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -90,6 +91,9 @@ def test_eval_cli_reports_perplexity_agreement_and_usage(shipped_bundle, heldout
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert "tokens evaluated" in out and "top-1 agreement" in out and "layer   3: cv" in out
+    rates = [float(r) for r in re.findall(r"\d+% cached: ([\d.]+)%", out)]
+    assert len(rates) == 3 and rates == sorted(rates) and rates[-1] > 0  # more cached, more hits
+    assert re.search(r"names [\d.]+% of the experts routed to", out)
     usage = json.loads(image.with_suffix(".json").read_text())
     assert image.stat().st_size > 0 and sorted(usage["layers"]) == ["0", "1", "2", "3"]
 
@@ -109,3 +113,77 @@ def test_eval_usage_on_a_dense_bundle_is_an_error(exported, tmp_path):
     text.write_text("x")
     result = run_cli("eval", exported("dense", tiny_dense_spec()).bundle, "--text", text, "--usage", tmp_path / "u.png")
     assert result.returncode == 2 and "--usage needs an MoE bundle" in result.stderr
+
+
+def test_eval_refuses_input_that_is_not_text(shipped_bundle, tmp_path):
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.txt").write_text("def f(x):\n    return x\n")
+    (tmp_path / "docs" / ".hidden").write_bytes(b"\0\1\2")  # hidden files are skipped
+    assert run_cli("eval", shipped_bundle, "--text", tmp_path / "docs").returncode == 0
+    (tmp_path / "docs" / "logo.png").write_bytes(b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR")
+    for path in (tmp_path / "docs", tmp_path / "docs" / "logo.png"):
+        result = run_cli("eval", shipped_bundle, "--text", path)
+        assert result.returncode == 2 and result.stderr.count("\n") == 1
+        assert result.stderr.startswith(f"moedge: error: {tmp_path / 'docs' / 'logo.png'} is not UTF-8 text (")
+
+
+def test_eval_shows_a_progress_bar_on_a_terminal(shipped_bundle, heldout_text, tmp_path):
+    import fcntl
+    import os
+    import pty
+    import struct
+    import termios
+
+    text = tmp_path / "slice.txt"
+    text.write_text(heldout_text[0][:6000])
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a terminal 100 columns wide
+    env = {k: v for k, v in os.environ.items() if k != "TQDM_DISABLE"}
+    result = run_cli("eval", shipped_bundle, "--text", text, "--threads", "1", stderr=follower, env=env)
+    os.close(follower)
+    shown = os.read(leader, 1 << 16).decode()
+    os.close(leader)
+    assert result.returncode == 0 and "perplexity" in result.stdout
+    assert "eval bundle: 100%" in shown and "tok/s" in shown, shown
+
+
+def test_eval_reference_can_be_a_hugging_face_folder(chat_bundle, tmp_path):
+    from hf_tiny import WORDS
+
+    bundle = chat_bundle[0]
+    text = tmp_path / "words.txt"
+    text.write_text(" ".join(WORDS[i % len(WORDS)] for i in range(0, 700, 3)))
+    hf = bundle.parent / "hf"
+    result = run_cli("eval", bundle, "--text", text, "--reference", hf, "--threads", "1")
+    assert result.returncode == 0, result.stderr
+    model = Model.load(bundle, threads=1)
+    chunks = windows([model.encode(text.read_text())], model.spec.max_seq_len)
+    ref = evaluate_reference(hf, chunks)
+    assert f"reference {hf}: perplexity {ref.perplexity:.4f}" in result.stdout
+    agreement = float(result.stdout.split("top-1 agreement ")[1].split("%")[0])
+    assert agreement > 95  # int8 LM head against the float model
+    assert "warning" not in result.stderr
+
+
+def test_eval_reference_is_checked_before_the_work_and_differences_are_named(shipped_bundle, chat_bundle, tmp_path):
+    text = tmp_path / "t.txt"
+    text.write_text("import os\nprint(os.getcwd())\n")
+    missing = run_cli("eval", shipped_bundle, "--text", text, "--reference", tmp_path / "nowhere")
+    assert missing.returncode == 2 and missing.stderr == f"moedge: error: --reference: {tmp_path / 'nowhere'} is not " \
+        "a folder (expected a checkpoint folder)\n" and missing.stdout == ""
+    other_tokenizer = run_cli("eval", shipped_bundle, "--text", text, "--reference", chat_bundle[0].parent / "hf")
+    assert other_tokenizer.returncode == 2 and "its tokenizer differs from the bundle's" in other_tokenizer.stderr
+    dense = run_cli("eval", shipped_bundle, "--text", text, "--reference", ROOT / "samples" / "dense")
+    assert dense.returncode == 0, dense.stderr
+    assert dense.stderr.startswith("moedge: warning: the reference differs from the bundle (layer_kinds ")
+    assert "experts 0 vs 8" in dense.stderr
+
+
+def test_shape_differences_name_vocabulary_and_shape():
+    from helpers import tiny_dense_spec, tiny_moe_spec
+    from moedge.exporter.reference import shape_differences
+
+    assert shape_differences(tiny_moe_spec(), tiny_moe_spec()) == []
+    assert shape_differences(tiny_moe_spec(vocab_size=300), tiny_moe_spec()) == ["vocab_size 300 vs 203"]
+    diffs = shape_differences(tiny_dense_spec(), tiny_moe_spec())
+    assert "n_layers 3 vs 4" in diffs and "experts 0 vs 8" in diffs

@@ -28,7 +28,9 @@ def bundle(exported, tmp_path_factory):
 def test_full_graph_matches_runtime(bundle):
     manifest = read_manifest(bundle)
     ours = Model.load(bundle).session().prefill(PROMPT)
-    session = ort.InferenceSession(str(bundle / manifest.full_graph), providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()  # unpacked MatMulNBits, as the runtime runs it: float activations
+    options.add_session_config_entry("session.disable_prepacking", "1")
+    session = ort.InferenceSession(str(bundle / manifest.full_graph), options, providers=["CPUExecutionProvider"])
     spec = manifest.spec
     empty = np.zeros((0, spec.n_kv_heads, spec.head_dim), np.float32)
     feeds = {"tokens": np.array(PROMPT), "rope": rope_rotation(spec, 0, len(PROMPT))}
@@ -39,10 +41,12 @@ def test_full_graph_matches_runtime(bundle):
 
 
 def test_torch_from_bundle_matches_runtime(bundle):
-    """Decode steps: activations float, like PyTorch's (prefill's int8 dense linears quantize them)."""
+    """Decode steps and prefill: activations float in both, like PyTorch's."""
     manifest = read_manifest(bundle)
-    session = Model.load(bundle).session()
+    model = Model.load(bundle)
+    session = model.session()
     ours = np.stack([session.decode(t) for t in PROMPT])
     with torch.no_grad():
         theirs = torch_model_from_bundle(bundle, manifest)(torch.tensor([PROMPT]))[0].numpy()
     assert np.abs(theirs - ours).max() <= 1e-4 * (ours.max() - ours.min())
+    assert np.abs(theirs - model.session().prefill(PROMPT)).max() <= 1e-4 * (ours.max() - ours.min())

@@ -25,7 +25,7 @@ from ..bundle import read_manifest
 from ..errors import InputError
 from ..forward import Probe
 from ..model import Model
-from ..storage import step_bytes
+from ..storage import step_bytes, storage
 from .bandwidth import read_bandwidth
 from .memory_cap import drop_cached_pages, memory_cgroup
 
@@ -44,12 +44,13 @@ class ThreadResult:
     decode_ms_p99: float
     tokens_per_s: float
     prefill_tokens_per_s: float
-    breakdown_ms: dict[str, float]
+    breakdown_ms: dict[str, float]  # median ms per token of each part (as the decode latency: the median)
     bandwidth_gb_s: float
     roofline_ms: float
     ratio_to_roofline: float
     python_overhead_fraction: float
-    latencies_ms: list[float] = field(repr=False)
+    latencies_ms: list[float] = field(repr=False)  # every run's, one after the other
+    prefill_runs: list[float] = field(default_factory=list)  # prefill tokens/s of each run
     cold_start: dict[str, dict] = field(default_factory=dict)
 
 
@@ -71,12 +72,13 @@ class PartTimer(Probe):
 
 
 def measure_decode(model: Model, prompt_tokens: int, new_tokens: int, repeat: int, seed: int,
-                   progress: tqdm) -> tuple[list[float], float, dict[str, float]]:
-    """Per-token decode latencies (s), prefill tokens/s and the mean time per part per token."""
+                   progress: tqdm) -> tuple[list[float], list[float], dict[str, float]]:
+    """Per-token decode latencies (s), prefill tokens/s of each run and the median time per part per token (s);
+    "other" is the median of what the parts leave of each token."""
     rng = np.random.default_rng(seed)
     vocab = model.spec.vocab_size
     timer = PartTimer()
-    latencies, prefill_rates, parts = [], [], defaultdict(float)
+    latencies, prefill_rates, parts = [], [], defaultdict(list)
     for _ in range(repeat):
         session = model.session(probe=timer)
         prompt = rng.integers(0, vocab, prompt_tokens)
@@ -91,17 +93,16 @@ def measure_decode(model: Model, prompt_tokens: int, new_tokens: int, repeat: in
             if i >= WARMUP_TOKENS:
                 latencies.append(elapsed)
                 for part in PARTS:
-                    parts[part] += timer.totals.get(part, 0.0)
-                parts["total"] += elapsed
+                    parts[part].append(timer.totals.get(part, 0.0))
+                parts["other"].append(elapsed - sum(timer.totals.get(part, 0.0) for part in PARTS))
             progress.update(1)
-    count = max(len(latencies), 1)
-    return latencies, float(np.median(prefill_rates)), {k: v / count for k, v in parts.items()}
+    return latencies, prefill_rates, {k: float(np.median(v)) for k, v in parts.items()}
 
 
 def cold_start(bundle: Path, threads: int, prompt_tokens: int, seed: int, numba_cache: str | None,
-               decode_tokens: int | None = None, cgroup_procs: Path | None = None) -> dict:
+               decode_tokens: int | None = None, cgroup_procs: Path | None = None, read_ahead: bool = True) -> dict:
     """Run `bench_child` in a fresh process; `numba_cache` = a folder for a cold numba cache; `cgroup_procs`:
-    the cgroup to run it in (see `memory_cap`)."""
+    the cgroup to run it in (see `memory_cap`); `read_ahead` off: `Model.load(read_ahead=False)`."""
     env = dict(os.environ)
     if numba_cache is not None:
         env["NUMBA_CACHE_DIR"] = numba_cache
@@ -109,6 +110,8 @@ def cold_start(bundle: Path, threads: int, prompt_tokens: int, seed: int, numba_
            "--prompt-tokens", str(prompt_tokens), "--seed", str(seed), "--spawned-at", repr(time.time())]
     if decode_tokens is not None:
         cmd += ["--decode-tokens", str(decode_tokens)]
+    if not read_ahead:
+        cmd.append("--no-read-ahead")
     join = None if cgroup_procs is None else lambda: cgroup_procs.write_text(str(os.getpid()))
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=3600, preexec_fn=join)
     if result.returncode == -signal.SIGKILL and cgroup_procs is not None:
@@ -121,13 +124,14 @@ def cold_start(bundle: Path, threads: int, prompt_tokens: int, seed: int, numba_
 def capped_runs(bundle: Path, threads: int, prompt_tokens: int, new_tokens: int, seed: int,
                 memory_limit: int) -> dict:
     """Decode in fresh processes with the bundle's pages dropped first: uncapped, then inside a memory
-    cgroup of `memory_limit` bytes."""
+    cgroup of `memory_limit` bytes with reading ahead on (the default) and off."""
     runs = {"limit_bytes": memory_limit}
     drop_cached_pages(bundle)
     runs["uncapped"] = cold_start(bundle, threads, prompt_tokens, seed, None, new_tokens)
-    with memory_cgroup(memory_limit) as procs:
-        drop_cached_pages(bundle)
-        runs["capped"] = cold_start(bundle, threads, prompt_tokens, seed, None, new_tokens, procs)
+    for label, read_ahead in (("capped", True), ("capped_no_read_ahead", False)):
+        with memory_cgroup(memory_limit) as procs:
+            drop_cached_pages(bundle)
+            runs[label] = cold_start(bundle, threads, prompt_tokens, seed, None, new_tokens, procs, read_ahead)
     return runs
 
 
@@ -149,27 +153,29 @@ def bench(bundle: str | Path, threads: list[int], prompt_tokens: int = 128, new_
     with tqdm(total=total, desc="bench", unit="tok", disable=not show_progress) as progress:
         for n in threads:
             model = Model.load(bundle, threads=n)
-            latencies, prefill_rate, parts = measure_decode(model, prompt_tokens, new_tokens, repeat, seed, progress)
+            latencies, prefill_rates, parts = measure_decode(model, prompt_tokens, new_tokens, repeat, seed, progress)
             del model
             ms = np.array(latencies) * 1e3
             bandwidth = read_bandwidth(n)
             roofline_ms = bytes_per_step["total"] / (bandwidth * 1e9) * 1e3
-            breakdown = {k: v * 1e3 for k, v in parts.items() if k != "total"}
-            breakdown["other"] = parts["total"] * 1e3 - sum(breakdown.values())
+            breakdown = {k: v * 1e3 for k, v in parts.items()}
             inside = breakdown["dense"] + breakdown["head"] + breakdown["experts"]
             median = float(np.median(ms))
             results.append(ThreadResult(
                 threads=n, decode_ms_median=median, decode_ms_p90=float(np.percentile(ms, 90)),
                 decode_ms_p99=float(np.percentile(ms, 99)), tokens_per_s=1e3 / median,
-                prefill_tokens_per_s=prefill_rate, breakdown_ms=breakdown, bandwidth_gb_s=bandwidth,
+                prefill_tokens_per_s=float(np.median(prefill_rates)), breakdown_ms=breakdown, bandwidth_gb_s=bandwidth,
                 roofline_ms=roofline_ms, ratio_to_roofline=median / roofline_ms,
-                python_overhead_fraction=1.0 - inside / (parts["total"] * 1e3), latencies_ms=ms.tolist()))
+                python_overhead_fraction=max(0.0, 1.0 - inside / sum(breakdown.values())), latencies_ms=ms.tolist(),
+                prefill_runs=prefill_rates))
             if cold:
                 with tempfile.TemporaryDirectory() as empty_cache:
                     results[-1].cold_start = {
                         "numba_cache_cold": cold_start(bundle, n, prompt_tokens, seed, empty_cache),
                         "numba_cache_warm": cold_start(bundle, n, prompt_tokens, seed, None)}
     return {**capped, "bundle": str(bundle), "model": manifest.spec.to_dict(), "quantization": manifest.quant_scheme,
+            "bundle_bytes": sum(f["size"] for f in manifest.files.values()),
+            "weights": sum(part.weights for part in storage(manifest)),  # stored: a tied head counts twice
             "bytes_per_decode_step": bytes_per_step, "prompt_tokens": prompt_tokens, "new_tokens": new_tokens,
             "repeat": repeat, "seed": seed, "token_stream": "seeded random",
             "results": [asdict(r) for r in results]}

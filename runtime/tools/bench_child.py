@@ -1,11 +1,12 @@
 """One fresh-process run for `moedge bench`: time to first token and memory, printed as JSON.
 
     python -m moedge.runtime.tools.bench_child BUNDLE --threads N --prompt-tokens P --seed S --spawned-at T
-        [--decode-tokens D]
+        [--decode-tokens D] [--no-read-ahead]
 
 Measures python start with imports, load, prefill and the first decode, then decodes a seeded random stream
 (D tokens, 32 by default) and reports its median latency, the bytes read from storage per decoded token
-(/proc/self/io), the share of routed experts already mapped (hit rate), peak RSS over the pre-load RSS and the
+(/proc/self/io), the share of routed experts already mapped (hit rate; an expert read ahead counts as mapped),
+the share of routed experts that had been guessed (read-ahead recall), peak RSS over the pre-load RSS and the
 experts file's resident bytes (mincore).
 """
 
@@ -39,11 +40,11 @@ def _status_bytes(field: str) -> int:
 
 
 def main(bundle: str, threads: int, prompt_tokens: int, seed: int, spawned_at: float,
-         decode_tokens: int = DECODE_TOKENS) -> dict:
+         decode_tokens: int = DECODE_TOKENS, read_ahead: bool = True) -> dict:
     imported = time.time()
     rss_before = _status_bytes("VmRSS")
     available = available_memory()  # what Model.load sees when it decides on an expert budget
-    model = Model.load(bundle, threads=threads)
+    model = Model.load(bundle, threads=threads, read_ahead=read_ahead)
     loaded = time.time()
     rng = np.random.default_rng(seed)
     session = model.session()
@@ -53,6 +54,8 @@ def main(bundle: str, threads: int, prompt_tokens: int, seed: int, spawned_at: f
     first = time.time()
     store = model.experts
     read_before, fetched_before = _read_bytes(), store.fetches if store else 0
+    ahead_before = store.read_aheads if store else 0
+    right_before, guessed_before = (store.guesses_right, store.guesses_routed) if store else (0, 0)
     routed_before = int(store.hits.sum()) if store else 0
     latencies = []
     for token in rng.integers(0, model.spec.vocab_size, decode_tokens):
@@ -62,6 +65,8 @@ def main(bundle: str, threads: int, prompt_tokens: int, seed: int, spawned_at: f
     read_per_token = (_read_bytes() - read_before) / decode_tokens
     routed = int(store.hits.sum()) - routed_before if store else 0
     hit_rate = 1.0 - (store.fetches - fetched_before) / routed if routed else 1.0
+    guessed = store.guesses_routed - guessed_before if store else 0
+    recall = (store.guesses_right - right_before) / guessed if guessed else None
     peak = _status_bytes("VmHWM")  # not ru_maxrss: that one starts from the parent's size at fork
     resident = int(resident_pages(store.address, store.size).sum()) * mmap.PAGESIZE if store else 0
     dense = (model.root / model.manifest.dense_file).stat().st_size
@@ -71,7 +76,8 @@ def main(bundle: str, threads: int, prompt_tokens: int, seed: int, spawned_at: f
             "rss_growth": peak - rss_before, "dense_bytes": dense,
             "experts_bytes_touched": store.bytes_touched if store else 0, "experts_resident_bytes": resident,
             "decode_tokens": decode_tokens + 1, "decode_ms_median": float(np.median(latencies)) * 1e3,
-            "read_bytes_per_token": read_per_token, "expert_hit_rate": hit_rate,
+            "read_bytes_per_token": read_per_token, "expert_hit_rate": hit_rate, "guess_recall": recall,
+            "read_aheads_per_token": (store.read_aheads - ahead_before) / decode_tokens if store else 0.0,
             "expert_budget_bytes": store.budget_bytes if store else None, "budget_note": model.budget_note,
             "memory_available_at_load": available._asdict()}
 
@@ -84,4 +90,5 @@ if __name__ == "__main__":
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--spawned-at", type=float, required=True)
     parser.add_argument("--decode-tokens", type=int, default=DECODE_TOKENS)
+    parser.add_argument("--no-read-ahead", dest="read_ahead", action="store_false")
     print(json.dumps(main(**vars(parser.parse_args()))))

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
+
 MB = 1e6
 
 
@@ -21,7 +25,8 @@ def _cold_lines(cold: dict) -> list[str]:
 
 
 def format_report(report: dict) -> str:
-    """Several lines per thread count: latency, roofline ratio, breakdown, cold start, memory, peers."""
+    """Several lines per thread count: latency, roofline ratio, breakdown, cold start, memory, peers; then the
+    summary table."""
     step = report["bytes_per_decode_step"]
     lines = [f"{report['bundle']}: {step['total'] / MB:.0f} MB of weights per decode step "
              f"(dense {step['dense'] / MB:.0f} MB, experts {step['experts'] / MB:.0f} MB); "
@@ -35,7 +40,7 @@ def format_report(report: dict) -> str:
             f"prefill {r['prefill_tokens_per_s']:.0f} tokens/s",
             f"    roofline {r['roofline_ms']:.2f} ms at {r['bandwidth_gb_s']:.1f} GB/s -> ratio to roofline "
             f"{r['ratio_to_roofline']:.2f}",
-            "    breakdown (mean ms/token): " + ", ".join(f"{k} {v:.2f}" for k, v in b.items())
+            "    breakdown (median ms/token): " + ", ".join(f"{k} {v:.2f}" for k, v in b.items())
             + f"; python overhead {100 * r['python_overhead_fraction']:.1f}%",
             *_cold_lines(r.get("cold_start", {})),
         ]
@@ -43,14 +48,21 @@ def format_report(report: dict) -> str:
     if cap:
         lines.append(f"  under a {cap['limit_bytes'] / 2**20:.0f} MiB memory cgroup (page cache of the bundle dropped "
                      "first; fresh processes, first thread count):")
-        for label in ("uncapped", "capped"):
-            run = cap[label]
-            if "killed" in run:
-                lines.append(f"    {label:8s}: {run['killed']}")
+        for label in ("uncapped", "capped", "capped_no_read_ahead"):
+            run = cap.get(label)
+            if run is None:
                 continue
-            lines.append(f"    {label:8s}: decode {run['decode_ms_median']:.2f} ms/token median, "
-                         f"{run['read_bytes_per_token'] / MB:.2f} MB read from storage per token, expert hit rate "
-                         f"{100 * run['expert_hit_rate']:.1f}%, peak RSS {run['rss_peak'] / MB:.0f} MB"
+            name = label.replace("_", " ")
+            if "killed" in run:
+                lines.append(f"    {name}: {run['killed']}")
+                continue
+            recall = run.get("guess_recall")
+            lines.append(f"    {name}: decode {run['decode_ms_median']:.2f} ms/token median "
+                         f"({run['decode_ms_median'] / cap['uncapped'].get('decode_ms_median', float('nan')):.1f}x "
+                         f"uncapped), {run['read_bytes_per_token'] / MB:.2f} MB read from storage per token, expert "
+                         f"hit rate {100 * run['expert_hit_rate']:.1f}%, peak RSS {run['rss_peak'] / MB:.0f} MB"
+                         + (f", read-ahead recall {100 * recall:.1f}% ({run['read_aheads_per_token']:.1f} experts "
+                            "read ahead per token)" if recall is not None else "")
                          + (f"; {run['budget_note']}" if run.get("budget_note") else ""))
     for peer in report.get("peers", []):
         lines.append(f"  peer {peer['name']} ({peer['threads']} thread(s)): "
@@ -58,4 +70,32 @@ def format_report(report: dict) -> str:
                         if "decode_ms_median" in peer else f"not measured: {peer['skipped']}")
                      + (f"; prefill {peer['prefill_tokens_per_s']:.0f} tokens/s, "
                         f"{peer['prefill_ratio_to_ours']:.2f}x ours" if "prefill_tokens_per_s" in peer else ""))
+    return "\n".join([*lines, "", summary_table(report)])
+
+
+def _rate(value: float, runs: list[float]) -> str:
+    return f"{value:.1f} ± {np.std(runs):.1f}" if len(runs) > 1 else f"{value:.1f}"
+
+
+def summary_table(report: dict) -> str:
+    """A table like llama-bench's: prompt processing (ppN) and generation (tgN) tokens/s per thread count, ours
+    (± the standard deviation over the runs) and the peers'."""
+    name, size = Path(report["bundle"]).name, report.get("bundle_bytes", 0)
+    weights, quant = report.get("weights", 0), report["quantization"]
+    pp, tg = f"pp{report['prompt_tokens']}", f"tg{report['new_tokens']}"
+    rows = []
+    for r in report["results"]:
+        runs = np.array_split(np.asarray(r["latencies_ms"]), report["repeat"])
+        decode_runs = [1e3 / float(np.median(run)) for run in runs if run.size]
+        rows += [("moedge", r["threads"], pp, _rate(r["prefill_tokens_per_s"], r.get("prefill_runs", []))),
+                 ("moedge", r["threads"], tg, _rate(r["tokens_per_s"], decode_runs))]
+    for peer in report.get("peers", []):
+        if "prefill_tokens_per_s" in peer:
+            rows.append((peer["name"], peer["threads"], pp, f"{peer['prefill_tokens_per_s']:.1f}"))
+        if "decode_ms_median" in peer:
+            rows.append((peer["name"], peer["threads"], tg, f"{1e3 / peer['decode_ms_median']:.1f}"))
+    model = f"| {name} | {size / MB:.2f} MB | {weights / 1e6:.2f} M | {quant} |"
+    lines = ["| bundle | size | weights | quant | backend | threads | test | t/s |",
+             "| --- | ---: | ---: | --- | --- | ---: | ---: | ---: |"]
+    lines += [f"{model} {backend} | {threads} | {test} | {rate} |" for backend, threads, test, rate in rows]
     return "\n".join(lines)

@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from ..errors import InputError
 from ..forward import RoutingTrace
+from .locality import CACHED_FRACTIONS, guess_recall, lru_hit_rate
 
 if TYPE_CHECKING:
     from ..model import Model
@@ -31,6 +32,8 @@ class Evaluation:
     tokens: int
     predictions: np.ndarray  # int64 [tokens], the top-1 next token at every predicted position
     usage: np.ndarray | None = None  # int64 [n_layers, n_experts]: times each expert was chosen
+    cache_hit_rates: dict[float, float] | None = None  # LRU hit rate with that fraction of each layer's experts
+    guess_recall: float | None = None  # share of routed experts the next-layer guess named (read-ahead)
 
     @property
     def perplexity(self) -> float:
@@ -43,16 +46,30 @@ class Evaluation:
         return float(np.mean(self.predictions == other.predictions))
 
 
+def _read_text(path: Path) -> str:
+    """A file's text; `InputError` if it is not UTF-8 text (a NUL byte or an invalid sequence)."""
+    data = path.read_bytes()
+    try:
+        if b"\0" in data:
+            raise UnicodeDecodeError("utf-8", data, data.index(b"\0"), data.index(b"\0") + 1, "a NUL byte")
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}): --text takes text "
+                         "files") from None
+
+
 def read_texts(path: str | Path) -> list[str]:
-    """The text of a file, or of every file under a directory (sorted by path)."""
+    """The text of a file, or of every file under a directory (sorted by path; hidden ones skipped).
+    Refuses a file that is not UTF-8 text, naming it."""
     root = Path(path)
     if root.is_dir():
-        files = sorted(p for p in root.rglob("*") if p.is_file())
+        files = sorted(p for p in root.rglob("*")
+                       if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts))
     elif root.is_file():
         files = [root]
     else:
         raise InputError(f"{root}: no such file or directory")
-    texts = [f.read_text(encoding="utf-8", errors="replace") for f in files]
+    texts = [_read_text(f) for f in files]
     if not any(t.strip() for t in texts):
         raise InputError(f"{root}: no text to evaluate")
     return texts
@@ -90,33 +107,43 @@ def score(windows_: list[np.ndarray], window_logits: Callable[[np.ndarray], np.n
     if not windows_:
         raise InputError("no window of at least 2 tokens to evaluate")
     nll, count, predictions = 0.0, 0, []
-    bar = tqdm(windows_, desc=desc, unit="window", disable=len(windows_) < 8 or None, leave=False)
-    for ids in bar:
-        part, pred = log_likelihood(window_logits(ids)[:-1], ids[1:])
-        nll += part
-        count += len(ids) - 1
-        predictions.append(pred)
+    with tqdm(total=sum(len(w) for w in windows_), desc=desc, unit="tok", leave=False, disable=None) as bar:
+        for ids in windows_:  # the bar shows on a terminal only
+            part, pred = log_likelihood(window_logits(ids)[:-1], ids[1:])
+            nll += part
+            count += len(ids) - 1
+            predictions.append(pred)
+            bar.update(len(ids))
     return nll, count, np.concatenate(predictions)
 
 
 def evaluate(model: Model, windows_: list[np.ndarray]) -> Evaluation:
-    """Run every window through a fresh sequence of `model`; count the experts its tokens chose."""
+    """Run every window through a fresh sequence of `model`; count the experts its tokens chose, replay their
+    routing through LRU expert caches and score the next-layer guesses (`locality`)."""
     routing = RoutingTrace()
     session = model.session(probe=routing)
     spec = model.spec
     usage = np.zeros((spec.n_layers, spec.routing.n_experts), dtype=np.int64) if spec.is_moe else None
+    routes: list[dict[int, np.ndarray]] = []
+    guesses: list[dict[int, np.ndarray]] = []
 
     def window_logits(ids: np.ndarray) -> np.ndarray:
         session.reset()
         routing.trace.clear()
+        routing.guesses = {}
         logits = session.prefill(ids)
         if usage is not None:
             for layer, chosen in routing.trace:
                 usage[layer] += np.bincount(chosen.reshape(-1), minlength=usage.shape[1])
+            routes.append(dict(routing.trace))
+            guesses.append(routing.guesses)
         return logits
 
     nll, count, predictions = score(windows_, window_logits, desc="eval bundle")
-    return Evaluation(nll, count, predictions, usage)
+    if usage is None:
+        return Evaluation(nll, count, predictions)
+    hit_rates = {f: lru_hit_rate(routes, spec.routing.n_experts, f) for f in CACHED_FRACTIONS}
+    return Evaluation(nll, count, predictions, usage, hit_rates, guess_recall(routes, guesses))
 
 
 def balance(usage: np.ndarray) -> np.ndarray:

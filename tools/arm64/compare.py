@@ -70,12 +70,12 @@ def moedge(*args: str) -> subprocess.CompletedProcess:
 def generate(tally: Tally, bundle: Path, prompt: str, new_tokens: int, x86_text: str) -> None:
     """`moedge run` greedy: it must generate; the text is compared with x86's for information (a near tie
     between two tokens may pick the other one without any logit being off)."""
-    result = moedge("run", str(bundle), "--prompt", prompt, "-n", str(new_tokens))
-    ok = result.returncode == 0 and f"{new_tokens} tokens" in result.stdout
-    same = result.stdout.startswith(prompt + x86_text)
-    last = result.stdout.strip().splitlines()[-2:] if ok else result.stderr.strip().splitlines()[-1:]
+    result = moedge("run", str(bundle), "--prompt", prompt, "-n", str(new_tokens))  # text on stdout, stats on stderr
+    ok = result.returncode == 0 and f"{new_tokens} tokens" in result.stderr
+    same = result.stdout.startswith(x86_text)
+    last = result.stderr.strip().splitlines()[-2:] if ok else result.stderr.strip().splitlines()[-1:]
     tally.check(ok, f"{bundle.stem:14s} moedge run: {' / '.join(last)}; text {'equals' if same else 'differs from'} "
-                f"x86's: {result.stdout[len(prompt):].splitlines()[0] if ok else ''!r}")
+                f"x86's: {(result.stdout.splitlines() or [''])[0]!r}")
 
 
 def bench(tally: Tally, bundle: Path) -> None:
