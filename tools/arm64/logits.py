@@ -9,10 +9,6 @@ numba: 8 tokens send every expert fewer than 16 (`kernels.expert_tokens`), 96 to
 or more (192 slots over 8 experts: `kernels.dequantize` and BLAS); decode steps after the 96 read the
 cache that prompt wrote. The quantization schemes (int8 per channel and per group, int4, mixed, float
 experts, float dense linears) each compile their own specialisation, so each bundle runs its own code.
-
-onnxruntime's int8 dense linears (MatMulNBits) quantize activations to int8 in prompts, and its x86 and
-aarch64 kernels round them differently: what passes through them (`through_int8_activations`) is held to
-ORT_INT8_TOLERANCE, a sixth of what the tests allow int8-activation prefill against the float model (3e-2).
 """
 
 from __future__ import annotations
@@ -26,7 +22,6 @@ from moedge.runtime import Model, kernels
 SHORT_PROMPT, LONG_PROMPT, DECODE_STEPS = 8, 96, 8
 THREADS = (1, 2)
 TOLERANCE = 1e-4  # of the reference's logit range
-ORT_INT8_TOLERANCE = 5e-3
 
 
 def force_parallel(model: Model) -> None:
@@ -56,11 +51,6 @@ def trace(bundle: str | Path, threads: int) -> dict[str, np.ndarray]:
     out[f"{threads}t_decode_after_prefill"] = steps(session)
     return out
 
-
-def through_int8_activations(dense_linears: str, key: str) -> bool:
-    """Whether the logits `key` passed through onnxruntime's int8-activation MatMulNBits (a prompt, or decode
-    steps reading the cache a prompt wrote, of a bundle with int8 dense linears)."""
-    return dense_linears == "int8" and "prefill" in key
 
 
 def worst_error(got: np.ndarray, want: np.ndarray) -> float:
