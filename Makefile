@@ -7,7 +7,7 @@ BUILD := build
 PROMPT ?= def __init__(self
 TOKENS ?= 48
 
-.PHONY: setup peers demo test lint clean
+.PHONY: setup peers demo test lint clean check-arm64
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -26,10 +26,17 @@ demo: setup
 	$(BIN)/moedge run $(BUILD)/default.moedge --prompt "$(PROMPT)" -n $(TOKENS) --temperature 0.7 --top-k 40 --seed 0
 
 lint: setup
-	$(BIN)/ruff check exporter runtime quant cli server tests samples benchmarks
+	$(BIN)/ruff check exporter runtime quant cli server tests samples benchmarks tools
 
 test: lint
 	$(BIN)/pytest -q
+
+# The runtime on aarch64 against this machine: a Debian arm64 root under qemu-user (built once, ~6 min, kept in
+# ~/.cache/moedge/arm64-root), the runtime pip-installed there without torch or onnx, the logits of every
+# quantization scheme compared with x86's and tokens generated through the CLI. Needs root, debootstrap and
+# qemu-user-static; slow (numba compiles under emulation), so not part of `test`.
+check-arm64: setup
+	PYTHON=$(BIN)/python tools/arm64/check.sh
 
 clean:
 	rm -rf $(BUILD) $(VENV)

@@ -204,8 +204,9 @@ def inspect(bundle: str, verify: bool = False) -> None:
 
 def bench(bundle: str, threads: list[int], prompt_tokens: int = 128, new_tokens: int = 64, repeat: int = 3,
           seed: int = 0, json_path: str | None = None, plot: str | None = None, peers: list[str] | None = None,
-          cold: bool = True, memory_limit: int | None = None) -> None:
-    """Benchmark a bundle: decode latency vs the memory-bandwidth roofline, prefill, cold start, memory."""
+          cold: bool = True, memory_limit: int | None = None, estimate: str | None = None) -> None:
+    """Benchmark a bundle: decode latency vs the memory-bandwidth roofline, prefill, cold start, memory;
+    with `estimate`, also the estimated latency on that board (or all) from the ratio to roofline measured here."""
     import json
 
     if plot:
@@ -223,6 +224,12 @@ def bench(bundle: str, threads: list[int], prompt_tokens: int = 128, new_tokens:
         report["peers"] = measure_peers(bundle, threads, prompt_tokens=prompt_tokens, new_tokens=new_tokens,
                                         seed=seed, ours=report, names=peers or None)
     print(format_report(report))
+    if estimate:
+        from moedge.runtime.tools.estimate import boards, format_estimates
+
+        first = report["results"][0]
+        print(format_estimates(report["bytes_per_decode_step"]["total"], first["ratio_to_roofline"],
+                               f"{first['threads']} thread(s), measured just now", boards(estimate)))
     if json_path:
         with open(json_path, "w") as f:
             json.dump(report, f, indent=1)

@@ -8,6 +8,7 @@ import sys
 
 from moedge.runtime.errors import MoedgeError
 from moedge.runtime.tools.bench import PEERS, WARMUP_TOKENS
+from moedge.runtime.tools.estimate import BOARDS
 
 from . import commands
 from .options import integer, number, output_file, size, token_ids
@@ -131,6 +132,9 @@ def _parser() -> argparse.ArgumentParser:
                    help=f"also measure these peers on the same weights ({', '.join(PEERS)}; none named: all)")
     p.add_argument("--no-cold-start", dest="cold", action="store_false",
                    help="skip the fresh-process time-to-first-token runs")
+    p.add_argument("--estimate", choices=[*BOARDS, "all"], default=None, metavar="BOARD",
+                   help=f"also estimate decode latency on a board we do not have ({', '.join(BOARDS)} or all): its "
+                        "roofline, times the ratio to roofline measured here at the first --threads count")
 
     p = sub.add_parser("inspect", help="show a bundle's spec, sizes and quantization error",
                        description=commands.inspect.__doc__)

@@ -32,6 +32,15 @@ from .verify import check_expert
 # Reclaim the pages, not only unmap them: unmapped but cached pages would be mapped back by the
 # kernel's fault-around when a neighbouring expert faults. Linux 5.4+; Python 3.11 lacks the name.
 MADV_PAGEOUT = getattr(mmap, "MADV_PAGEOUT", 21)
+# Spans are aligned to the format's 4 KiB; the kernel's pages may be larger (16 KiB on a Raspberry Pi 5 or
+# Apple silicon, 64 KiB on some arm64 kernels), and madvise refuses a start inside a page (EINVAL).
+PAGE_SIZE = mmap.PAGESIZE
+
+
+def whole_pages(start: int, length: int, page: int) -> tuple[int, int]:
+    """(start, length) of the byte range widened to start on a page boundary (madvise rounds the end up)."""
+    first = start - start % page
+    return first, start + length - first
 
 
 @njit(cache=True)
@@ -202,7 +211,8 @@ class ExpertStore:
             self._hold_budget()
 
     def _read(self, layer: int, e: int) -> None:
-        self._map.madvise(mmap.MADV_WILLNEED, int(self.offsets[layer, e]), int(self.spans[layer, e]))
+        self._map.madvise(mmap.MADV_WILLNEED, *whole_pages(int(self.offsets[layer, e]), int(self.spans[layer, e]),
+                                                           PAGE_SIZE))
 
     def _hold_budget(self) -> None:
         """Release the least recently used experts while the mapped ones exceed the budget."""
@@ -211,7 +221,7 @@ class ExpertStore:
         for flat in _least_recently_used(self.mapped.reshape(-1), self.last_use.reshape(-1),
                                          self.spans.reshape(-1), self.budget_bytes):
             start, size = int(self.offsets.flat[flat]), int(self.spans.flat[flat])
-            self._map.madvise(MADV_PAGEOUT, start, size)  # the pages this mapping holds
+            self._map.madvise(MADV_PAGEOUT, *whole_pages(start, size, PAGE_SIZE))  # the pages this mapping holds
             if self._fd is not None:  # and those read ahead but never used, which only the page cache holds
                 os.posix_fadvise(self._fd, start, size, os.POSIX_FADV_DONTNEED)
             self.releases += 1

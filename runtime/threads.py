@@ -29,4 +29,10 @@ def use_threads(threads: int) -> None:
         for name, value in SPIN_BEFORE_SLEEP.items():
             os.environ.setdefault(name, value)
         numba.config.THREADING_LAYER = "omp"
-    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    try:
+        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    except ValueError:  # no OpenMP layer: its library is the system's libgomp (absent from minimal installs)
+        if "NUMBA_THREADING_LAYER" in os.environ:
+            raise
+        numba.config.THREADING_LAYER = "workqueue"  # numba's own, always there
+        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))

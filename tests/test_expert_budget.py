@@ -34,3 +34,36 @@ def test_budget_below_one_layer_is_refused(exported):
     case = exported("budget", tiny_moe_spec(expert_intermediate_size=256))
     with pytest.raises(InputError, match="expert budget"):
         Model.load(case.bundle, expert_budget=1)
+
+
+class _Recorder:
+    """Stands in for the store's mapping: records each madvise, then makes it on the real mapping."""
+
+    def __init__(self, real):
+        self.real, self.calls = real, []
+
+    def madvise(self, advice, start, length):
+        self.calls.append((advice, start, length))
+        self.real.madvise(advice, start, length)
+
+
+def test_madvise_starts_on_a_page_whatever_the_page_size(exported, monkeypatch):
+    """A kernel with 16 KiB pages (a Raspberry Pi 5's, Apple silicon) refuses madvise at an expert's 4 KiB
+    boundary (EINVAL, which ended every MoE run there): each prefetch and release covers the expert's span
+    widened to whole pages of the machine's size."""
+    from moedge.runtime import expert_store
+
+    monkeypatch.setattr(expert_store, "PAGE_SIZE", 4 * PAGE)
+    case = exported("budget", tiny_moe_spec(expert_intermediate_size=256))
+    model = Model.load(case.bundle, threads=1, expert_budget=3 * int(Model.load(case.bundle).experts.spans.max()))
+    store = model.experts
+    recorder = store._map = _Recorder(store._map)
+    session = model.session()
+    for token in [3, 14, 15, 92, 65, 35, 89, 79]:
+        session.decode(token)
+    assert store.releases > 0 and len(recorder.calls) > store.releases
+    assert any(offset % (4 * PAGE) for offset in store.offsets[store.touched])  # some needed widening
+    assert all(start % (4 * PAGE) == 0 for _, start, _ in recorder.calls)
+    covered = {(start, start + length) for _, start, length in recorder.calls}
+    for offset, span in zip(store.offsets[store.touched], store.spans[store.touched], strict=True):
+        assert any(lo <= offset and offset + span <= hi for lo, hi in covered)

@@ -67,3 +67,15 @@ def test_runtime_only_install_names_the_missing_extra(exported, tmp_path, args, 
                             cwd=tmp_path)
     assert result.returncode == 2 and extra in result.stderr, result.stderr
     assert len([line for line in result.stderr.splitlines() if line.strip()]) == 1
+
+
+def test_the_runtime_install_requires_nothing_of_the_exporter():
+    """`pip install moedge` (what a Raspberry Pi runs; `make check-arm64` does it on aarch64) brings the runtime's
+    dependencies and none of the exporter's: those come only with an extra."""
+    import re
+    from importlib.metadata import requires
+
+    always = [r for r in requires("moedge") if "extra ==" not in r]
+    names = {re.split(r"[<>=!~;\[ ]", r, maxsplit=1)[0].lower() for r in always}
+    assert names >= {"numpy", "onnxruntime", "numba", "tokenizers"}
+    assert not names & {"torch", "onnx", "transformers", "safetensors", "matplotlib", "gguf"}, names

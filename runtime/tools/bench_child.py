@@ -12,6 +12,7 @@ experts file's resident bytes (mincore).
 
 import argparse
 import json
+import mmap
 import time
 
 import numpy as np
@@ -67,7 +68,7 @@ def main(bundle: str, threads: int, prompt_tokens: int, seed: int, spawned_at: f
     guessed = store.guesses_routed - guessed_before if store else 0
     recall = (store.guesses_right - right_before) / guessed if guessed else None
     peak = _status_bytes("VmHWM")  # not ru_maxrss: that one starts from the parent's size at fork
-    resident = int(resident_pages(store.address, store.size).sum()) * 4096 if store else 0
+    resident = int(resident_pages(store.address, store.size).sum()) * mmap.PAGESIZE if store else 0
     dense = (model.root / model.manifest.dense_file).stat().st_size
     return {"startup_s": imported - spawned_at, "load_s": loaded - imported,
             "prefill_s": prefilled - loaded, "first_decode_s": first - prefilled,

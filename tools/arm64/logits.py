@@ -1,0 +1,60 @@
+"""The logits `make check-arm64` compares between machines: two prefills and teacher-forced decode steps of
+one bundle, on one thread and on two threads with every parallel kernel forced, computed the same way on
+x86 (the reference) and on aarch64.
+
+Which kernels run: decode steps from an empty cache are numba alone (`dense_decode.decode_layer`,
+`kernels.moe_decode`, the head's `kernels.norm_linear`; with two threads `kernels.moe_decode_parallel`
+and `dense_decode._rows4_parallel`). Prompts run the layer graphs in onnxruntime, and their experts in
+numba: 8 tokens send every expert fewer than 16 (`kernels.expert_tokens`), 96 tokens give some expert 24
+or more (192 slots over 8 experts: `kernels.dequantize` and BLAS); decode steps after the 96 read the
+cache that prompt wrote. The quantization schemes (int8 per channel and per group, int4, mixed, float
+experts, float dense linears) each compile their own specialisation, so each bundle runs its own code.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from moedge.runtime import Model, kernels
+
+SHORT_PROMPT, LONG_PROMPT, DECODE_STEPS = 8, 96, 8
+THREADS = (1, 2)
+TOLERANCE = 1e-4  # of the reference's logit range
+
+
+def force_parallel(model: Model) -> None:
+    """Take the parallel paths a bigger model takes (dense GEMVs over threads, a layer's experts one per thread)."""
+    layers = model.weights.decode_layers
+    layers.configs = [c._replace(parallel_min=1) for c in layers.configs]
+    for layer in model.weights.moe.values():
+        layer.decode_kernel = kernels.moe_decode_parallel
+
+
+def trace(bundle: str | Path, threads: int) -> dict[str, np.ndarray]:
+    """Logits [tokens, V] of decode steps from an empty cache, a short prefill, a long one and decode steps
+    after it."""
+    model = Model.load(bundle, threads=threads)
+    if threads > 1:
+        force_parallel(model)
+    rng = np.random.default_rng(0)
+    vocab = model.spec.vocab_size
+
+    def steps(session):
+        return np.stack([session.decode(int(t)) for t in rng.integers(0, vocab, DECODE_STEPS)])
+
+    out = {f"{threads}t_decode": steps(model.session()),
+           f"{threads}t_prefill{SHORT_PROMPT}": model.session().prefill(rng.integers(0, vocab, SHORT_PROMPT))}
+    session = model.session()
+    out[f"{threads}t_prefill{LONG_PROMPT}"] = session.prefill(rng.integers(0, vocab, LONG_PROMPT))
+    out[f"{threads}t_decode_after_prefill"] = steps(session)
+    return out
+
+
+
+def worst_error(got: np.ndarray, want: np.ndarray) -> float:
+    """max |got - want| as a share of want's range (max - min); inf when a shape differs or a value is not finite."""
+    if got.shape != want.shape or not np.isfinite(got).all():
+        return float("inf")
+    return float(np.abs(got - want).max() / (want.max() - want.min()))
