@@ -4,7 +4,7 @@
         dense part (attention over the KV cache, norms, dense FFN or shared expert + router logits; one
         token in numba, a prompt in the layer's onnxruntime graph) → the new k/v rows into the cache
         → MoE layers: route on the CPU, add the selected experts' weighted sum (numba, from the mmap);
-          with an expert budget, guess the next MoE layer's experts and start reading them
+          when reading ahead, guess the next MoE layer's experts and start reading them
     → head (final norm + logits, numba) → refuse non-finite logits → commit the cache rows
 
 A `Probe` watches a step without changing it: `moedge bench` times the parts, `moedge eval`

@@ -83,7 +83,7 @@ class Model:
 
     @classmethod
     def load(cls, path: str | os.PathLike, threads: int | None = None, expert_budget: int | None = None,
-             verify: bool = True, decode: str = "numba", read_ahead: bool = True,
+             verify: bool = True, decode: str = "numba", read_ahead: bool = False,
              expert_activations: str = "int8") -> Model:
         """Validate and open the bundle at `path` with `threads` threads (default: the CPU count, or one for a
         model whose decode step reads under 16 MB, which fork/joins would only slow down).
@@ -96,9 +96,10 @@ class Model:
         `decode` runs one-token steps' dense parts in "numba" (fast) or in the layer graphs ("onnx", the
         reference; prompts always run in the graphs). `read_ahead`: under an expert budget that holds two
         layers' experts, guess each next MoE layer's experts from the current hidden state and start reading
-        them early (`runtime/prefetch.py`). `expert_activations` "int8" quantizes the inputs of int8
-        and int4 experts to int8 blocks of 32 (fast integer kernels), "float" keeps them float32 (a float model
-        with the dequantized weights up to rounding: the exact reference). numba has one thread pool per
+        them early (`runtime/prefetch.py`; off by default: on a disk-bound run it read more than it hid).
+        `expert_activations` "int8" quantizes the inputs of int8 and int4 experts to int8 blocks of 32 (fast
+        integer kernels), "float" keeps them float32 (a float model with the dequantized weights up to
+        rounding: the exact reference). numba has one thread pool per
         process: loading sets it up (see `threads.use_threads`).
         """
         if not isinstance(path, (str, os.PathLike)):

@@ -34,7 +34,7 @@ class Weights:
     `tokenizer` (or None)."""
 
     def __init__(self, bundle: BundleDir, manifest: Manifest, threads: int, expert_budget: int | None = None,
-                 verify: bool = True, decode: str = "numba", read_ahead: bool = True,
+                 verify: bool = True, decode: str = "numba", read_ahead: bool = False,
                  expert_activations: str = "int8"):
         self.root = bundle.path
         self.manifest = manifest

@@ -33,7 +33,7 @@ def test_guess_is_the_next_layers_routing_of_the_state_it_sees(exported):
 
 def test_read_ahead_keeps_logits_and_the_budget(exported):
     case = exported("read_ahead", SPEC)
-    free = Model.load(case.bundle, threads=1)
+    free = Model.load(case.bundle, threads=1, read_ahead=True)
     session = free.session()
     reference = [session.decode(t) for t in TOKENS]
     span = int(free.experts.spans.max())
@@ -64,7 +64,9 @@ def test_read_ahead_keeps_logits_and_the_budget(exported):
 def test_no_read_ahead_when_the_budget_holds_one_layer_only(exported):
     case = exported("read_ahead", SPEC)
     span = int(Model.load(case.bundle, threads=1).experts.spans.max())
-    assert not Model.load(case.bundle, threads=1, expert_budget=3 * span).weights.reading_ahead
+    assert not Model.load(case.bundle, threads=1, expert_budget=3 * span, read_ahead=True).weights.reading_ahead
+    assert Model.load(case.bundle, threads=1, expert_budget=4 * span, read_ahead=True).weights.reading_ahead
+    assert not Model.load(case.bundle, threads=1, expert_budget=4 * span).weights.reading_ahead  # off by default
 
 
 def test_a_probe_sees_guesses_of_prompts_without_reading_ahead(exported):

@@ -1,7 +1,7 @@
 """One fresh-process run for `moedge bench`: time to first token and memory, printed as JSON.
 
     python -m moedge.runtime.tools.bench_child BUNDLE --threads N --prompt-tokens P --seed S --spawned-at T
-        [--decode-tokens D] [--no-read-ahead]
+        [--decode-tokens D] [--read-ahead]
 
 Measures python start with imports, load, prefill and the first decode, then decodes a seeded random stream
 (D tokens, 32 by default) and reports its median latency, the bytes read from storage per decoded token
@@ -40,7 +40,7 @@ def _status_bytes(field: str) -> int:
 
 
 def main(bundle: str, threads: int, prompt_tokens: int, seed: int, spawned_at: float,
-         decode_tokens: int = DECODE_TOKENS, read_ahead: bool = True) -> dict:
+         decode_tokens: int = DECODE_TOKENS, read_ahead: bool = False) -> dict:
     imported = time.time()
     rss_before = _status_bytes("VmRSS")
     available = available_memory()  # what Model.load sees when it decides on an expert budget
@@ -90,5 +90,5 @@ if __name__ == "__main__":
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--spawned-at", type=float, required=True)
     parser.add_argument("--decode-tokens", type=int, default=DECODE_TOKENS)
-    parser.add_argument("--no-read-ahead", dest="read_ahead", action="store_false")
+    parser.add_argument("--read-ahead", action="store_true")
     print(json.dumps(main(**vars(parser.parse_args()))))

@@ -48,7 +48,7 @@ def format_report(report: dict) -> str:
     if cap:
         lines.append(f"  under a {cap['limit_bytes'] / 2**20:.0f} MiB memory cgroup (page cache of the bundle dropped "
                      "first; fresh processes, first thread count):")
-        for label in ("uncapped", "capped", "capped_no_read_ahead"):
+        for label in ("uncapped", "capped", "capped_read_ahead"):
             run = cap.get(label)
             if run is None:
                 continue

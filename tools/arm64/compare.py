@@ -50,12 +50,13 @@ def installed(tally: Tally) -> None:
 
 
 def logits(tally: Tally, bundle: Path, reference: np.lib.npyio.NpzFile) -> None:
-    """Every `logits.trace` array within TOLERANCE of the reference's range."""
-    for threads in THREADS:
-        for key, got in trace(bundle, threads).items():
-            error = worst_error(got, reference[f"{bundle.stem}/{key}"])
-            tally.check(error <= TOLERANCE, f"{bundle.stem:14s} {key:24s} max |arm64 - x86| = {error:.1e} of the "
-                        f"logit range (tolerance {TOLERANCE:.0e})")
+    """Every `logits.trace` array within its activations' TOLERANCE of the reference's range."""
+    for activations, tolerance in TOLERANCE.items():
+        for threads in THREADS:
+            for key, got in trace(bundle, threads, activations).items():
+                error = worst_error(got, reference[f"{bundle.stem}/{key}"])
+                tally.check(error <= tolerance, f"{bundle.stem:14s} {key:30s} max |arm64 - x86| = {error:.1e} of "
+                            f"the logit range (tolerance {tolerance:.0e})")
 
 
 def moedge(*args: str) -> subprocess.CompletedProcess:

@@ -20,7 +20,7 @@ from moedge.exporter import export
 from moedge.runtime import Model
 
 sys.path.insert(0, str(Path(__file__).parent))
-from logits import THREADS, trace  # noqa: E402
+from logits import THREADS, TOLERANCE, trace  # noqa: E402
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples"
 PROMPT, NEW_TOKENS = "def __init__(self", 16
@@ -45,8 +45,9 @@ def main() -> None:
         bundle = out / f"{name}.moedge"
         print(f"x86: exporting {name} ({options or 'defaults'}) and computing its reference logits", flush=True)
         export(SAMPLES / sample, bundle, force=True, show_progress=False, **options)
-        for threads in THREADS:
-            logits.update({f"{name}/{key}": value for key, value in trace(bundle, threads).items()})
+        for activations in TOLERANCE:
+            for threads in THREADS:
+                logits.update({f"{name}/{key}": value for key, value in trace(bundle, threads, activations).items()})
         tokens = Model.load(bundle, threads=1).generate(PROMPT, max_new_tokens=NEW_TOKENS)
         texts[name] = "".join(token.text for token in tokens)
     np.savez(out / "reference.npz", **logits)
