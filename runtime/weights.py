@@ -73,8 +73,10 @@ class Weights:
         experts of the MoE layer after `layer`, and start reading those that are not mapped. A prompt routes
         to most experts anyway: its guesses are only shown to the probe."""
         reading = self.reading_ahead and hidden.shape[0] == 1
+        if not (reading or probe.watches_guesses):  # the usual step: nothing to do
+            return
         target = self.predictor.target(layer)
-        if target is None or not (reading or probe.watches_guesses):
+        if target is None:
             return
         ids = self.predictor.guess(layer, hidden)
         probe.guessed(target, ids)
