@@ -94,6 +94,11 @@ def run(bundle: str, prompt: str | None = None, file: str | None = None, ids: li
 
     if chat and ids is not None:
         raise InputError("--chat takes a text prompt, not --ids")
+    unused = [flag for flag, given in (("--top-k", top_k != 0), ("--top-p", top_p != 1.0), ("--seed", seed is not None))
+              if given]
+    if temperature == 0.0 and unused and not quiet:
+        print(f"moedge: warning: {', '.join(unused)} have no effect at --temperature 0 (greedy decoding)",
+              file=sys.stderr)
     stops = StopStrings(stop or ())
     text = _read_prompt(prompt, file)
     t0 = time.perf_counter()

@@ -92,6 +92,16 @@ def test_token_ids_in_and_out_without_a_tokenizer(exported):
     assert too_long.returncode == 2 and too_long.stderr.startswith("moedge: error: -n 94: the prompt's 3 tokens")
 
 
+def test_sampling_flags_at_temperature_zero_are_named_as_unused(exported):
+    from helpers import tiny_moe_spec
+
+    bundle = exported("cli-compile", tiny_moe_spec()).bundle
+    greedy = moedge("run", bundle, "--ids", "5,7", "-n", "2", "--top-k", "5", "--seed", "3")
+    assert "moedge: warning: --top-k, --seed have no effect at --temperature 0 (greedy decoding)" in greedy.stderr
+    sampled = moedge("run", bundle, "--ids", "5,7", "-n", "2", "--top-k", "5", "--temperature", "0.7")
+    assert "warning" not in sampled.stderr
+
+
 def test_an_error_never_shares_a_line_with_the_text(exported, capsys, monkeypatch):
     """A failure mid-generation: the streamed text's line is ended before the one-line error."""
     from helpers import tiny_moe_spec
