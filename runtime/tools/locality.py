@@ -21,7 +21,8 @@ def lru_hit_rate(routes: list[dict[int, np.ndarray]], n_experts: int, fraction: 
     caches: dict[int, OrderedDict] = {}
     hits = total = 0
     for window in routes:
-        for t in range(len(next(iter(window.values()))) if window else 0):
+        tokens = len(next(iter(window.values()))) if window else 0  # every layer routed the same tokens
+        for t in range(tokens):
             for layer, ids in window.items():
                 cache = caches.setdefault(layer, OrderedDict())
                 capacity = max(ids.shape[1], round(fraction * n_experts))
