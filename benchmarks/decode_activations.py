@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/decode_activations.py BUNDLE... [--threads 1] [--rounds 3] [--tokens 48]
 
-Every bundle is loaded twice (`Model.load(expert_activations="float")` and the default "int8"); the
+Every bundle is loaded twice (`Model.load(activations="float")` and the default "int8"); the
 models decode the same seeded random tokens in turn, `rounds` times, after a 16-token prompt and 8 warm-up
 steps; medians are printed. Interleaving keeps a shared machine's noise out of the comparison.
 """
@@ -26,7 +26,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--tokens", type=int, default=48)
     args = parser.parse_args()
-    models = {(b, a): Model.load(b, threads=args.threads, expert_activations=a) for b in args.bundles
+    models = {(b, a): Model.load(b, threads=args.threads, activations=a) for b in args.bundles
               for a in ACTIVATIONS}
     vocab = min(m.spec.vocab_size for m in models.values())
     tokens = np.random.default_rng(0).integers(0, vocab, 24 + args.tokens).tolist()

@@ -14,14 +14,16 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, types
+from numba.extending import overload
 
 from ..quant import UNSIGNED_ZERO
 from . import numba_cache  # noqa: F401  (first: it says where the kernels' cache lives)
 from .bundle import Manifest
 from .graphs import LayerOutputs
 from .head import tensor_view
-from .kernels import dot_row, dot_rows4
+from .kernel_codes import BLOCK, KERNEL_OPTIONS, activations
+from .kernels import INT8_ACTIVATIONS, dot_row, dot_rows4
 from .kv_cache import KVCache
 from .rope import rope_angles
 from .spec import ModelSpec
@@ -143,56 +145,80 @@ def _rmsnorm(x, weight, eps, out):
 
 
 @njit(cache=True, error_model="numpy", fastmath=True, parallel=True)
-def _rows4_parallel(w, scale, x2, out, q):
+def _rows4_parallel(w, scale, xa, out, q):
     """The four-row passes of `_apply` spread over the threads (one fork/join)."""
     for r in prange(q):
-        out[r], out[r + q], out[r + 2 * q], out[r + 3 * q] = dot_rows4(w, scale, x2, r, r + q, r + 2 * q, r + 3 * q)
+        out[r], out[r + q], out[r + 2 * q], out[r + 3 * q] = dot_rows4(w, scale, xa, r, r + q, r + 2 * q, r + 3 * q)
 
 
-@njit(cache=True, error_model="numpy", fastmath=True)
-def _apply(lin, x, out, parallel_min):
-    """out[out] = W x (+ b) for x [in], four rows a page apart per pass (`kernels.dot_rows4`); a matrix of
-    `parallel_min` weights or more is split over the threads."""
-    w, scale, bias = lin.w, lin.scale, lin.bias
-    rows, groups, group = w.shape
-    x2 = x.reshape(groups, group)
-    q = rows // 4
-    if rows * groups * group >= parallel_min:
-        _rows4_parallel(w, scale, x2, out, q)
-    else:
-        for r in range(q):
-            out[r], out[r + q], out[r + 2 * q], out[r + 3 * q] = dot_rows4(w, scale, x2, r, r + q, r + 2 * q,
-                                                                           r + 3 * q)
-    for r in range(4 * q, rows):
-        out[r] = dot_row(w, scale, x2, r)
-    zero = np.float32(lin.zero)
-    if zero != _0:  # codes are q + zero: Σ (code − zero)·x·s = Σ code·x·s − zero·Σ_g s·Σx
+def _subtract_zero(lin, xa, out):
+    """Codes stored q + zero, dotted with float activations x2: Σ (code − zero)·x·s = Σ code·x·s − zero·Σ_g s·Σx.
+    (Quantized activations: nothing to do, the integer dots take the zero off themselves.)"""
+
+
+@overload(_subtract_zero, jit_options=KERNEL_OPTIONS)
+def _subtract_zero_overload(lin, xa, out):
+    if isinstance(xa, types.BaseTuple):
+        return lambda lin, xa, out: None
+
+    def float_activations(lin, xa, out):
+        zero = np.float32(lin.zero)
+        if zero == _0:
+            return
+        groups, group = xa.shape
         shift = np.empty(groups, dtype=np.float32)
         for g in range(groups):
             total = _0
             for j in range(group):
-                total += x2[g, j]
+                total += xa[g, j]
             shift[g] = zero * total
-        for r in range(rows):
+        for r in range(out.shape[0]):
             acc = _0
             for g in range(groups):
-                acc += shift[g] * scale[r, g]
+                acc += shift[g] * lin.scale[r, g]
             out[r] -= acc
+    return float_activations
+
+
+@njit(cache=True, error_model="numpy", fastmath=True)
+def _apply(lin, xa, out, parallel_min):
+    """out[out] = W x (+ b) for x as the row dots take it (`kernel_codes.activations`: float32 [groups, group]
+    or int8 blocks), four rows a page apart per pass (`kernels.dot_rows4`); a matrix of `parallel_min`
+    weights or more is split over the threads."""
+    w, scale, bias = lin.w, lin.scale, lin.bias
+    rows, groups, group = w.shape
+    q = rows // 4
+    if rows * groups * group >= parallel_min:
+        _rows4_parallel(w, scale, xa, out, q)
+    else:
+        for r in range(q):
+            out[r], out[r + q], out[r + 2 * q], out[r + 3 * q] = dot_rows4(w, scale, xa, r, r + q, r + 2 * q,
+                                                                           r + 3 * q)
+    for r in range(4 * q, rows):
+        out[r] = dot_row(w, scale, xa, r)
+    _subtract_zero(lin, xa, out)
     if bias.shape[0]:
         for r in range(rows):
             out[r] += bias[r]
 
 
 @njit(cache=True, error_model="numpy", fastmath=True)
-def _swiglu(t, x, out, parallel_min):
+def _linear_of(lin, x, out, parallel_min, quantized):
+    """`_apply` to x [in] float32, its activations quantized first when `quantized` (see `_apply`)."""
+    _apply(lin, activations(x, lin.w.shape[2], quantized), out, parallel_min)
+
+
+@njit(cache=True, error_model="numpy", fastmath=True)
+def _swiglu(t, x, out, parallel_min, quantized):
     inner = t.gate.w.shape[0]
     g = np.empty(inner, dtype=np.float32)
     u = np.empty(inner, dtype=np.float32)
-    _apply(t.gate, x, g, parallel_min)
-    _apply(t.up, x, u, parallel_min)
+    xa = activations(x, t.gate.w.shape[2], quantized)  # once for gate and up
+    _apply(t.gate, xa, g, parallel_min)
+    _apply(t.up, xa, u, parallel_min)
     for r in range(inner):
         g[r] = g[r] / (_1 + np.exp(-g[r])) * u[r]
-    _apply(t.down, g, out, parallel_min)
+    _linear_of(t.down, g, out, parallel_min, quantized)
 
 
 @njit(cache=True, error_model="numpy", fastmath=True)
@@ -245,19 +271,21 @@ def _attend(q, k_cache, v_cache, length, cfg, out):
 
 
 @njit(cache=True, error_model="numpy", fastmath=True)
-def decode_layer(x, t, cfg, k_cache, v_cache, pos, cos, sin, hidden_out, ffn_in, router_logits):
+def decode_layer(x, t, cfg, k_cache, v_cache, pos, cos, sin, hidden_out, ffn_in, router_logits, quantized):
     """One layer's dense part for one token x [D] at position `pos`: writes the new k/v rows into the
     cache [S, K, Hd] at `pos`, `hidden_out` [D] (attention and dense FFN or shared expert added),
-    and for an MoE layer `ffn_in` [D] and `router_logits` [E]."""
+    and for an MoE layer `ffn_in` [D] and `router_logits` [E]. `quantized` (None or True, int8 linears only):
+    the linears' inputs quantized to int8 blocks of 32, as the experts' are (`kernels.INT8_ACTIVATIONS`)."""
     d, hd, heads, kvh = x.shape[0], cfg.head_dim, cfg.n_heads, cfg.n_kv_heads
     rm = np.float32(cfg.residual)
     xn = np.empty(d, dtype=np.float32)
     _rmsnorm(x, t.attn_norm, cfg.eps, xn)
     q = np.empty(heads * hd, dtype=np.float32)
     k = np.empty(kvh * hd, dtype=np.float32)
-    _apply(t.wq, xn, q, cfg.parallel_min)
-    _apply(t.wk, xn, k, cfg.parallel_min)
-    _apply(t.wv, xn, v_cache[pos].reshape(kvh * hd), cfg.parallel_min)
+    xa = activations(xn, t.wq.w.shape[2], quantized)  # once for q, k and v
+    _apply(t.wq, xa, q, cfg.parallel_min)
+    _apply(t.wk, xa, k, cfg.parallel_min)
+    _apply(t.wv, xa, v_cache[pos].reshape(kvh * hd), cfg.parallel_min)
     if cfg.qk_norm == 2:
         _rmsnorm(q.copy(), t.q_norm, cfg.eps, q)
         _rmsnorm(k.copy(), t.k_norm, cfg.eps, k)
@@ -274,17 +302,17 @@ def decode_layer(x, t, cfg, k_cache, v_cache, pos, cos, sin, hidden_out, ffn_in,
     attended = np.empty(heads * hd, dtype=np.float32)
     _attend(q, k_cache, v_cache, pos + 1, cfg, attended)
     branch = np.empty(d, dtype=np.float32)
-    _apply(t.wo, attended, branch, cfg.parallel_min)
+    _linear_of(t.wo, attended, branch, cfg.parallel_min, quantized)
     for j in range(d):
         hidden_out[j] = x[j] + branch[j] * rm
     _rmsnorm(hidden_out, t.ffn_norm, cfg.eps, ffn_in)
     if cfg.moe:
-        _apply(t.router, ffn_in, router_logits, cfg.parallel_min)
+        _linear_of(t.router, ffn_in, router_logits, cfg.parallel_min, None)  # float32 router
     if not cfg.moe or cfg.shared:
-        _swiglu(t, ffn_in, branch, cfg.parallel_min)
+        _swiglu(t, ffn_in, branch, cfg.parallel_min, quantized)
         if cfg.shared_gate:
             gate = np.empty(1, dtype=np.float32)
-            _apply(t.shared_gate, ffn_in, gate, cfg.parallel_min)
+            _linear_of(t.shared_gate, ffn_in, gate, cfg.parallel_min, None)
             s = _1 / (_1 + np.exp(-gate[0]))
             for j in range(d):
                 branch[j] *= s
@@ -293,13 +321,18 @@ def decode_layer(x, t, cfg, k_cache, v_cache, pos, cos, sin, hidden_out, ffn_in,
 
 
 class DecodeLayers:
-    """The dense part of every layer for one token, in numba (the decode path of `forward`)."""
+    """The dense part of every layer for one token, in numba (the decode path of `forward`).
 
-    def __init__(self, manifest: Manifest, dense: np.ndarray, threads: int = 1):
+    `activations` "int8" quantizes the int8 linears' inputs to int8 blocks of 32, as the experts' are (integer
+    dots at the memory bandwidth); "float" keeps them float32, like the layer graphs (float32 linears always do).
+    """
+
+    def __init__(self, manifest: Manifest, dense: np.ndarray, threads: int = 1, activations: str = "int8"):
         spec = self.spec = manifest.spec
         self.tensors = [layer_tensors(dense, manifest, i) for i in range(spec.n_layers)]
         self.configs = [layer_config(spec, i, threads) for i in range(spec.n_layers)]
         self.n_experts = spec.routing.n_experts if spec.routing else 0
+        self.quantized = INT8_ACTIVATIONS if activations == "int8" and _blocks_fit(self.tensors) else None
 
     def tables(self, start: int, count: int) -> tuple[np.ndarray, np.ndarray]:
         """cos and sin [Hd/2] of the token's position."""
@@ -313,5 +346,12 @@ class DecodeLayers:
         moe = self.configs[i].moe
         logits = np.empty((1, self.n_experts if moe else 0), np.float32)
         decode_layer(hidden[0], self.tensors[i], self.configs[i], cache.k[i], cache.v[i], cache.length, *tables,
-                     hidden_out[0], ffn_in[0], logits[0])
+                     hidden_out[0], ffn_in[0], logits[0], self.quantized)
         return LayerOutputs(hidden_out, ffn_in if moe else None, logits if moe else None)
+
+
+def _blocks_fit(tensors: list[LayerTensors]) -> bool:
+    """Whether every linear but the float32 router and shared-expert gate is int8 codes in groups of a multiple of
+    32 inputs, the blocks the integer dots take."""
+    linears = [lin for t in tensors for lin in (t.wq, t.wk, t.wv, t.wo, t.gate, t.up, t.down) if lin.w.shape[0]]
+    return all(lin.w.dtype == np.uint8 and lin.w.shape[2] % BLOCK == 0 for lin in linears)

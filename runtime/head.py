@@ -6,23 +6,29 @@ import numpy as np
 
 from . import kernels
 from .bundle import DTYPES, Manifest
+from .kernel_q8 import BLOCK
 
 
 class Head:
     """Logits from the residual stream, reading the head's weights from the mapped dense file."""
 
-    def __init__(self, manifest: Manifest, dense: np.ndarray):
+    def __init__(self, manifest: Manifest, dense: np.ndarray, activations: str = "int8"):
+        """`activations` "int8": an int8 head whose groups hold whole blocks of 32 takes the normalized hidden
+        state quantized to int8 blocks of 32 (`kernels.INT8_ACTIVATIONS`); "float" keeps it float32."""
         spec = manifest.spec
         self.eps = np.float32(spec.norm_eps)
         self.divisor = np.float32(spec.logits_divisor)
         self.norm, self.weight, self.scale = (tensor_view(dense, manifest, manifest.head[key])
                                               for key in ("norm", "weight", "scale"))
+        group = self.weight.shape[1] // self.scale.shape[1]
+        blocks = self.weight.dtype == np.int8 and group % BLOCK == 0
+        self.quantized = kernels.INT8_ACTIVATIONS if activations == "int8" and blocks else None
 
     def run(self, hidden: np.ndarray) -> np.ndarray:
         """logits [T, V] for hidden [T, D]."""
         out = np.empty((hidden.shape[0], self.weight.shape[0]), dtype=np.float32)
         kernels.norm_linear(np.ascontiguousarray(hidden, dtype=np.float32), self.norm, self.eps, self.weight,
-                            self.scale, out)
+                            self.scale, out, self.quantized)
         if self.divisor != 1.0:
             out /= self.divisor
         return out

@@ -81,6 +81,19 @@ def activations(x: np.ndarray, group: int, quantized: bool | None) -> np.ndarray
     return x.reshape(-1, group) if quantized is None else quantize_activations(x)
 
 
+def token_activations(x: np.ndarray, group: int, quantized: bool | None) -> np.ndarray | QuantizedActivations:
+    """`activations` of each row of x [T, n], for `token_row`: float32 [T, n / group, group], or the int8 blocks
+    of every row as four arrays [T, ...]."""
+    if quantized is None:
+        return x.reshape(x.shape[0], -1, group)
+    return tuple(np.stack(parts) for parts in zip(*(quantize_activations(row) for row in x), strict=True))
+
+
+def token_row(xs: np.ndarray | QuantizedActivations, t: int) -> np.ndarray | QuantizedActivations:
+    """Token t's activations out of `token_activations`."""
+    return xs[t] if isinstance(xs, np.ndarray) else tuple(part[t] for part in xs)
+
+
 def codes_view(flat: np.ndarray, rows: int, groups: int, group: int) -> np.ndarray:
     """A matrix's codes from its flat stored elements: int4 (uint8 experts) as blocks, else plain."""
     if flat.dtype == np.uint8:
@@ -123,6 +136,30 @@ def _activations(x, group, quantized):
     if isinstance(quantized, types.NoneType):
         return lambda x, group, quantized: x.reshape(x.shape[0] // group, group)
     return lambda x, group, quantized: quantize_activations(x)
+
+
+@overload(token_activations)
+def _token_activations(x, group, quantized):
+    if isinstance(quantized, types.NoneType):
+        return lambda x, group, quantized: x.reshape(x.shape[0], x.shape[1] // group, group)
+
+    def quantize_rows(x, group, quantized):
+        t_n, n = x.shape
+        codes = np.empty((t_n, n), dtype=np.int16)
+        mixed = np.empty((t_n, n // 2), dtype=np.int16)
+        scales = np.empty((t_n, n // BLOCK), dtype=np.float32)
+        shifts = np.empty((t_n, n // BLOCK), dtype=np.float32)
+        for t in range(t_n):
+            codes[t], mixed[t], scales[t], shifts[t] = quantize_activations(x[t])
+        return codes, mixed, scales, shifts
+    return quantize_rows
+
+
+@overload(token_row, inline="always")
+def _token_row(xs, t):
+    if isinstance(xs, types.BaseTuple):
+        return lambda xs, t: (xs[0][t], xs[1][t], xs[2][t], xs[3][t])
+    return lambda xs, t: xs[t]
 
 
 @overload(codes_view)

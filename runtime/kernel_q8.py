@@ -1,10 +1,11 @@
 """Four weight rows dotted with int8-quantized activations, in integer arithmetic, as portable LLVM IR.
 
-The activations come in blocks of 32 (`quant.activations`: codes in [-127, 127] held as int16, one
-float32 scale per block). A row's codes are int8 (32 bytes a block) or int4 nibbles (16 bytes a block,
-`kernel_codes`). Per block and row the codes are widened to 16-bit lanes, multiplied with the
-activations' codes and summed in adjacent pairs into eight 32-bit lanes, which are converted to float
-and added into eight float lanes with the block's two scales: no horizontal sum until the row ends
+The activations come in blocks of 32 (`quant.activations`: codes in [-127, 127] held as int16, one float32
+scale per block). A row's codes are int8 (32 bytes a block), uint8 holding int8 + 128 (the dense linears'
+MatMulNBits codes) or int4 nibbles (16 bytes a block, `kernel_codes`). Per block and row the codes are widened
+to 16-bit lanes, multiplied with the activations' codes and summed in adjacent pairs into eight 32-bit lanes,
+which are converted to float and added into eight float lanes with the block's two scales: no horizontal sum
+until the row ends
 (llama.cpp's `ggml_vec_dot_q4_0_q8_0` works the same way). An int4 block's 16 bytes b = lo + 16·hi are
 not split in two: 16·Σ(lo·x_j + hi·x_j+16) = Σ lo·(16·x_j − x_j+16) + Σ b·x_j+16, so one mask and the
 activations' `mixed` codes (16·x_j − x_j+16, made once per token) replace a shift per row and block.
@@ -63,14 +64,16 @@ def _hsum(builder: ir.IRBuilder, v: ir.Value) -> ir.Value:
     return builder.extract_element(v, ir.Constant(I32, 0))
 
 
-def _block_codes(builder: ir.IRBuilder, row: ir.Value, block: ir.Value, packed: bool) -> tuple[ir.Value, ir.Value]:
-    """A row's 32 codes of `block` as two <16 x i16>: inputs 0-15 and 16-31; int4: the low nibbles and the
-    whole bytes (see the module doc; nibbles + 8 left in)."""
+def _block_codes(builder: ir.IRBuilder, row: ir.Value, block: ir.Value, packed: bool,
+                 unsigned: bool) -> tuple[ir.Value, ir.Value]:
+    """A row's 32 codes of `block` as two <16 x i16>: inputs 0-15 and 16-31 (`unsigned`: + 128 left in); int4:
+    the low nibbles and the whole bytes (see the module doc; nibbles + 8 left in)."""
     if packed:  # byte j: input j in the low nibble, input j + 16 in the high one
         wide = builder.zext(_load(builder, row, builder.mul(block, ir.Constant(I64, BLOCK // 2)), _vec(I8)), _vec(I16))
         return builder.and_(wide, ir.Constant(_vec(I16), [15] * 2 * LANES)), wide
     start = builder.mul(block, ir.Constant(I64, BLOCK))
-    return tuple(builder.sext(_load(builder, row, builder.add(start, ir.Constant(I64, half)), _vec(I8)), _vec(I16))
+    widen = builder.zext if unsigned else builder.sext
+    return tuple(widen(_load(builder, row, builder.add(start, ir.Constant(I64, half)), _vec(I8)), _vec(I16))
                  for half in (0, BLOCK // 2))
 
 
@@ -80,12 +83,15 @@ def _array(context, builder, array_type, value):
 
 @intrinsic
 def dot4_q8(typingctx, wa, wb, wc, wd, sa, sb, sc, sd, codes, mixed, scales, shifts):
-    """Rows wa..wd (one row's codes each: int8, or uint8 int4 nibbles; C-contiguous) with their scales
-    sa..sd [groups] dotted with the quantized activations (`kernel_codes.quantize_activations`: `codes`
-    int16 [n], `mixed` int16 [n / 2], `scales` and `shifts` float32 [n / 32]) → four float32."""
+    """Rows wa..wd (one row's codes each, C-contiguous: int8 or uint8 int8 + 128 [groups, group], or uint8 int4
+    nibbles [groups, blocks, 16]) with their scales sa..sd [groups] dotted with the quantized activations
+    (`kernel_codes.quantize_activations`: `codes` int16 [n], `mixed` int16 [n / 2], `scales` and `shifts`
+    float32 [n / 32]) → four float32."""
     if wa.dtype not in (types.int8, types.uint8) or codes.dtype != types.int16:
         return None
-    packed = wa.dtype == types.uint8
+    packed = wa.dtype == types.uint8 and wa.ndim == 3
+    unsigned = wa.dtype == types.uint8 and not packed
+    offset = 1.0 if packed else 16.0  # `shifts` is 8·Σ codes·scale: 8 the nibbles' offset, 128 = 16·8 the bytes'
     signature = types.UniTuple(types.float32, 4)(wa, wb, wc, wd, sa, sb, sc, sd, codes, mixed, scales, shifts)
 
     def codegen(context, builder, sig, args):
@@ -111,21 +117,22 @@ def dot4_q8(typingctx, wa, wb, wc, wd, sa, sb, sc, sd, codes, mixed, scales, shi
                 else:
                     x_lo = _load(builder, x, start, _vec(I16))
                 xs = _splat(builder, block_scale)
-                if packed:
+                if packed or unsigned:
                     builder.store(builder.fadd(builder.load(group_shift), builder.load(builder.gep(x_shift, [block])),
                                                flags=FAST), group_shift)
                 for i, row in enumerate(rows):
-                    lo, hi = _block_codes(builder, row, block, packed)
+                    lo, hi = _block_codes(builder, row, block, packed, unsigned)
                     dot = builder.add(_pair_dot(builder, lo, x_lo), _pair_dot(builder, hi, x_hi))
                     # not reassociated (no "fast"): the activations' scale is one multiply for all lanes, and
                     # the row's scale, loaded here rather than once per group, a broadcast load into the FMA
                     part = builder.fmul(builder.sitofp(dot, _vec(F32, LANES)), xs, flags=CONTRACT)
                     total = builder.fmul(part, _splat(builder, builder.load(scale_at[i])), flags=CONTRACT)
                     builder.store(builder.fadd(builder.load(acc[i]), total, flags=CONTRACT), acc[i])
-            if packed:
+            if packed or unsigned:
+                group_offset = builder.fmul(builder.load(group_shift), ir.Constant(F32, offset), flags=FAST)
                 for i in range(len(rows)):
-                    offset = builder.fmul(builder.load(scale_at[i]), builder.load(group_shift), flags=FAST)
-                    builder.store(builder.fadd(builder.load(shift[i]), offset, flags=FAST), shift[i])
+                    row_offset = builder.fmul(builder.load(scale_at[i]), group_offset, flags=FAST)
+                    builder.store(builder.fadd(builder.load(shift[i]), row_offset, flags=FAST), shift[i])
         dots = [builder.fsub(_hsum(builder, builder.load(a)), builder.load(s), flags=FAST) for a, s in zip(acc, shift,
                                                                                                         strict=True)]
         return context.make_tuple(builder, sig.return_type, dots)

@@ -24,7 +24,7 @@ import numpy as np
 from numba import njit, prange
 
 from . import numba_cache  # noqa: F401  (first: it says where the kernels' cache lives)
-from .kernel_codes import activations, codes_view, row_dot, row_values, rows_dot4
+from .kernel_codes import activations, codes_view, row_dot, row_values, rows_dot4, token_activations, token_row
 
 _0 = np.float32(0.0)
 _1 = np.float32(1.0)
@@ -185,25 +185,27 @@ def _dequantize_rows(codes, b, kind, expert, part, rows, cols, group, out3):
 
 
 @njit(cache=True, error_model="numpy", fastmath=True, parallel=True)
-def norm_linear(x, norm_weight, eps, weight, scale, out):
-    """out[T, V] = rmsnorm(x[T, D])·norm_weight @ (weight[V, D] · scale[V, D/g])ᵀ (an int8 or float LM head)."""
+def norm_linear(x, norm_weight, eps, weight, scale, out, quantized):
+    """out[T, V] = rmsnorm(x[T, D])·norm_weight @ (weight[V, D] · scale[V, D/g])ᵀ (an int8 or float LM head);
+    `quantized` (int8 heads only): the normalized rows quantized to int8 blocks of 32 first."""
     t_n, d = x.shape
     v, n_groups = scale.shape
     g = d // n_groups
-    xn = np.empty((t_n, n_groups, g), dtype=np.float32)
+    xn = np.empty((t_n, d), dtype=np.float32)
     for t in range(t_n):
         ss = _0
         for j in range(d):
             ss += x[t, j] * x[t, j]
         inv = _1 / np.sqrt(ss / d + eps)
         for j in range(d):
-            xn[t, j // g, j % g] = x[t, j] * inv * norm_weight[j]
+            xn[t, j] = x[t, j] * inv * norm_weight[j]
+    xs = token_activations(xn, g, quantized)
     w3 = weight.reshape(v, n_groups, g)
     q = v // 4  # rows r + c·V/4 together: four memory streams (see dot_rows4)
     for r in prange(q):
         for t in range(t_n):
-            out[t, r], out[t, r + q], out[t, r + 2 * q], out[t, r + 3 * q] = dot_rows4(w3, scale, xn[t], r, r + q,
-                                                                                   r + 2 * q, r + 3 * q)
+            out[t, r], out[t, r + q], out[t, r + 2 * q], out[t, r + 3 * q] = dot_rows4(w3, scale, token_row(xs, t), r,
+                                                                                   r + q, r + 2 * q, r + 3 * q)
     for r in range(4 * q, v):
         for t in range(t_n):
-            out[t, r] = dot_row(w3, scale, xn[t], r)
+            out[t, r] = dot_row(w3, scale, token_row(xs, t), r)

@@ -20,7 +20,7 @@ from .forward import SILENT, Probe
 from .generate import Token, stream
 from .inputs import check_sampling, check_tokens
 from .memory import automatic_budget, available_memory
-from .moe import EXPERT_ACTIVATIONS
+from .moe import ACTIVATIONS
 from .session import Session
 from .spec import ModelSpec
 from .storage import step_bytes
@@ -84,7 +84,7 @@ class Model:
     @classmethod
     def load(cls, path: str | os.PathLike, threads: int | None = None, expert_budget: int | None = None,
              verify: bool = True, decode: str = "numba", read_ahead: bool = False,
-             expert_activations: str = "int8") -> Model:
+             activations: str = "int8") -> Model:
         """Validate and open the bundle at `path` with `threads` threads (default: the CPU count, or one for a
         model whose decode step reads under 16 MB, which fork/joins would only slow down).
 
@@ -97,9 +97,9 @@ class Model:
         reference; prompts always run in the graphs). `read_ahead`: under an expert budget that holds two
         layers' experts, guess each next MoE layer's experts from the current hidden state and start reading
         them early (`runtime/prefetch.py`; off by default: on a disk-bound run it read more than it hid).
-        `expert_activations` "int8" quantizes the inputs of int8 and int4 experts to int8 blocks of 32 (fast
-        integer kernels), "float" keeps them float32 (a float model with the dequantized weights up to
-        rounding: the exact reference). numba has one thread pool per
+        `activations` "int8" quantizes the inputs of int8 and int4 experts, and of the int8 dense linears in
+        one-token steps, to int8 blocks of 32 (fast integer kernels); "float" keeps them float32 (a float model
+        with the dequantized weights up to rounding: the exact reference). numba has one thread pool per
         process: loading sets it up (see `threads.use_threads`).
         """
         if not isinstance(path, (str, os.PathLike)):
@@ -114,8 +114,8 @@ class Model:
             raise InputError(f"read_ahead must be True or False, got {read_ahead!r}")
         if decode not in ("numba", "onnx"):
             raise InputError(f"decode must be 'numba' or 'onnx', got {decode!r}")
-        if expert_activations not in EXPERT_ACTIVATIONS:
-            raise InputError(f"expert_activations must be 'int8' or 'float', got {expert_activations!r}")
+        if activations not in ACTIVATIONS:
+            raise InputError(f"activations must be 'int8' or 'float', got {activations!r}")
         with BundleDir(path) as bundle:
             manifest = read_manifest(bundle, verify)
             _check_budget(manifest, expert_budget)
@@ -127,7 +127,7 @@ class Model:
             # reading ahead needs room for two layers' experts: it must not release those being computed
             read_ahead = read_ahead and expert_budget is not None and expert_budget >= 2 * _smallest_budget(manifest)
             weights = Weights(bundle, manifest, threads, expert_budget, verify, decode, read_ahead=read_ahead,
-                              expert_activations=expert_activations)
+                              activations=activations)
             return cls(weights, threads, note)
 
     def session(self, probe: Probe = SILENT) -> Session:

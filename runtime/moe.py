@@ -3,7 +3,7 @@
 Decode (one token) computes its k experts in one kernel call. Prefill groups the tokens by
 expert; an expert chosen by at least `PREFILL_GEMM_MIN_TOKENS` tokens is dequantized once
 and multiplied with BLAS, fewer tokens go through the kernel that reads each row once.
-The kernels quantize int8 and int4 experts' activations to int8 blocks of 32 (`EXPERT_ACTIVATIONS`).
+The kernels quantize int8 and int4 experts' activations to int8 blocks of 32 (`ACTIVATIONS`: "int8" or "float").
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ PARALLEL_MIN_BYTES = 1 << 20  # a layer's k experts below this decode on one thr
 # "int8": int8 and int4 experts take their activations quantized to int8 blocks of 32 (the fast kernels,
 # `quant.quantize_activations`); "float": float32 activations, a float model with the dequantized weights
 # up to rounding (the exact reference). Float32 experts, and groups that are not multiples of 32, stay float.
-EXPERT_ACTIVATIONS = ("int8", "float")
+ACTIVATIONS = ("int8", "float")
 
 
 class ExpertScratch:

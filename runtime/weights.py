@@ -35,7 +35,7 @@ class Weights:
 
     def __init__(self, bundle: BundleDir, manifest: Manifest, threads: int, expert_budget: int | None = None,
                  verify: bool = True, decode: str = "numba", read_ahead: bool = False,
-                 expert_activations: str = "int8"):
+                 activations: str = "int8"):
         self.root = bundle.path
         self.manifest = manifest
         self.spec = spec = manifest.spec
@@ -50,11 +50,12 @@ class Weights:
         self.graph_layers = GraphLayers([DenseGraph(bundle.graph_path(name), name, options, i, contract, spec)
                                          for i, name in enumerate(manifest.layer_graphs)], spec)
         # one token: numba over the same tensors (decode="onnx": the graphs, the reference)
-        self.decode_layers = DecodeLayers(manifest, dense, threads) if decode == "numba" else self.graph_layers
+        self.decode_layers = (DecodeLayers(manifest, dense, threads, activations) if decode == "numba"
+                              else self.graph_layers)
         self.embedding = tensor_view(dense, manifest, EMBEDDING)  # [V, D]
         embed = manifest.dense_tensors[EMBEDDING]  # page-aligned: a lookup reads its rows' pages only
         self._dense_map.madvise(mmap.MADV_RANDOM, embed.offset - embed.offset % mmap.PAGESIZE, embed.nbytes)
-        self.head = Head(manifest, dense)
+        self.head = Head(manifest, dense, activations)
         self.experts: ExpertStore | None = None
         self.moe: dict[int, MoELayer] = {}
         self.predictor: ExpertPredictor | None = None
@@ -63,7 +64,7 @@ class Weights:
             fd = bundle.open(name)[0] if expert_budget is not None else None  # to drop released pages
             self.experts = ExpertStore(bundle.map(name), bundle.path / name, manifest.experts, spec, expert_budget,
                                        verify, fd)
-            self.moe = {i: MoELayer(i, spec, self.experts, threads, expert_activations) for i in spec.moe_layers}
+            self.moe = {i: MoELayer(i, spec, self.experts, threads, activations) for i in spec.moe_layers}
             self.predictor = ExpertPredictor(spec, manifest, dense)
         self.reading_ahead = read_ahead and self.predictor is not None  # Model.load: only under a budget
         self.tokenizer = _tokenizer(tokenizer_json, manifest.tokenizer)

@@ -80,12 +80,16 @@ def dequantized_reference(model: Transformer, group_size: int | None, bits: int 
     return model
 
 
+def fake_quantized(v: torch.Tensor) -> torch.Tensor:
+    """v quantized to int8 blocks of 32 and back (`quant.fake_quantize_activations`)."""
+    return torch.from_numpy(fake_quantize_activations(v.detach().numpy()))
+
+
 def with_int8_activations(model: Transformer) -> Transformer:
-    """A copy of `model` whose experts take their input and hidden vectors quantized to int8 blocks of 32 and
-    back, as the runtime's expert kernels do with `expert_activations="int8"` (`quant.fake_quantize_activations`):
-    `Experts.forward` with those two steps added."""
-    def fake(v: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(fake_quantize_activations(v.detach().numpy()))
+    """A copy of `model` whose experts take their input and hidden vectors, and whose LM head its normalized
+    input, quantized to int8 blocks of 32 and back, as the runtime's kernels do with
+    `activations="int8"`: `Experts.forward` with those two steps added, a hook on the final norm."""
+    fake = fake_quantized
 
     def forward(experts: Experts, x: torch.Tensor, weights: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         out, x = torch.zeros_like(x), fake(x)
@@ -98,6 +102,7 @@ def with_int8_activations(model: Transformer) -> Transformer:
     quantized = copy.deepcopy(model)
     for moe in quantized.moe_layers():
         moe.experts.forward = MethodType(forward, moe.experts)
+    quantized.norm.register_forward_hook(lambda _, args, out: fake(out))
     return quantized
 
 

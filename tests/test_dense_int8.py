@@ -1,5 +1,6 @@
-"""int8 attention and dense-FFN matrices (the default of int8 bundles): MatMulNBits in the graphs, the numba
-decode path over the same bytes, both with float activations; `--float-dense` keeps them float32."""
+"""int8 attention and dense-FFN matrices (the default of int8 bundles): MatMulNBits in the graphs with float
+activations, the numba decode path over the same bytes with int8 activation blocks (or float ones, the exact
+reference); `--float-dense` keeps them float32."""
 
 import gc
 import mmap
@@ -9,9 +10,10 @@ import onnx
 import pytest
 import torch
 
-from helpers import build_model, tiny_moe_spec
+from helpers import build_model, fake_quantized, tiny_moe_spec, with_int8_activations
 from moedge.exporter import export
 from moedge.exporter.checkpoint import save_checkpoint
+from moedge.exporter.model import Attention, SwiGLU
 from moedge.exporter.peers import torch_model_from_bundle
 from moedge.runtime import Model
 from moedge.runtime.bundle import read_manifest
@@ -47,20 +49,53 @@ def test_linears_are_int8_matmulnbits(bundles):
 def test_close_to_the_round_tripped_reference_and_consistent(bundles):
     int8, _, model = bundles
     # float expert activations throughout: this test holds the dense linears (int8 expert activations: test_parity)
-    got = Model.load(int8, threads=1, expert_activations="float").session().prefill(PROMPT)
+    got = Model.load(int8, threads=1, activations="float").session().prefill(PROMPT)
     with torch.no_grad():  # weights as the bundle stores them; activations stay float here
         reference = torch_model_from_bundle(int8, read_manifest(int8))(torch.tensor([PROMPT]))[0].numpy()
     span = reference.max() - reference.min()
     # unpacked MatMulNBits dequantizes the weights and keeps activations float: measured 2.9e-7 (onnxruntime's
     # prepacked layout would quantize them to int8: 2.8e-3)
     assert np.abs(got - reference).max() <= 1e-5 * span
-    graphs = Model.load(int8, threads=1, decode="onnx", expert_activations="float").session()
+    graphs = Model.load(int8, threads=1, decode="onnx", activations="float").session()
     stepped = np.stack([graphs.decode(t) for t in PROMPT])  # rows are quantized independently
     assert np.abs(stepped - got).max() <= 1e-5 * span  # measured 1.3e-7: rounding only
     # one-token steps in numba keep activations float too: the reference itself
-    numba = Model.load(int8, threads=1, expert_activations="float").session()
+    numba = Model.load(int8, threads=1, activations="float").session()
     stepped = np.stack([numba.decode(t) for t in PROMPT])
     assert np.abs(stepped - reference).max() <= 1e-5 * span
+
+
+def with_int8_linear_activations(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of `model` (`with_int8_activations`: its experts and head too) whose attention, dense-FFN and
+    shared-expert linears take their inputs quantized to int8 blocks of 32 and back, as one-token steps do by
+    default."""
+    quantized = with_int8_activations(model)
+    for block in quantized.modules():
+        if isinstance(block, (Attention, SwiGLU)):
+            for linear in block.children():
+                if isinstance(linear, torch.nn.Linear):
+                    linear.register_forward_pre_hook(lambda _, args: (fake_quantized(args[0]),))
+    return quantized
+
+
+def test_decode_quantizes_the_linears_activations_like_the_reference(bundles):
+    """Default one-token steps (int8 activation blocks into the int8 linears, experts and head) against PyTorch
+    with the same quantization: float32 rounding only (measured 1e-7 of the range; the quantization itself
+    moves the logits ~4e-3, and a rounding flip across a code boundary could cost ~1e-3)."""
+    int8, _, _ = bundles
+    model = Model.load(int8, threads=1)
+    assert model.weights.decode_layers.quantized is not None
+    session = model.session()
+    got = np.stack([session.decode(t) for t in PROMPT])
+    with torch.no_grad():
+        exact = torch_model_from_bundle(int8, read_manifest(int8))
+        reference = with_int8_linear_activations(exact)(torch.tensor([PROMPT]))[0].numpy()
+        unquantized = with_int8_activations(exact)(torch.tensor([PROMPT]))[0].numpy()
+    span = reference.max() - reference.min()
+    assert np.abs(got - reference).max() <= 1e-5 * span
+    assert np.abs(got - unquantized).max() > 1e-4 * span  # the linears' activations were quantized
+    float_steps = Model.load(int8, threads=1, activations="float")
+    assert float_steps.weights.decode_layers.quantized is None
 
 
 @pytest.mark.parametrize(("hidden", "float_experts", "float_dense", "want"), [

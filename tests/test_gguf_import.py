@@ -108,7 +108,7 @@ def test_int8_bundle_matches_the_gguf_model_with_int8_weights(case):
 
 
 def assert_int8_matches(case):
-    model = Model.load(case.int8_bundle, threads=1, expert_activations="float")  # the exact path, as there
+    model = Model.load(case.int8_bundle, threads=1, activations="float")  # the exact path, as there
     want = logits(int8_round_tripped(case.reference, model.manifest.dense_linears == "int8"), PROMPT)
     session = model.session()
     assert relative_error(np.stack([session.decode(t) for t in PROMPT]), want) <= FLOAT_BOUND

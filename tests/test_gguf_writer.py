@@ -90,6 +90,6 @@ def test_llama_cpp_computes_the_same_logits(bundle):
     llm.eval(PROMPT)
     theirs = np.array(llm.scores[:len(PROMPT)])
     llm.close()
-    session = Model.load(bundle, threads=1, expert_activations="float").session()
+    session = Model.load(bundle, threads=1, activations="float").session()
     ours = np.stack([session.decode(t) for t in PROMPT])  # float activations, like llama.cpp's F32 path
     assert np.abs(theirs - ours).max() <= 2e-4 * (ours.max() - ours.min())

@@ -83,10 +83,10 @@ def test_int8_prefill_within_bound(family):
 def test_int8_decode_and_prefill_match_transformers_with_int8_weights(family, length):
     """transformers with its experts, LM head and attention/dense-FFN matrices replaced by their int8
     round trip (`hf_tiny.int8_round_tripped`). Activations stay float in both paths
-    (`expert_activations="float"`: the default quantizes the experts' to int8 blocks, checked against PyTorch
+    (`activations="float"`: the default quantizes the experts' to int8 blocks, checked against PyTorch
     in test_parity): one-token decode steps (numba) and prefill (MatMulNBits unpacked) match it."""
     tokens = (PROMPT * 4)[:length]
-    model = Model.load(family.int8_bundle, threads=1, expert_activations="float")
+    model = Model.load(family.int8_bundle, threads=1, activations="float")
     int8_dense = model.manifest.dense_linears == "int8"  # Qwen2-MoE's shared expert (40 wide) keeps them float
     with torch.no_grad():
         ref = int8_round_tripped(family.hf, int8_dense)(torch.tensor([tokens])).logits[0].numpy()
@@ -116,7 +116,7 @@ def test_int4_prefill_matches_transformers_with_int4_experts(family, tmp_path):
         head = reference.lm_head.weight.detach().numpy()
         reference.lm_head.weight = torch.nn.Parameter(torch.from_numpy(dequantize(quantize_int8(head, 32))))
         ref = reference(torch.tensor([PROMPT])).logits[0].numpy()
-    got = Model.load(out, threads=1, expert_activations="float").session().prefill(PROMPT)
+    got = Model.load(out, threads=1, activations="float").session().prefill(PROMPT)
     assert relative_error(got, ref) <= FLOAT_BOUND
 
 

@@ -155,16 +155,19 @@ def test_int8_activations_carry_nan(quantizable):
     assert np.isnan(out).all()
 
 
-@pytest.mark.parametrize("group", [None, 8])
+@pytest.mark.parametrize(("group", "quantized"), [(None, None), (8, None), (None, kernels.INT8_ACTIVATIONS),
+                                                 (32, kernels.INT8_ACTIVATIONS)])
 @pytest.mark.parametrize("tokens", [1, 5])
-def test_norm_linear_matches_reference(group, tokens):
+def test_norm_linear_matches_reference(group, quantized, tokens):
+    """The LM head; with `quantized`, against the reference fed the normalized rows' int8 block round trip."""
     rng = np.random.default_rng(3)
-    w = rng.standard_normal((301, DIM)).astype(np.float32)
-    norm = rng.uniform(0.5, 1.5, DIM).astype(np.float32)
-    x = rng.standard_normal((tokens, DIM)).astype(np.float32)
+    dim = DIM if quantized is None else DIM4  # int8 blocks: a multiple of 32
+    w = rng.standard_normal((301, dim)).astype(np.float32)
+    norm = rng.uniform(0.5, 1.5, dim).astype(np.float32)
+    x = rng.standard_normal((tokens, dim)).astype(np.float32)
     q = quantize_int8(w, group)
     out = np.empty((tokens, 301), np.float32)
-    kernels.norm_linear(x, norm, np.float32(1e-6), q.q, q.scale, out)
-    xn = x / np.sqrt((x.astype(np.float64) ** 2).mean(-1, keepdims=True) + 1e-6) * norm
-    ref = xn @ dequantize(q).T.astype(np.float64)
-    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+    kernels.norm_linear(x, norm, np.float32(1e-6), q.q, q.scale, out, quantized)
+    xn = (x / np.sqrt((x.astype(np.float64) ** 2).mean(-1, keepdims=True) + 1e-6) * norm).astype(np.float32)
+    ref = (xn if quantized is None else fake_quantize_activations(xn)) @ dequantize(q).T.astype(np.float64)
+    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5 * np.abs(ref).max())

@@ -68,7 +68,7 @@ def test_runtime_matches_the_per_expert_round_trip(mixed):
         model.lm_head.weight.copy_(round_trip(head, 32))
         ref = model(torch.tensor([PROMPT]))[0].numpy()
         quantized_ref = with_int8_activations(model)(torch.tensor([PROMPT]))[0].numpy()
-    runtime = Model.load(bundle, threads=1, expert_activations="float")  # exact up to float32 rounding
+    runtime = Model.load(bundle, threads=1, activations="float")  # exact up to float32 rounding
     span = ref.max() - ref.min()
     assert np.abs(runtime.session().prefill(PROMPT) - ref).max() <= 1e-5 * span
     session = runtime.session()

@@ -1,6 +1,6 @@
 """Runtime vs the PyTorch fp32 reference (experts replaced by their int8 or int4 round trip).
 
-With float32 expert activations (`expert_activations="float"`), every path — float, int8 or int4
+With float32 expert activations (`activations="float"`), every path — float, int8 or int4
 experts, decode or prefill — differs from its reference by float32 rounding only (measured ≤ 5e-7 of
 the logit range), so one bound holds them all: 1e-5 of the range. A 100× wrong final-norm epsilon or a
 flipped bias fails it (checked when the bound was set). The default, int8 activations, is checked
@@ -16,7 +16,7 @@ from moedge.runtime import Model
 
 PROMPT = [5, 17, 99, 3, 150, 42, 7, 7, 201, 0, 64, 128]
 TOLERANCE = 1e-5  # of the logit range
-EXACT = {"expert_activations": "float"}  # float32 activations: the runtime is exact up to rounding
+EXACT = {"activations": "float"}  # float32 activations: the runtime is exact up to rounding
 FLOAT = "float"  # experts left unquantized
 INT4 = {"moe_int4": (tiny_moe_spec(), 32), "moe_fullnorm_mha_top1_int4_g64": (
     tiny_moe_spec(qk_norm="full", n_kv_heads=4, expert_intermediate_size=128, routing=dict(top_k=1)), 64)}

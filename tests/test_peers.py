@@ -28,7 +28,7 @@ def bundle(exported, tmp_path_factory):
 
 def test_full_graph_matches_runtime(bundle):
     manifest = read_manifest(bundle)
-    ours = Model.load(bundle, expert_activations="float").session().prefill(PROMPT)
+    ours = Model.load(bundle, activations="float").session().prefill(PROMPT)
     options = ort.SessionOptions()  # unpacked MatMulNBits, as the runtime runs it: float activations
     options.add_session_config_entry("session.disable_prepacking", "1")
     session = ort.InferenceSession(str(bundle / manifest.full_graph), options, providers=["CPUExecutionProvider"])
@@ -44,7 +44,7 @@ def test_full_graph_matches_runtime(bundle):
 def test_torch_from_bundle_matches_runtime(bundle):
     """Decode steps and prefill: activations float in both, like PyTorch's."""
     manifest = read_manifest(bundle)
-    model = Model.load(bundle, expert_activations="float")
+    model = Model.load(bundle, activations="float")
     session = model.session()
     ours = np.stack([session.decode(t) for t in PROMPT])
     with torch.no_grad():

@@ -63,7 +63,7 @@ def test_moe_block_matches_numpy_reference(exported, routing):
     from moedge.runtime.kv_cache import KVCache
 
     case = exported("block_" + "_".join(f"{k}{v}" for k, v in routing.items()), tiny_moe_spec(routing=routing))
-    model, source = Model.load(case.bundle, threads=1, expert_activations="float"), read_checkpoint(case.checkpoint)
+    model, source = Model.load(case.bundle, threads=1, activations="float"), read_checkpoint(case.checkpoint)
     spec = model.spec
     x = np.random.default_rng(0).standard_normal((5, spec.hidden_size)).astype(np.float32)
     layers = model.weights.graph_layers

@@ -10,7 +10,7 @@ or more (192 slots over 8 experts: `kernels.dequantize` and BLAS); decode steps 
 cache that prompt wrote. The quantization schemes (int8 per channel and per group, int4, mixed, float
 experts, float dense linears) each compile their own specialisation, so each bundle runs its own code.
 
-Each trace runs twice: with float expert activations (`expert_activations="float"`: float kernels only,
+Each trace runs twice: with float expert activations (`activations="float"`: float kernels only,
 held to 1e-4 of the logit range) and with the default int8 activation blocks (the integer-dot kernels). The
 second cannot be held as tight: where the two CPUs' float sums differ in the last bit, an activation that
 sits on a rounding boundary takes the neighbouring int8 code, and one code step moves the logits by up to
@@ -41,7 +41,7 @@ def force_parallel(model: Model) -> None:
 def trace(bundle: str | Path, threads: int, activations: str) -> dict[str, np.ndarray]:
     """Logits [tokens, V] of decode steps from an empty cache, a short prefill, a long one and decode steps
     after it, with `activations` ("float" or "int8") into the experts."""
-    model = Model.load(bundle, threads=threads, expert_activations=activations)
+    model = Model.load(bundle, threads=threads, activations=activations)
     if threads > 1:
         force_parallel(model)
     rng = np.random.default_rng(0)
