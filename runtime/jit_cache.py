@@ -14,7 +14,7 @@ from .weights import Weights
 
 def _kernels_of(weights: Weights) -> list:
     """The kernels a model's run will call: the decode kernels its layers chose, and those every run needs."""
-    needed = [kernels.expert_tokens, kernels.norm_linear, routing._route, expert_store._count]
+    needed = [kernels.expert_pairs, kernels.norm_linear, routing._route, expert_store._count]
     needed += {layer.decode_kernel for layer in weights.moe.values()} if weights.spec.is_moe else []
     if isinstance(weights.decode_layers, dense_decode.DecodeLayers):
         needed.append(dense_decode.decode_layer)
