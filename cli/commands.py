@@ -31,15 +31,22 @@ def export(src: str, out: str, group_size: int | None = None, bits: int = 8, for
 def _load(bundle: str, threads: int | None, expert_budget_mb: float | None, verify: bool, quiet: bool):
     """`Model.load` for a command; its notes (a memory budget, a first compile) on stderr unless `quiet`."""
     from moedge.runtime import Model
-    from moedge.runtime.jit_cache import kernels_cached
+    from moedge.runtime.jit_cache import compile_calls, missing
+    from moedge.runtime.kernel_calls import model_calls
 
     budget = None if expert_budget_mb is None else int(expert_budget_mb * 1e6)
     model = Model.load(bundle, threads=threads, expert_budget=budget, verify=verify)
     if model.budget_note and not quiet:
         print(f"moedge: {model.budget_note}", file=sys.stderr)
-    if not kernels_cached(model.weights) and not quiet:  # after the load: a bad bundle gets its error alone
-        print("moedge: compiling the kernels for this CPU (first run after an install or update, ~10-15 s)",
-              file=sys.stderr, flush=True)
+    uncompiled = missing(model_calls(model.weights))  # after the load: a bad bundle gets its error alone
+    if uncompiled:  # all before the first token, so that the tokens then come at their speed
+        if not quiet:
+            print("moedge: compiling the kernels for this CPU (first run after an install or update; `moedge warmup` "
+                  "compiles them ahead) ...", end="", file=sys.stderr, flush=True)
+        start = time.perf_counter()
+        compile_calls(uncompiled)
+        if not quiet:
+            print(f" {time.perf_counter() - start:.1f} s", file=sys.stderr)
     return model
 
 
@@ -166,6 +173,25 @@ def serve(bundle: str, host: str = "127.0.0.1", port: int = 8080, queue: int = 8
         serve_http(model, sock, name or Path(bundle).resolve().name.removesuffix(".moedge"), queue)
     finally:
         sock.close()
+
+
+def warmup(bundles: list[str], threads: int | None = None, quiet: bool = False) -> None:
+    """Compile the numba kernels into numba's cache ahead of a first run (`make setup` does): those of every kind
+    of bundle `moedge export` writes, or with BUNDLEs only those their runs call (at `threads` threads)."""
+    from moedge.runtime import Model
+    from moedge.runtime.jit_cache import compile_calls, missing
+    from moedge.runtime.kernel_calls import model_calls, unique
+    from moedge.runtime.numba_cache import kernel_cache_dir
+    from moedge.runtime.warmup import install_calls
+
+    calls = unique([c for b in bundles for c in model_calls(Model.load(b, threads=threads).weights)]) if bundles \
+        else install_calls()
+    todo = missing(calls)
+    start = time.perf_counter()
+    compile_calls(todo, show_progress=not quiet)
+    if not quiet:
+        print(f"compiled {len(todo)} kernel specialisations in {time.perf_counter() - start:.1f} s "
+              f"({len(calls) - len(todo)} of {len(calls)} were cached) into {kernel_cache_dir()}")
 
 
 def inspect(bundle: str, verify: bool = False) -> None:
