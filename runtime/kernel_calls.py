@@ -61,13 +61,15 @@ def budget_calls(read_ahead: bool) -> list[KernelCall]:
     return calls
 
 
-def expert_calls(layer_bytes: types.Type, quantized: types.Type, decode_kernel: Dispatcher) -> list[KernelCall]:
+def expert_calls(layer_bytes: types.Type, quantized: types.Type, decode_kernel: Dispatcher,
+                 long_prompts: bool = True) -> list[KernelCall]:
     """One MoE layer's expert kernels (`moe.MoELayer`) for its `ExpertBytes` type and `quantized` argument's:
-    decode, a few prompt tokens per expert, and an expert many prompt tokens share (dequantized)."""
+    decode, a few prompt tokens per expert, and (`long_prompts`) an expert that `PREFILL_GEMM_MIN_TOKENS` or
+    more prompt tokens share (dequantized)."""
     vector, matrix = array(F32, 1), array(F32, 2)
-    return [KernelCall(decode_kernel, (vector, layer_bytes, array(INT, 1), vector, matrix, vector, quantized)),
-            KernelCall(kernels.expert_tokens, (matrix, layer_bytes, INT, matrix, matrix, quantized)),
-            KernelCall(kernels.dequantize, (layer_bytes, INT, INT, matrix))]
+    calls = [KernelCall(decode_kernel, (vector, layer_bytes, array(INT, 1), vector, matrix, vector, quantized)),
+             KernelCall(kernels.expert_tokens, (matrix, layer_bytes, INT, matrix, matrix, quantized))]
+    return calls + [KernelCall(kernels.dequantize, (layer_bytes, INT, INT, matrix))] if long_prompts else calls
 
 
 def decode_calls(tensors: types.Type, config: types.Type) -> list[KernelCall]:
@@ -82,8 +84,9 @@ def head_calls(norm: types.Type, weight: types.Type, scale: types.Type) -> list[
     return [KernelCall(kernels.norm_linear, (array(F32, 2), norm, F32, weight, scale, array(F32, 2)))]
 
 
-def model_calls(weights: Weights) -> list[KernelCall]:
-    """Every call a run of this loaded model may make (a prompt, decode steps), each once."""
+def model_calls(weights: Weights, long_prompts: bool = True) -> list[KernelCall]:
+    """Every call a run of this loaded model may make (a prompt, decode steps), each once; without
+    `long_prompts`, those of prompts shorter than `moe.PREFILL_GEMM_MIN_TOKENS` tokens."""
     head = weights.head
     calls = head_calls(argument_type(head.norm), argument_type(head.weight), argument_type(head.scale))
     if isinstance(weights.decode_layers, dense_decode.DecodeLayers):
@@ -96,7 +99,7 @@ def model_calls(weights: Weights) -> list[KernelCall]:
             calls += budget_calls(weights.reading_ahead)
         calls += [call for layer in weights.moe.values()
                   for call in expert_calls(argument_type(layer.bytes), argument_type(layer.quantized),
-                                           layer.decode_kernel)]
+                                           layer.decode_kernel, long_prompts)]
     return unique(calls)
 
 

@@ -110,21 +110,27 @@ def test_a_run_after_warmup_compiles_nothing(bundles, tmp_path):
     assert "compiled 0 kernel specialisations" in again.stdout and "(7 of 7 were cached)" in again.stdout
 
 
-def test_a_first_run_says_it_compiles_and_compiles_before_the_first_token(bundles, monkeypatch, capsys):
+def test_a_first_run_says_it_compiles_what_it_calls_before_the_first_token(bundles, monkeypatch, capsys):
     from moedge.cli.main import main
     from moedge.runtime import jit_cache
+    from moedge.runtime.session import Session
 
-    compiled = []
-    monkeypatch.setattr(jit_cache, "missing", lambda calls: list(calls)[:2])  # as if two were not cached
-    monkeypatch.setattr(jit_cache, "compile_calls", lambda calls: compiled.extend(calls))
-    assert main(["run", str(bundles["int8"]), "--ids", "1,2", "-n", "2", "--threads", "1"]) == 0
-    err = capsys.readouterr().err.splitlines()
-    assert err[0].startswith("moedge: compiling the kernels for this CPU") and err[0].endswith(" s")
-    assert [c.name for c in compiled] == [c.name for c in model_calls(Model.load(bundles["int8"], threads=1)
-                                                                      .weights)[:2]]
+    events = []
+    prefill = Session.prefill
+    monkeypatch.setattr(Session, "prefill", lambda self, *a, **k: events.append("prefill") or prefill(self, *a, **k))
+    monkeypatch.setattr(jit_cache, "missing", list)  # as if numba's cache were empty
+    monkeypatch.setattr(jit_cache, "compile_calls", lambda calls: events.append({c.name for c in calls}))
+    bundle = str(bundles["int8"])
+    assert main(["run", bundle, "--ids", "1,2", "-n", "2", "--threads", "1"]) == 0
+    assert main(["run", bundle, "--ids", ",".join(["3"] * 16), "-n", "2", "--threads", "1"]) == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if "compil" in line]
+    assert len(notes) == 2 and all(n.startswith("moedge: compiling the kernels for this CPU") for n in notes)
+    assert all(n.endswith(" s") for n in notes)  # how long it took, on the same line
+    short = {"norm_linear", "decode_layer", "_route", "_count", "moe_decode", "expert_tokens"}
+    assert events == [short, "prefill", short | {"dequantize"}, "prefill"]  # a long prompt's kernel only for one
     monkeypatch.setattr(jit_cache, "missing", lambda calls: [])
-    assert main(["run", str(bundles["int8"]), "--ids", "1,2", "-n", "2", "-q"]) == 0
-    assert capsys.readouterr().err == ""
+    assert main(["run", bundle, "--ids", "1,2", "-n", "2"]) == 0
+    assert "compiling" not in capsys.readouterr().err
 
 
 def test_missing_reads_numbas_index(bundles, monkeypatch):
