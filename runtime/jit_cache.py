@@ -34,5 +34,5 @@ def missing(calls: Iterable[KernelCall]) -> list[KernelCall]:
 
 def compile_calls(calls: list[KernelCall], show_progress: bool = False) -> None:
     """Compile (or load from the cache) each call's specialisation; numba saves what it compiles."""
-    for call in tqdm(calls, desc="compile", unit="kernel", disable=not show_progress):
+    for call in tqdm(calls, desc="compile", unit="kernel", disable=not (show_progress and calls)):
         call.kernel.compile(call.args)
