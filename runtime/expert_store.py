@@ -4,8 +4,9 @@ Opening the store maps the file and reads no expert byte. Readahead is switched 
 (MADV_RANDOM) so a page fault never pulls in a neighbouring expert; the first time an
 expert is routed to, exactly its span is read with MADV_WILLNEED and (unless verification
 is off) its checksum is checked before any kernel reads it. Without a memory
-budget, residency is left to the OS page cache. With one, the least recently used experts are
-released (MADV_PAGEOUT) whenever the mapped experts would exceed it; a released expert that is
+budget, residency is left to the OS page cache. With one, experts are
+released (MADV_PAGEOUT; those whose layer comes round last first, `_release_order`) whenever the mapped
+experts would exceed it; a released expert that is
 routed to again is read again. `read_ahead` starts reading the experts a layer is guessed to route
 to before it does (runtime/prefetch.py).
 """
@@ -80,20 +81,31 @@ def _guess(mapped, guessed, last_use, clock, ids):
 
 
 @njit(cache=True)
-def _least_recently_used(mapped, last_use, spans, budget):
-    """Flat indices of the mapped experts to release so that at most `budget` bytes of spans stay mapped."""
+def _release_order(mapped, last_use, spans, budget, layer, n_experts, clock):
+    """Flat indices ([layer, expert] flattened) of the mapped experts to release so that at most `budget` bytes
+    of spans stay mapped. A step visits the layers in order, so the experts whose next use is farthest are
+    those of the layer just routed (`layer`, at `clock`) that it did not choose, then those of the layers just
+    behind it: they go first, the least recently used first within a layer; the experts routed at `clock`
+    go last. (Least recently used across layers releases every expert before its layer comes round again
+    once the budget is below one token's experts; replayed, this order hit as often or more at every budget,
+    on random routing and on the trained sample's.)"""
+    n_layers = mapped.size // n_experts
     victims = []
     held = 0
     for i in range(mapped.size):
         held += spans[i] * mapped[i]
     while held > budget:
-        oldest = -1
+        best, best_free, best_turn = -1, False, 0
         for i in range(mapped.size):
-            if mapped[i] and (oldest < 0 or last_use[i] < last_use[oldest]):
-                oldest = i
-        mapped[oldest] = False
-        victims.append(oldest)
-        held -= spans[oldest]
+            if not mapped[i]:
+                continue
+            free = last_use[i] != clock
+            turn = (i // n_experts - layer) % n_layers or n_layers  # layers until its next visit
+            if best < 0 or (free, turn, -last_use[i]) > (best_free, best_turn, -last_use[best]):
+                best, best_free, best_turn = i, free, turn
+        mapped[best] = False
+        victims.append(best)
+        held -= spans[best]
     return victims
 
 
@@ -203,7 +215,7 @@ class ExpertStore:
             if self.checksums is not None:
                 for e in unchecked:
                     self._verify(layer, e)
-            self._hold_budget()
+            self._hold_budget(layer)
 
     def read_ahead(self, layer: int, ids: np.ndarray) -> None:
         """Start reading the experts `ids` [T, k] that `layer` is guessed to route to next (MADV_WILLNEED
@@ -215,7 +227,7 @@ class ExpertStore:
             for e in _guess(self.mapped[layer], self.guessed[layer], self.last_use[layer], self._clock, ids):
                 self._read(layer, e)
                 self.read_aheads += 1
-            self._hold_budget()
+            self._hold_budget(layer)
 
     def _read(self, layer: int, e: int) -> None:
         self._map.madvise(mmap.MADV_WILLNEED, *whole_pages(int(self.offsets[layer, e]), int(self.spans[layer, e]),
@@ -228,13 +240,14 @@ class ExpertStore:
             return self.budget_bytes
         return max(self.budget_bytes - self._held_back(), self.floor_bytes)
 
-    def _hold_budget(self) -> None:
-        """Release the least recently used experts while the mapped ones exceed the budget."""
+    def _hold_budget(self, layer: int) -> None:
+        """Release experts (`_release_order`, `layer` just routed or guessed) while the mapped ones exceed the
+        budget."""
         budget = self.current_budget
         if budget is None:
             return
-        for flat in _least_recently_used(self.mapped.reshape(-1), self.last_use.reshape(-1),
-                                         self.spans.reshape(-1), budget):
+        for flat in _release_order(self.mapped.reshape(-1), self.last_use.reshape(-1), self.spans.reshape(-1),
+                                   budget, layer, self.mapped.shape[1], self._clock):
             start, size = int(self.offsets.flat[flat]), int(self.spans.flat[flat])
             self._map.madvise(MADV_PAGEOUT, *whole_pages(start, size, PAGE_SIZE))  # the pages this mapping holds
             if self._fd is not None:  # and those read ahead but never used, which only the page cache holds

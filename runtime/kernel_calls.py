@@ -55,7 +55,7 @@ def routing_calls() -> list[KernelCall]:
 def budget_calls(read_ahead: bool) -> list[KernelCall]:
     """What an expert budget adds (releasing the least recently used), and reading ahead under it."""
     flags, counts = array(BOOL, 1), array(INT, 1)
-    calls = [KernelCall(expert_store._least_recently_used, (flags, counts, counts, INT))]
+    calls = [KernelCall(expert_store._release_order, (flags, counts, counts, INT, INT, INT, INT))]
     if read_ahead:
         calls.append(KernelCall(expert_store._guess, (flags, flags, counts, INT, array(INT, 2))))
     return calls

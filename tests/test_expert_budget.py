@@ -1,4 +1,4 @@
-"""A memory budget for experts: least recently used experts are released, results do not change."""
+"""A memory budget for experts: the experts whose layer comes round last are released, results do not change."""
 
 import gc
 
@@ -7,6 +7,7 @@ import pytest
 
 from helpers import LRU_BATCH_SLACK, PAGE, drop_page_cache, mapped_bytes, tiny_moe_spec
 from moedge.runtime import InputError, Model
+from moedge.runtime.expert_store import _release_order
 
 
 def test_budget_caps_mapped_experts_and_keeps_results(exported):
@@ -28,6 +29,35 @@ def test_budget_caps_mapped_experts_and_keeps_results(exported):
         assert capped.experts.mapped.sum() <= 3
         assert mapped_bytes(capped.experts) <= 3 * span + PAGE + LRU_BATCH_SLACK  # the experts kept, the header
     assert capped.experts.releases > 0
+
+
+def test_release_order_keeps_the_experts_needed_soonest():
+    """3 layers x 2 experts, layer 1 just routed its expert 0 (clock 9): first its unrouted expert (needed a
+    whole token later), then layer 0's (least recently used first), then layer 2's (needed next); never the
+    expert routed now unless nothing else is left."""
+    last_use = np.array([5, 6, 9, 4, 2, 3])  # least recently used alone would release 4, 5, 3, 0, 1
+    order = _release_order(np.ones(6, bool), last_use, np.ones(6, np.int64), 0, 1, 2, 9)
+    assert order == [3, 0, 1, 4, 5, 2]
+    mapped = np.array([True, False, True, True, False, True])
+    assert _release_order(mapped, last_use, np.ones(6, np.int64), 2, 1, 2, 9) == [3, 0]
+    assert mapped.tolist() == [False, False, True, False, False, True]
+
+
+def test_a_budget_below_one_tokens_experts_still_hits(exported):
+    """Below the experts one token routes to (every layer's k), least recently used across layers would release
+    each expert before its layer comes round again and never hit; the store's order keeps a stable part."""
+    case = exported("budget", tiny_moe_spec(expert_intermediate_size=256))
+    model = Model.load(case.bundle, threads=1)
+    spec = model.spec
+    token_bytes = int(model.experts.spans.max()) * spec.routing.top_k * len(spec.moe_layers)
+    capped = Model.load(case.bundle, threads=1, expert_budget=token_bytes * 3 // 4)
+    session = capped.session()
+    tokens = np.random.default_rng(2).integers(0, 200, 60).tolist()
+    for t in tokens:
+        session.decode(t)
+    store = capped.experts
+    routed = len(tokens) * spec.routing.top_k * len(spec.moe_layers)
+    assert store.fetches < routed * 0.9  # the replayed LRU order: every routed expert fetched
 
 
 def test_budget_below_one_layer_is_refused(exported):

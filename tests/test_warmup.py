@@ -19,7 +19,7 @@ KINDS = {"int8": ("moe", {}), "int4": ("moe", {"bits": 4}), "mixed": ("moe", {"b
          "float": ("moe", {"float_experts": True}), "float-dense": ("moe", {"float_dense": True}),
          "dense": ("dense", {}), "dense-float": ("dense", {"float_dense": True})}
 ENTRY_POINTS = [(routing, "_route"), (expert_store, "_count"), (expert_store, "_guess"),
-                (expert_store, "_least_recently_used"), (kernels, "moe_decode"), (kernels, "moe_decode_parallel"),
+                (expert_store, "_release_order"), (kernels, "moe_decode"), (kernels, "moe_decode_parallel"),
                 (kernels, "expert_pairs"), (kernels, "dequantize"), (kernels, "norm_linear"),
                 (dense_decode, "decode_layer")]
 
@@ -83,7 +83,7 @@ def test_budget_and_parallel_calls_are_listed_too(bundles, monkeypatch):
     monkeypatch.setattr("moedge.runtime.moe.PARALLEL_MIN_BYTES", 0)
     model, calls = recorded_run(bundles["int8"], monkeypatch, threads=2, expert_budget=10**9, read_ahead=True)
     listed = named(model_calls(model.weights))
-    assert {"_least_recently_used", "_guess", "moe_decode_parallel"} <= {name for name, _ in calls}
+    assert {"_release_order", "_guess", "moe_decode_parallel"} <= {name for name, _ in calls}
     assert calls == listed and listed <= named(install_calls())
 
 
