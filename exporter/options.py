@@ -12,7 +12,6 @@ from .model import canonical_shapes
 from .source import ExportError
 
 DEFAULT_INT4_GROUP = 32
-DEFAULT_DENSE_BITS = {8: 8, 4: 8}  # --bits -> the dense linears' and LM head's bits when --dense-bits is not given
 
 
 @dataclass(frozen=True)
@@ -22,7 +21,7 @@ class ExportOptions:
     `int8_fraction`: with bits 4, the share of experts kept int8 (a mixed bundle, chosen on `calibration`
     text, see `mixed_precision`);
     `dense_bits`: with bits 4, the attention/dense-FFN matrices and the LM head at 4 bits (MatMulNBits bits 4
-    and the int4 scheme, groups of `group`) or 8 (int8; None: `DEFAULT_DENSE_BITS`);
+    and the int4 scheme, groups of `group`), or 8 (int8, the default: 4 bits measured no faster, see README);
     `float_experts`: keep every weight float32 (no quantization); `float_dense`: keep the attention and
     dense-FFN matrices float32 while experts and head are int8 (by default they are int8 too, run as
     MatMulNBits, when every input dimension is a multiple of 16); `full_graph`: add a whole-model graph
@@ -88,20 +87,19 @@ class ExportOptions:
 
     def dense_scheme(self, spec: ModelSpec) -> str:
         """How the attention/dense-FFN matrices are stored — "float32", "int8" or "int4" (the LM head then too) —
-        for this model's input dimensions. 4 bits that the dimensions do not allow are refused when `dense_bits`
-        asked for them, else the linears fall back to int8 (and to float32 without an int8 block)."""
+        for this model's input dimensions: int8 where every input has a MatMulNBits block, else float32; 4 bits
+        (`dense_bits`) need every input, the head's too, divisible by the group, else they are refused."""
         if not self.quantize or self.float_dense:
             return "float32"
         shapes = canonical_shapes(spec)
         widths = {name: shapes[name][1] for name in sorted(dense_linear_names(spec)) if name in shapes}
-        if (self.dense_bits or DEFAULT_DENSE_BITS[self.bits]) == 4:
+        if self.dense_bits == 4:
             misfit = next(((n, w) for n, w in (*widths.items(), ("the LM head", spec.hidden_size))
                            if w % self.group), None)
-            if misfit is None:
-                return "int4"
-            if self.dense_bits == 4:
+            if misfit is not None:
                 raise ExportError(f"--dense-bits 4 needs every dense input dimension divisible by the group size "
                                   f"{self.group}: {misfit[0]} has {misfit[1]} (use --dense-bits 8)")
+            return "int4"
         return "int8" if all(nbits_block(n, self.group) for n in widths.values()) else "float32"
 
     def quantization(self, dense_linears: str) -> dict[str, object]:
