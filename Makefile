@@ -15,7 +15,13 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $@
 
-setup: $(BIN)/.installed
+# numba compiles the runtime's kernels once per CPU and version of their sources (~1 min); here rather than
+# in the first run. `moedge warmup` compiles only what numba's cache lacks (~1 s when it lacks nothing).
+$(VENV)/.kernels-warm: $(BIN)/.installed $(wildcard runtime/*.py runtime/tools/*.py)
+	$(BIN)/moedge warmup
+	touch $@
+
+setup: $(BIN)/.installed $(VENV)/.kernels-warm
 
 # llama.cpp as a `moedge bench --peers` peer: builds it from source with pip (several minutes).
 peers: setup

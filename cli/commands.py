@@ -28,19 +28,38 @@ def export(src: str, out: str, group_size: int | None = None, bits: int = 8, for
           f"dense linears {manifest.dense_linears})")
 
 
-def _load(bundle: str, threads: int | None, expert_budget_mb: float | None, verify: bool, quiet: bool):
-    """`Model.load` for a command; its notes (a memory budget, a first compile) on stderr unless `quiet`."""
+def _load(bundle: str, threads: int | None, expert_budget_mb: float | None, verify: bool, quiet: bool,
+          compile_now: bool = True):
+    """`Model.load` for a command; its notes (a memory budget, a first compile) on stderr unless `quiet`. With
+    `compile_now`, the kernels numba's cache lacks are compiled here (see `_compile_kernels`)."""
     from moedge.runtime import Model
-    from moedge.runtime.jit_cache import kernels_cached
 
     budget = None if expert_budget_mb is None else int(expert_budget_mb * 1e6)
     model = Model.load(bundle, threads=threads, expert_budget=budget, verify=verify)
     if model.budget_note and not quiet:
         print(f"moedge: {model.budget_note}", file=sys.stderr)
-    if not kernels_cached(model.weights) and not quiet:  # after the load: a bad bundle gets its error alone
-        print("moedge: compiling the kernels for this CPU (first run after an install or update, ~10-15 s)",
-              file=sys.stderr, flush=True)
+    if compile_now:
+        _compile_kernels(model, quiet)
     return model
+
+
+def _compile_kernels(model, quiet: bool, long_prompts: bool = True) -> None:
+    """Compile the kernel calls of this model's runs that numba's cache lacks (`long_prompts`: also the one of
+    prompts of `PREFILL_GEMM_MIN_TOKENS` tokens or more), all before the first token, saying so on one line
+    unless `quiet`."""
+    from moedge.runtime.jit_cache import compile_calls, missing
+    from moedge.runtime.kernel_calls import model_calls
+
+    uncompiled = missing(model_calls(model.weights, long_prompts))
+    if not uncompiled:
+        return
+    if not quiet:
+        print("moedge: compiling the kernels for this CPU (first run after an install or update; `moedge warmup` "
+              "compiles them ahead) ...", end="", file=sys.stderr, flush=True)
+    start = time.perf_counter()
+    compile_calls(uncompiled)
+    if not quiet:
+        print(f" {time.perf_counter() - start:.1f} s", file=sys.stderr)
 
 
 def _prompt_ids(model, text: str | None, ids: list[int] | None, chat: bool, n: int) -> list[int]:
@@ -90,6 +109,7 @@ def run(bundle: str, prompt: str | None = None, file: str | None = None, ids: li
     on stdout as it comes (token ids for a bundle without a tokenizer), ending before the first `stop` string;
     then latency and expert usage on stderr."""
     from moedge.runtime import InputError
+    from moedge.runtime.moe import PREFILL_GEMM_MIN_TOKENS
     from moedge.runtime.stop_strings import StopStrings
 
     if chat and ids is not None:
@@ -102,12 +122,13 @@ def run(bundle: str, prompt: str | None = None, file: str | None = None, ids: li
     stops = StopStrings(stop or ())
     text = _read_prompt(prompt, file)
     t0 = time.perf_counter()
-    model = _load(bundle, threads, expert_budget_mb, verify, quiet)
+    model = _load(bundle, threads, expert_budget_mb, verify, quiet, compile_now=False)
     if stop and model.tokenizer is None:
         raise InputError("--stop needs a bundle with a tokenizer (this one prints token ids)")
     inputs = _prompt_ids(model, text, ids, chat, n)
     loaded = time.perf_counter()
-    stamps = [loaded]
+    _compile_kernels(model, quiet, long_prompts=len(inputs) >= PREFILL_GEMM_MIN_TOKENS)  # what this run calls
+    stamps = [time.perf_counter()]
     for token in model.generate(inputs, max_new_tokens=n, temperature=temperature, top_k=top_k,
                                 top_p=top_p, seed=seed):
         stamps.append(time.perf_counter())
@@ -166,6 +187,25 @@ def serve(bundle: str, host: str = "127.0.0.1", port: int = 8080, queue: int = 8
         serve_http(model, sock, name or Path(bundle).resolve().name.removesuffix(".moedge"), queue)
     finally:
         sock.close()
+
+
+def warmup(bundles: list[str], threads: int | None = None, quiet: bool = False) -> None:
+    """Compile the numba kernels into numba's cache ahead of a first run (`make setup` does): those of every kind
+    of bundle `moedge export` writes, or with BUNDLEs only those their runs call (at `threads` threads)."""
+    from moedge.runtime import Model
+    from moedge.runtime.jit_cache import compile_calls, missing
+    from moedge.runtime.kernel_calls import model_calls, unique
+    from moedge.runtime.numba_cache import kernel_cache_dir
+    from moedge.runtime.warmup import install_calls
+
+    calls = unique([c for b in bundles for c in model_calls(Model.load(b, threads=threads).weights)]) if bundles \
+        else install_calls()
+    todo = missing(calls)
+    start = time.perf_counter()
+    compile_calls(todo, show_progress=not quiet)
+    if not quiet:
+        print(f"compiled {len(todo)} kernel specialisations in {time.perf_counter() - start:.1f} s "
+              f"({len(calls) - len(todo)} of {len(calls)} were cached) into {kernel_cache_dir()}")
 
 
 def inspect(bundle: str, verify: bool = False) -> None:

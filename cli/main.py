@@ -139,6 +139,14 @@ def _parser() -> argparse.ArgumentParser:
                    help=f"also estimate decode latency on a board we do not have ({', '.join(BOARDS)} or all): its "
                         "roofline, times the ratio to roofline measured here at the first --threads count")
 
+    p = sub.add_parser("warmup", help="compile the kernels ahead of a first run (make setup does)",
+                       description=commands.warmup.__doc__)
+    p.add_argument("bundles", nargs="*", metavar="BUNDLE",
+                   help="compile only what these bundles' runs call (default: every kind moedge export writes)")
+    p.add_argument("--threads", type=integer(1, 1024), default=None,
+                   help="with BUNDLEs: the thread count they will run at (default: as moedge run chooses)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no summary")
+
     p = sub.add_parser("inspect", help="show a bundle's spec, sizes and quantization error",
                        description=commands.inspect.__doc__)
     p.add_argument("bundle", help=BUNDLE_HELP)

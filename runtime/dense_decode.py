@@ -35,7 +35,7 @@ _0 = np.float32(0.0)
 _1 = np.float32(1.0)
 QK_NORM_MODES = {"none": 0, "head": 1, "full": 2}
 PARALLEL_MIN_WEIGHTS = 1 << 18  # a smaller matrix is not worth a fork/join (~20 µs) on the decode path
-NEVER = 1 << 62
+NEVER = None  # one thread: a type of its own, so that the kernel is compiled without the parallel GEMV
 
 
 class Linear(NamedTuple):
@@ -63,7 +63,7 @@ class LayerConfig(NamedTuple):
     moe: bool
     shared: bool
     shared_gate: bool
-    parallel_min: int  # GEMVs of this many weights or more are spread over the threads (one thread: never)
+    parallel_min: int | None  # GEMVs of this many weights or more are spread over the threads (one thread: None)
 
 
 class LayerTensors(NamedTuple):
@@ -216,7 +216,7 @@ def _apply(lin, xa, out, parallel_min):
     w, scale, bias = lin.w, lin.scale, lin.bias
     rows = w.shape[0]
     q = rows // 4
-    if w.size * (2 if w.ndim == 4 else 1) >= parallel_min:
+    if parallel_min is not None and w.size * (2 if w.ndim == 4 else 1) >= parallel_min:
         _rows4_parallel(w, scale, xa, out, q)
     else:
         for r in range(q):

@@ -16,6 +16,7 @@ import mmap
 import os
 import threading
 import weakref
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -121,7 +122,11 @@ class ExpertStore:
     """
 
     def __init__(self, experts_map: mmap.mmap, path: Path, index: ExpertsIndex, spec: ModelSpec,
-                 budget_bytes: int | None = None, verify: bool = True, fd: int | None = None):
+                 budget_bytes: int | None = None, verify: bool = True, fd: int | None = None,
+                 held_back: Callable[[], int] | None = None):
+        """`budget_bytes` caps the mapped experts (None: no cap); `held_back` (if given) returns bytes to take off
+        it before each release decision — the memory the KV caches have grown into since the budget was set —
+        down to one layer's top-k experts."""
         n_layers, n_experts = spec.n_layers, spec.routing.n_experts
         self._map = experts_map
         self._map.madvise(mmap.MADV_RANDOM)
@@ -147,6 +152,8 @@ class ExpertStore:
         self.last_use = np.zeros((n_layers, n_experts), dtype=np.int64)
         self._clock = 0
         self.budget_bytes = budget_bytes
+        self._held_back = held_back
+        self.floor_bytes = int(self.spans.max(initial=0)) * spec.routing.top_k  # what one layer needs at once
         self.releases = 0
         self.fetches = 0  # experts read on demand because they were not mapped: first uses and uses after a release
         self.guessed = np.zeros((n_layers, n_experts), dtype=bool)  # read ahead for the layer's next routing
@@ -214,12 +221,20 @@ class ExpertStore:
         self._map.madvise(mmap.MADV_WILLNEED, *whole_pages(int(self.offsets[layer, e]), int(self.spans[layer, e]),
                                                            PAGE_SIZE))
 
+    @property
+    def current_budget(self) -> int | None:
+        """The bytes of experts that may stay mapped now (None: no cap)."""
+        if self.budget_bytes is None or self._held_back is None:
+            return self.budget_bytes
+        return max(self.budget_bytes - self._held_back(), self.floor_bytes)
+
     def _hold_budget(self) -> None:
         """Release the least recently used experts while the mapped ones exceed the budget."""
-        if self.budget_bytes is None:
+        budget = self.current_budget
+        if budget is None:
             return
         for flat in _least_recently_used(self.mapped.reshape(-1), self.last_use.reshape(-1),
-                                         self.spans.reshape(-1), self.budget_bytes):
+                                         self.spans.reshape(-1), budget):
             start, size = int(self.offsets.flat[flat]), int(self.spans.flat[flat])
             self._map.madvise(MADV_PAGEOUT, *whole_pages(start, size, PAGE_SIZE))  # the pages this mapping holds
             if self._fd is not None:  # and those read ahead but never used, which only the page cache holds

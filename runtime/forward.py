@@ -63,6 +63,7 @@ def forward(weights: Weights, cache: KVCache, scratch: ExpertScratch | None, tok
             probe: Probe = SILENT) -> np.ndarray:
     """Logits [T, V] (or [1, V] with `last_only`) for checked token ids [T] after the cached ones."""
     start, count = cache.length, len(tokens)
+    cache.reserve(count)  # an expert budget that follows the KV cache makes room for these rows first
     layers = weights.decode_layers if count == 1 else weights.graph_layers  # numba for a token, else ORT
     hidden = weights.embed(tokens)  # [T, D]
     tables = layers.tables(start, count)  # RoPE (and the causal mask) of this step

@@ -1,36 +1,38 @@
-"""Whether numba's on-disk cache already holds the runtime's kernels, so that a first run can say it compiles.
+"""Whether numba's on-disk cache holds the machine code of the kernel calls a run makes, and compiling them.
 
-Compiling every kernel takes ~10-15 s on a small CPU (once after an install or an update; `cache=True`
-keeps the machine code beside the sources afterwards).
+Compiling every kernel a bundle calls takes ~10-15 s on a small CPU, once after an install or an update
+(`cache=True` keeps the machine code, see `numba_cache`); loading it from the cache takes well under a
+second. `moedge run` asks which of its calls are `missing`, so that it can say it compiles (it compiles them
+all before the first token); `moedge warmup` compiles ahead.
 """
 
 from __future__ import annotations
 
-import os
+from collections.abc import Iterable
 
-from . import dense_decode, expert_store, kernels, routing
-from .weights import Weights
+from tqdm import tqdm
 
-
-def _kernels_of(weights: Weights) -> list:
-    """The kernels a model's run will call: the decode kernels its layers chose, and those every run needs."""
-    needed = [kernels.expert_tokens, kernels.norm_linear, routing._route, expert_store._count]
-    needed += {layer.decode_kernel for layer in weights.moe.values()} if weights.spec.is_moe else []
-    if isinstance(weights.decode_layers, dense_decode.DecodeLayers):
-        needed.append(dense_decode.decode_layer)
-        if any(c.parallel_min < dense_decode.NEVER for c in weights.decode_layers.configs):
-            needed.append(dense_decode._rows4_parallel)
-    return needed
+from .kernel_calls import KernelCall
 
 
-def kernels_cached(weights: Weights) -> bool:
-    """False if a kernel this model's run calls has never been compiled on this machine (its cache index is
-    missing). Prefill's dequantize kernel, only for experts many prompt tokens share, is left out: ~1 s."""
-    for dispatcher in _kernels_of(weights):
-        try:
-            index = dispatcher._cache._cache_file._index_path  # numba internals: if they move, say nothing
-        except AttributeError:
-            continue
-        if not os.path.exists(index):
-            return False
-    return True
+def is_cached(call: KernelCall) -> bool:
+    """True if numba's cache on disk holds the call's machine code for this CPU and these kernel sources (its
+    index, keyed as numba keys it: argument types, CPU, bytecode; stale if a source file changed)."""
+    kernel = call.kernel
+    try:  # numba internals: if they move, say nothing rather than a wrong "compiling"
+        cache = kernel._cache
+        key = cache._index_key(call.args, kernel.targetctx.codegen())
+        return key in cache._cache_file._load_index()
+    except AttributeError:
+        return True
+
+
+def missing(calls: Iterable[KernelCall]) -> list[KernelCall]:
+    """The calls whose machine code would be compiled, not loaded."""
+    return [call for call in calls if not is_cached(call)]
+
+
+def compile_calls(calls: list[KernelCall], show_progress: bool = False) -> None:
+    """Compile (or load from the cache) each call's specialisation; numba saves what it compiles."""
+    for call in tqdm(calls, desc="compile", unit="kernel", disable=not (show_progress and calls)):
+        call.kernel.compile(call.args)

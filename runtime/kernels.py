@@ -155,13 +155,19 @@ def moe_decode_parallel(x, b, experts, gates, hidden, out, quantized):
         out[r] = acc
 
 
-@njit(cache=True, error_model="numpy", fastmath=True)
-def expert_tokens(x, b, expert, hidden, out, quantized):
-    """out[n, D] = expert(x[n, D]) for a few tokens, each through the decode kernel's four-stream rows
-    (the expert's bytes stay in cache from one token to the next); hidden is scratch [n, I]."""
-    for t in range(x.shape[0]):
-        out[t, :] = _0
-        _expert_into(activations(x[t], b.group_hidden, quantized), b, expert, _1, hidden[t], out[t], quantized)
+@njit(cache=True, error_model="numpy", fastmath=True, parallel=True)
+def expert_pairs(x, b, experts, starts, pairs, hidden, out, quantized):
+    """out[p] = expert(x[p // k]) for the (token, slot) pairs p = token·k + slot of a prompt routed to each
+    of `experts`: expert g's pairs are pairs[starts[g]:starts[g + 1]], its tokens one after another through
+    the decode kernel's four-stream rows (its bytes stay in cache from one token to the next). The experts
+    are spread over the threads; hidden is scratch [T·k, I], out [T·k, D] (other rows left as they are)."""
+    k = out.shape[0] // x.shape[0]
+    for g in prange(experts.shape[0]):
+        for j in range(starts[g], starts[g + 1]):
+            p = pairs[j]
+            out[p, :] = _0
+            _expert_into(activations(x[p // k], b.group_hidden, quantized), b, experts[g], _1, hidden[p], out[p],
+                         quantized)
 
 
 @njit(cache=True, error_model="numpy", fastmath=True)

@@ -11,8 +11,10 @@ from .spec import ModelSpec
 class KVCache:
     """Keys and values [layers, max_seq_len, kv_heads, head_dim], allocated once.
 
-    A step reads `past(i)` (views of the filled prefix, never copies), `write`s its new rows
-    after them, and `commit`s once every layer has written: only then do they count as filled.
+    A step `reserve`s its rows, reads `past(i)` (views of the filled prefix, never copies), `write`s its new
+    rows after them, and `commit`s once every layer has written: only then do they count as filled. The
+    allocation costs no memory until rows are written (the OS maps zero pages on first write): `held_bytes`
+    is what the rows written so far (or reserved) hold.
     """
 
     def __init__(self, spec: ModelSpec):
@@ -24,10 +26,20 @@ class KVCache:
             raise InputError(f"the KV cache for the model's context of {spec.max_seq_len} tokens needs "
                              f"{spec.kv_cache_bytes / 1e9:.1f} GB, more than this machine can allocate") from None
         self.length = 0  # filled rows
+        self.high_water = 0  # rows ever written or reserved: their pages stay held after a reset or rewind
 
     @property
     def capacity(self) -> int:
         return self.k.shape[1]
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes of keys and values the rows written (or reserved) so far hold."""
+        return self.high_water * 2 * self.k[:, 0].nbytes
+
+    def reserve(self, count: int) -> None:
+        """Count the `count` rows a step is about to write in `held_bytes` (before they take memory)."""
+        self.high_water = max(self.high_water, self.length + count)
 
     def past(self, layer: int) -> tuple[np.ndarray, np.ndarray]:
         """The filled rows of `layer`: keys, values [P, K, Hd]."""

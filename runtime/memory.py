@@ -2,9 +2,10 @@
 
 The figure is the smaller of what the process's memory cgroup still allows (v2 `memory.max` −
 `memory.current`, v1 `memory.limit_in_bytes` − `memory.usage_in_bytes`) and the system's
-MemAvailable. When a bundle's experts do not fit beside its dense weights and KV cache, `Model.load`
-caps the mapped experts at what does (least recently used released; dense weights and the KV cache stay
-resident), and says so.
+MemAvailable. When a bundle's experts do not fit beside the dense weights a step reads and the runtime's
+own memory, `Model.load` caps the mapped experts at what does (least recently used released; dense weights
+and the KV cache stay resident), and says so. The KV cache is not reserved ahead: such a budget shrinks by
+what the sessions' caches grow into (`ExpertStore.current_budget`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,10 @@ from pathlib import Path
 from typing import NamedTuple
 
 NO_LIMIT = 1 << 60  # cgroup v1 writes "no limit" as a number near 2^63
-RESERVE = 64 << 20  # activations, onnxruntime's arenas and the tokenizer still to come (libraries are loaded)
+# What the runtime itself still takes after `Model.load`: numba loading the kernels' machine code (100-180 MB),
+# onnxruntime's sessions at work, prefill scratch, allocator slack (measured 180-290 MB on the bench shapes;
+# under a 1 GiB cap on granite-1b-shape, 64 MB here let the page cache thrash: 19x the uncapped latency)
+RESERVE = 300 << 20
 
 
 class Available(NamedTuple):
@@ -67,6 +71,6 @@ def available_memory(root: Path = Path("/sys/fs/cgroup"), proc: Path = Path("/pr
 
 def automatic_budget(experts_bytes: int, resident_bytes: int, available: Available) -> int | None:
     """The expert budget (bytes) when the experts do not fit in what is available beside the resident
-    dense weights, KV cache and `RESERVE`; None when they fit."""
+    dense weights and `RESERVE`; None when they fit."""
     room = available.bytes - resident_bytes - RESERVE
     return None if experts_bytes <= room else max(room, 0)

@@ -2,7 +2,8 @@
 
 Decode (one token) computes its k experts in one kernel call. Prefill groups the tokens by
 expert; an expert chosen by at least `PREFILL_GEMM_MIN_TOKENS` tokens is dequantized once
-and multiplied with BLAS, fewer tokens go through the kernel that reads each row once.
+and multiplied with BLAS, the others go through one kernel call (`kernels.expert_pairs`) that spreads
+them over the threads and runs each one's tokens through the decode rows.
 The kernels quantize int8 and int4 experts' activations to int8 blocks of 32 (`ACTIVATIONS`: "int8" or "float").
 """
 
@@ -17,7 +18,10 @@ from .kernel_q8 import BLOCK as ACTIVATION_BLOCK
 from .routing import route
 from .spec import ModelSpec
 
-PREFILL_GEMM_MIN_TOKENS = 16
+# An expert with fewer prompt tokens runs them through the decode kernel's rows (int8 activations: measured
+# faster than dequantize + BLAS up to ~128 tokens an expert at one thread: mixtral-shape, 128-token prompt,
+# experts 442 ms with the old threshold of 16 against 204-263 ms; equal at 128 tokens an expert)
+PREFILL_GEMM_MIN_TOKENS = 128
 PARALLEL_MIN_BYTES = 1 << 20  # a layer's k experts below this decode on one thread (fork/join costs ~20 µs)
 # "int8": int8 and int4 experts take their activations quantized to int8 blocks of 32 (the fast kernels,
 # `quant.quantize_activations`); "float": float32 activations, a float model with the dequantized weights
@@ -72,23 +76,22 @@ class MoELayer:
             out = np.empty_like(x)
             self.decode_kernel(x[0], self.bytes, ids[0], weights[0], scratch.hidden, out[0], self.quantized)
             return out
-        out = np.zeros_like(x)
+        t, k = ids.shape
         flat = ids.ravel()
-        order = np.argsort(flat, kind="stable")
-        _, starts = np.unique(flat[order], return_index=True)
-        for rows in np.split(order, starts[1:]):  # the (token, slot) pairs of one expert
-            tokens = rows // self.routing.top_k
-            y = self._expert(int(flat[rows[0]]), x[tokens], scratch)
-            out[tokens] += weights.ravel()[rows, None] * y
-        return out
+        order = np.argsort(flat, kind="stable")  # the (token, slot) pairs p = token·k + slot, grouped by expert
+        experts, starts, counts = np.unique(flat[order], return_index=True, return_counts=True)
+        y = np.empty((t * k, self.d), dtype=np.float32)  # each pair's expert output
+        few = counts < PREFILL_GEMM_MIN_TOKENS  # in one kernel call, the experts spread over the threads
+        pairs = np.concatenate([order[s:s + c] for s, c in zip(starts[few], counts[few], strict=True)] or [order[:0]])
+        kernels.expert_pairs(x, self.bytes, experts[few], np.concatenate([[0], np.cumsum(counts[few])]), pairs,
+                             np.empty((t * k, self.i), dtype=np.float32), y, self.quantized)
+        for expert, s, c in zip(experts[~few], starts[~few], counts[~few], strict=True):  # many tokens: BLAS
+            rows = order[s:s + c]
+            y[rows] = self._expert_gemm(int(expert), x[rows // k], scratch)
+        return np.einsum("tk,tkd->td", weights, y.reshape(t, k, self.d))
 
-    def _expert(self, expert: int, x: np.ndarray, scratch: ExpertScratch) -> np.ndarray:
-        """One expert on n tokens x [n, D] → [n, D]."""
-        if x.shape[0] < PREFILL_GEMM_MIN_TOKENS:
-            hidden = np.empty((x.shape[0], self.i), dtype=np.float32)
-            out = np.empty_like(x)
-            kernels.expert_tokens(x, self.bytes, expert, hidden, out, self.quantized)
-            return out
+    def _expert_gemm(self, expert: int, x: np.ndarray, scratch: ExpertScratch) -> np.ndarray:
+        """One expert on many tokens x [n, D] → [n, D]: its matrices dequantized, then multiplied with BLAS."""
         gate, up, down = (self._dequantize(expert, part, scratch) for part in (kernels.GATE, kernels.UP, kernels.DOWN))
         x = self._as_kernels_see(x)
         h = x @ gate.T

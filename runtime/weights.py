@@ -8,6 +8,7 @@ expert byte. Every file is opened through the one directory handle it is given.
 from __future__ import annotations
 
 import mmap
+import weakref
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -26,6 +27,7 @@ from .verify import read_tokenizer, verified_load_files
 
 if TYPE_CHECKING:
     from .forward import Probe
+    from .kv_cache import KVCache
 
 
 class Weights:
@@ -35,8 +37,11 @@ class Weights:
 
     def __init__(self, bundle: BundleDir, manifest: Manifest, threads: int, expert_budget: int | None = None,
                  verify: bool = True, decode: str = "numba", read_ahead: bool = False,
-                 activations: str = "int8"):
+                 activations: str = "int8", budget_follows_kv: bool = False):
+        """`budget_follows_kv`: the expert budget shrinks by what the sessions' KV caches come to hold (a
+        budget set for the machine, which left them no room in advance)."""
         self.root = bundle.path
+        self._caches: weakref.WeakSet[KVCache] = weakref.WeakSet()
         self.manifest = manifest
         self.spec = spec = manifest.spec
         tokenizer_json = verified_load_files(bundle, manifest) if verify else read_tokenizer(bundle, manifest)
@@ -63,11 +68,19 @@ class Weights:
             name = manifest.experts.file
             fd = bundle.open(name)[0] if expert_budget is not None else None  # to drop released pages
             self.experts = ExpertStore(bundle.map(name), bundle.path / name, manifest.experts, spec, expert_budget,
-                                       verify, fd)
+                                       verify, fd, self.kv_bytes if budget_follows_kv else None)
             self.moe = {i: MoELayer(i, spec, self.experts, threads, activations) for i in spec.moe_layers}
             self.predictor = ExpertPredictor(spec, manifest, dense)
         self.reading_ahead = read_ahead and self.predictor is not None  # Model.load: only under a budget
         self.tokenizer = _tokenizer(tokenizer_json, manifest.tokenizer)
+
+    def track(self, cache: KVCache) -> None:
+        """Count a new session's KV cache in `kv_bytes` while it lives."""
+        self._caches.add(cache)
+
+    def kv_bytes(self) -> int:
+        """Bytes the live sessions' KV caches hold."""
+        return sum(cache.held_bytes for cache in list(self._caches))
 
     def read_ahead(self, layer: int, hidden: np.ndarray, probe: Probe) -> None:
         """While decoding with read-ahead on (or for a probe that watches guesses): guess from hidden [T, D] the

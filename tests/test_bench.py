@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 from helpers import run_cli, tiny_moe_spec
+from moedge.runtime.bundle import read_manifest
 from moedge.runtime.memory import RESERVE
+from moedge.runtime.storage import step_bytes
 
 RESULT_FIELDS = {"threads", "decode_ms_median", "decode_ms_p90", "decode_ms_p99", "tokens_per_s",
                  "prefill_tokens_per_s", "breakdown_ms", "bandwidth_gb_s", "roofline_ms", "ratio_to_roofline",
@@ -67,7 +69,7 @@ def test_bench_under_a_memory_cap(exported, tmp_path):
     assert first["uncapped"]["memory_available_at_load"]["source"] == "MemAvailable"
     experts = (case.bundle / "experts.bin").stat().st_size
     used = (4 << 30) - free["memory_available_at_load"]["bytes"]  # charged to the cgroup before the load
-    limit = used + (case.bundle / "dense.bin").stat().st_size + case.spec.kv_cache_bytes + RESERVE + experts // 2
+    limit = used + step_bytes(read_manifest(case.bundle))["dense"] + RESERVE + experts // 2
     tight = _capped(case.bundle, str(limit), tmp_path / "tight.json")
     assert tight.returncode == 0, tight.stderr
     runs = json.loads((tmp_path / "tight.json").read_text())["memory_cap"]

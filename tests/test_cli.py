@@ -208,29 +208,6 @@ def test_bundle_errors_are_one_line_through_the_cli(tmp_path, capsys):
     assert err.startswith("moedge: error: ") and "\n" not in err and "lacks the field(s)" in err
 
 
-def test_a_first_run_says_it_compiles(monkeypatch, exported):
-    import os
-
-    from helpers import tiny_moe_spec
-    from moedge.runtime import Model, kernels
-    from moedge.runtime.jit_cache import kernels_cached
-
-    bundle = exported("cli-compile", tiny_moe_spec()).bundle
-    for threads in (1, 2):  # serial and parallel kernels
-        model = Model.load(bundle, threads=threads)
-        if threads == 2:  # force the parallel paths a bigger model takes
-            model.weights.decode_layers.configs = [c._replace(parallel_min=1) for c in
-                                                   model.weights.decode_layers.configs]
-            for layer in model.weights.moe.values():
-                layer.decode_kernel = kernels.moe_decode_parallel
-        session = model.session()
-        session.prefill(list(range(80)))
-        session.decode(4)
-        assert kernels_cached(model.weights)  # every kernel it calls ran, so every one is in numba's cache
-    monkeypatch.setattr(os.path, "exists", lambda path: not str(path).endswith(".nbi"))
-    assert not kernels_cached(model.weights)
-
-
 def test_inspect_shows_format_tokenizer_template_bos_eos_graphs_and_storage(chat_bundle, exported):
     shown = moedge("inspect", chat_bundle[0]).stdout.splitlines()
     assert shown[0] == "format: moedge bundle version 3"

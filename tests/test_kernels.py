@@ -82,11 +82,14 @@ def check_tokens(packed, n, quantized):
     experts, deq = packed
     hid, dim = deq[0][0].shape
     x = np.random.default_rng(n).standard_normal((n, dim)).astype(np.float32)
-    out = np.empty_like(x)
-    for e in (1, 2):  # an int8 and an int4 expert in the mixed layer
-        kernels.expert_tokens(x, experts, e, np.empty((n, hid), np.float32), out, quantized)
+    k = 2  # pairs p = token·k + slot: expert 1 (int8 in the mixed layer) in slot 0, expert 2 (int4) in slot 1
+    out = np.full((n * k, dim), np.nan, np.float32)
+    pairs = np.concatenate([np.arange(n) * k, np.arange(n) * k + 1])
+    kernels.expert_pairs(x, experts, np.array([1, 2]), np.array([0, n, 2 * n]), pairs,
+                         np.empty((n * k, hid), np.float32), out, quantized)
+    for slot, e in enumerate((1, 2)):
         ref = expert_ref(x, *deq[e], quantized)
-        np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+        np.testing.assert_allclose(out[slot::k], ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
 
 
 KERNELS = pytest.mark.parametrize("kernel", [kernels.moe_decode, kernels.moe_decode_parallel],
@@ -104,12 +107,12 @@ def test_moe_decode_int8_activations_matches_reference(quantizable, kernel):
 
 
 @pytest.mark.parametrize("n", [1, 3, 17])
-def test_expert_tokens_matches_reference(packed, n):
+def test_expert_pairs_matches_reference(packed, n):
     check_tokens(packed, n, None)
 
 
 @pytest.mark.parametrize("n", [1, 3])
-def test_expert_tokens_int8_activations_matches_reference(quantizable, n):
+def test_expert_pairs_int8_activations_matches_reference(quantizable, n):
     check_tokens(quantizable, n, INT8)
 
 

@@ -7,6 +7,7 @@ import pytest
 from helpers import tiny_moe_spec
 from moedge.runtime import Model
 from moedge.runtime.memory import RESERVE, Available, automatic_budget, available_memory
+from moedge.runtime.storage import step_bytes
 
 
 def _fake_system(tmp_path, cgroup_line, files, meminfo_kb=8_000_000):
@@ -45,7 +46,7 @@ def test_load_sets_a_budget_when_the_experts_do_not_fit(exported, monkeypatch):
     manifest = Model.load(case.bundle, threads=1).manifest
     assert Model.load(case.bundle, threads=1).budget_note is None  # this machine holds them easily
     experts = manifest.files[manifest.experts.file]["size"]
-    resident = manifest.files[manifest.dense_file]["size"] + manifest.spec.kv_cache_bytes
+    resident = step_bytes(manifest)["dense"]  # the KV cache is not reserved ahead: the budget follows it
     room = RESERVE + resident + experts // 2
     monkeypatch.setattr("moedge.runtime.model.available_memory", lambda: Available(room, "a test's limit"))
     model = Model.load(case.bundle, threads=1)
@@ -56,3 +57,33 @@ def test_load_sets_a_budget_when_the_experts_do_not_fit(exported, monkeypatch):
         session.decode(int(t))
     assert model.experts.releases > 0
     assert Model.load(case.bundle, threads=1, expert_budget=10**9).budget_note is None  # the user's budget wins
+
+
+def test_an_automatic_budget_gives_the_kv_cache_its_room(exported, monkeypatch):
+    """The budget set for the machine shrinks by the bytes the live sessions' KV caches have grown into (down
+    to one layer's top-k experts); the mapped experts stay within it after every step, the logits unchanged.
+    A budget the user gave stays as given."""
+    case = exported("budget", tiny_moe_spec(expert_intermediate_size=256))
+    manifest = Model.load(case.bundle, threads=1).manifest
+    experts = manifest.files[manifest.experts.file]["size"]
+    per_token = 8 * manifest.spec.n_layers * manifest.spec.n_kv_heads * manifest.spec.head_dim
+    budget = experts // 2
+    room = RESERVE + step_bytes(manifest)["dense"] + budget
+    monkeypatch.setattr("moedge.runtime.model.available_memory", lambda: Available(room, "a test's limit"))
+    model = Model.load(case.bundle, threads=1)
+    store = model.experts
+    tokens = np.random.default_rng(1).integers(0, 200, 60).tolist()
+    session, reference = model.session(), Model.load(case.bundle, threads=1, expert_budget=10**9).session()
+    other = model.session()
+    other.prefill(tokens[:8])  # a second live session counts too
+    for n, t in enumerate(tokens, start=1):
+        np.testing.assert_array_equal(session.decode(t), reference.decode(t))
+        assert store.current_budget == max(budget - (n + 8) * per_token, store.floor_bytes)
+        assert store.spans[store.mapped].sum() <= store.current_budget
+    session.reset()  # the pages written stay held
+    assert store.current_budget == max(budget - (len(tokens) + 8) * per_token, store.floor_bytes)
+    del other
+    assert store.current_budget == max(budget - len(tokens) * per_token, store.floor_bytes)
+    given = Model.load(case.bundle, threads=1, expert_budget=budget)
+    given.session().prefill(tokens)
+    assert given.experts.current_budget == budget

@@ -19,7 +19,9 @@ class Block:
             raise ImportError('blocked: ' + name)
 sys.meta_path.insert(0, Block())
 from moedge.runtime import Model
+from moedge.runtime.warmup import install_calls
 import moedge.quant
+assert install_calls()  # what `moedge warmup` compiles at install time
 model = Model.load(sys.argv[1], threads=1)
 print(len(list(model.generate([1, 2, 3], max_new_tokens=4))))
 """

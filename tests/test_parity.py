@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from helpers import tiny_dense_spec, tiny_moe_spec, with_int8_activations
-from moedge.runtime import Model
+from moedge.runtime import Model, moe
 
 PROMPT = [5, 17, 99, 3, 150, 42, 7, 7, 201, 0, 64, 128]
 TOLERANCE = 1e-5  # of the logit range
@@ -62,8 +62,12 @@ def case(request, exported):
     return exported(request.param, spec, group, bits=4 if request.param in INT4 else 8)
 
 
-@pytest.mark.parametrize("length", [len(PROMPT), 90])  # 90: experts get enough tokens for the GEMM path
-def test_prefill_logits_match_reference(case, length):
+@pytest.mark.parametrize(("length", "gemm_from"), [(len(PROMPT), None), (90, 16)])
+def test_prefill_logits_match_reference(case, length, gemm_from, monkeypatch):
+    """`gemm_from`: experts with that many of the prompt's tokens take the dequantize + BLAS path (the
+    default threshold needs more tokens than a tiny model's context holds), the others `expert_pairs`."""
+    if gemm_from is not None:
+        monkeypatch.setattr(moe, "PREFILL_GEMM_MIN_TOKENS", gemm_from)
     tokens = (PROMPT * 8)[:length]
     model = Model.load(case.bundle, threads=2, **EXACT)
     got = model.session().prefill(tokens)

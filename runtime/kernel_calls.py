@@ -1,0 +1,109 @@
+"""The numba kernels a run calls from Python, each with the argument types it passes.
+
+numba compiles a kernel once per tuple of argument types (and keeps the machine code in its cache on disk,
+see `numba_cache`); the kernels they call inside are compiled with them. So these calls are what a model's
+run compiles, or loads from the cache: `model_calls` lists them for a loaded model, `warmup` for every kind
+of bundle the exporter writes, and `jit_cache` checks or compiles them ahead of a run. A test records the
+calls real runs make and holds this list to them.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from numba import typeof, types
+from numba.core.dispatcher import Dispatcher
+from numba.core.typing.typeof import Purpose
+
+from . import dense_decode, expert_store, kernels, routing
+from .weights import Weights
+
+F32 = types.float32
+INT = types.int64  # a Python int (an expert, a position, a clock)
+BOOL = types.boolean
+
+
+def array(dtype: types.Type, ndim: int) -> types.Array:
+    """A writable C-contiguous array type (the buffers the runtime allocates)."""
+    return types.Array(dtype, ndim, "C")
+
+
+class KernelCall(NamedTuple):
+    """One kernel and the argument types of a call to it."""
+
+    kernel: Dispatcher
+    args: tuple[types.Type, ...]
+
+    @property
+    def name(self) -> str:
+        return self.kernel.py_func.__name__
+
+
+def argument_type(value) -> types.Type:
+    """The type numba gives `value` as a kernel's argument (a read-only array is a type of its own)."""
+    return typeof(value, Purpose.argument)
+
+
+def routing_calls() -> list[KernelCall]:
+    """What routing a prompt or a token calls, and counting its experts (`routing.route`, `ExpertStore.touch`)."""
+    logits, ids, gates = array(F32, 2), array(INT, 2), array(F32, 2)
+    flags, counts = array(BOOL, 1), array(INT, 1)
+    return [KernelCall(routing._route, (logits, INT, BOOL, BOOL, types.float64, ids, gates)),
+            KernelCall(expert_store._count, (counts, flags, flags, flags, flags, counts, INT, ids))]
+
+
+def budget_calls(read_ahead: bool) -> list[KernelCall]:
+    """What an expert budget adds (releasing the least recently used), and reading ahead under it."""
+    flags, counts = array(BOOL, 1), array(INT, 1)
+    calls = [KernelCall(expert_store._least_recently_used, (flags, counts, counts, INT))]
+    if read_ahead:
+        calls.append(KernelCall(expert_store._guess, (flags, flags, counts, INT, array(INT, 2))))
+    return calls
+
+
+def expert_calls(layer_bytes: types.Type, quantized: types.Type, decode_kernel: Dispatcher,
+                 long_prompts: bool = True) -> list[KernelCall]:
+    """One MoE layer's expert kernels (`moe.MoELayer`) for its `ExpertBytes` type and `quantized` argument's:
+    decode, a few prompt tokens per expert, and (`long_prompts`) an expert that `PREFILL_GEMM_MIN_TOKENS` or
+    more prompt tokens share (dequantized)."""
+    vector, matrix, ints = array(F32, 1), array(F32, 2), array(INT, 1)
+    calls = [KernelCall(decode_kernel, (vector, layer_bytes, ints, vector, matrix, vector, quantized)),
+             KernelCall(kernels.expert_pairs, (matrix, layer_bytes, ints, ints, ints, matrix, matrix, quantized))]
+    return calls + [KernelCall(kernels.dequantize, (layer_bytes, INT, INT, matrix))] if long_prompts else calls
+
+
+def decode_calls(tensors: types.Type, config: types.Type, quantized: types.Type) -> list[KernelCall]:
+    """The dense part of one layer for one token (`dense_decode.DecodeLayers`)."""
+    vector, cache = array(F32, 1), array(F32, 3)
+    return [KernelCall(dense_decode.decode_layer, (vector, tensors, config, cache, cache, INT, vector, vector,
+                                                   vector, vector, vector, quantized))]
+
+
+def head_calls(norm: types.Type, weight: types.Type, scale: types.Type, quantized: types.Type) -> list[KernelCall]:
+    """The LM head (`head.Head.run`)."""
+    return [KernelCall(kernels.norm_linear, (array(F32, 2), norm, F32, weight, scale, array(F32, 2), quantized))]
+
+
+def model_calls(weights: Weights, long_prompts: bool = True) -> list[KernelCall]:
+    """Every call a run of this loaded model may make (a prompt, decode steps), each once; without
+    `long_prompts`, those of prompts shorter than `moe.PREFILL_GEMM_MIN_TOKENS` tokens."""
+    head = weights.head
+    calls = head_calls(argument_type(head.norm), argument_type(head.weight), argument_type(head.scale),
+                       argument_type(head.quantized))
+    if isinstance(weights.decode_layers, dense_decode.DecodeLayers):
+        layers = weights.decode_layers
+        calls += [call for t, c in zip(layers.tensors, layers.configs, strict=True)
+                  for call in decode_calls(argument_type(t), argument_type(c), argument_type(layers.quantized))]
+    if weights.experts is not None:
+        calls += routing_calls()
+        if weights.experts.budget_bytes is not None:
+            calls += budget_calls(weights.reading_ahead)
+        calls += [call for layer in weights.moe.values()
+                  for call in expert_calls(argument_type(layer.bytes), argument_type(layer.quantized),
+                                           layer.decode_kernel, long_prompts)]
+    return unique(calls)
+
+
+def unique(calls: list[KernelCall]) -> list[KernelCall]:
+    """`calls` without repeats, in order."""
+    return list(dict.fromkeys(calls))

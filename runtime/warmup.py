@@ -1,0 +1,85 @@
+"""The kernel calls of every kind of bundle the exporter writes, for compiling them at install time.
+
+No bundle is needed: each kind's arguments are built by the runtime's own constructors (`layer_bytes`,
+`layer_tensors`, `layer_config`) over a few zero bytes, so their numba types are those a real bundle of
+that kind gives. `moedge warmup` (run by `make setup`) compiles them into numba's cache; a test holds
+them to the calls real bundles of each kind make.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import kernel_calls
+from .bundle import EXPERT_TENSORS, PAGE, ExpertLayout, ExpertsIndex, Manifest, TensorEntry
+from .dense_decode import layer_config, layer_tensors
+from .expert_store import layer_bytes
+from .kernel_calls import KernelCall, argument_type
+from .kernels import INT8_ACTIVATIONS, moe_decode, moe_decode_parallel
+from .spec import ModelSpec, RoutingSpec
+
+# The experts' schemes of each kind (quant.SCHEMES; "mixed": int4 with some int8) and whether the kernels
+# quantize their activations (`moe.MoELayer`: int8 and int4 experts in groups of 32 do).
+EXPERT_KINDS = {"int8": (("int8",), True), "int4": (("int4",), True), "mixed": (("int4", "int8"), True),
+                "float32": (("float32",), False)}
+DENSE_LINEARS = ("int8", "int4", "float32")  # the attention/dense-FFN matrices: int8 codes (default), 4-bit
+# ones (--dense-bits 4) or --float-dense
+HEADS = (np.int8, np.uint8, np.float32)  # the LM head: int8, int4 (--dense-bits 4) or float32 (--float-experts)
+GROUP = 32
+SPEC = ModelSpec(vocab_size=GROUP, hidden_size=GROUP, n_layers=1, n_heads=1, n_kv_heads=1, head_dim=GROUP,
+                 intermediate_size=GROUP, layer_kinds=("moe",), expert_intermediate_size=GROUP,
+                 routing=RoutingSpec(n_experts=2, top_k=1))
+
+
+def _readonly(shape: tuple[int, ...], dtype) -> np.ndarray:
+    """Zeros seen read-only, like a view over the mapped bundle."""
+    array = np.zeros(shape, dtype)
+    array.setflags(write=False)
+    return array
+
+
+def experts_kind(schemes: tuple[str, ...], quantized: bool, parallel: bool) -> list[KernelCall]:
+    """The expert kernels' calls for a layer whose experts have these schemes."""
+    entry = TensorEntry(0, (1,), "float32")
+    layouts = {s: ExpertLayout(PAGE, dict.fromkeys(EXPERT_TENSORS, entry)) for s in schemes}
+    index = ExpertsIndex(file="", group_size=GROUP, layouts=layouts, schemes={0: schemes},
+                         layers={0: (0,) * len(schemes)}, checksums={})
+    layer = layer_bytes(bytes(PAGE), index, np.zeros(len(schemes), np.int64), 0, SPEC)
+    activations = INT8_ACTIVATIONS if quantized else None
+    kernel = moe_decode_parallel if parallel else moe_decode
+    return kernel_calls.expert_calls(argument_type(layer), argument_type(activations), kernel)
+
+
+def dense_kind(linears: str, threads: int) -> list[KernelCall]:
+    """The dense decode kernel's call for int8, int4 or float32 dense linears, at one thread or more (one thread
+    is a type of its own: its kernel leaves the parallel GEMV out); quantized linears take int8 activation
+    blocks."""
+    manifest = Manifest(spec=SPEC, quant_scheme="", group_size=GROUP, dense_linears=linears, layer_graphs=(),
+                        head={}, dense_file="", dense_tensors={}, experts=None, tokenizer=None, files={})
+    config = layer_config(SPEC, 0, threads)
+    quantized = INT8_ACTIVATIONS if linears != "float32" else None
+    return kernel_calls.decode_calls(argument_type(layer_tensors(None, manifest, 0)), argument_type(config),
+                                     argument_type(quantized))
+
+
+def head_kind(dtype) -> list[KernelCall]:
+    """The LM head's call for int8 or int4 (uint8, two codes a byte: both on int8 activation blocks) or float32
+    weights."""
+    norm, scale = _readonly((GROUP,), np.float32), _readonly((GROUP, 1), np.float32)
+    weight = _readonly((GROUP, GROUP // 2 if dtype == np.uint8 else GROUP), dtype)
+    quantized = INT8_ACTIVATIONS if dtype != np.float32 else None
+    return kernel_calls.head_calls(argument_type(norm), argument_type(weight), argument_type(scale),
+                                   argument_type(quantized))
+
+
+def install_calls() -> list[KernelCall]:
+    """The calls of every kind of bundle `moedge export` writes (its flags' combinations), at one thread and
+    at several, with and without an expert budget: what a first run would otherwise compile."""
+    calls = kernel_calls.routing_calls() + kernel_calls.budget_calls(read_ahead=True)
+    for schemes, quantized in EXPERT_KINDS.values():
+        calls += experts_kind(schemes, quantized, parallel=False) + experts_kind(schemes, quantized, parallel=True)
+    for linears in DENSE_LINEARS:
+        calls += dense_kind(linears, threads=1) + dense_kind(linears, threads=2)
+    for dtype in HEADS:
+        calls += head_kind(dtype)
+    return kernel_calls.unique(calls)
