@@ -1,8 +1,10 @@
 """Decode ms/token of bundles with float32 and with int8 expert activations, side by side in one process.
 
     .venv/bin/python benchmarks/decode_activations.py BUNDLE... [--threads 1] [--rounds 3] [--tokens 48]
+        [--activations float int8]
 
-Every bundle is loaded twice (`Model.load(activations="float")` and the default "int8"); the
+Every bundle is loaded twice (`Model.load(activations="float")` and the default "int8"; or as `--activations`
+says: `--activations int8` compares bundles alone); the
 models decode the same seeded random tokens in turn, `rounds` times, after a 16-token prompt and 8 warm-up
 steps; medians are printed. Interleaving keeps a shared machine's noise out of the comparison.
 """
@@ -25,9 +27,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--tokens", type=int, default=48)
+    parser.add_argument("--activations", nargs="+", choices=ACTIVATIONS, default=list(ACTIVATIONS))
     args = parser.parse_args()
     models = {(b, a): Model.load(b, threads=args.threads, activations=a) for b in args.bundles
-              for a in ACTIVATIONS}
+              for a in args.activations}
     vocab = min(m.spec.vocab_size for m in models.values())
     tokens = np.random.default_rng(0).integers(0, vocab, 24 + args.tokens).tolist()
     times: dict[tuple[str, str], list[float]] = {key: [] for key in models}

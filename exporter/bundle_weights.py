@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..quant import QuantizedTensor, dequantize, from_unsigned
+from ..quant import dequantize_stored, nbits_dequantize
 from ..runtime import kernels
-from ..runtime.bundle import Manifest
+from ..runtime.bundle import NBITS, Manifest, head_scheme
 from ..runtime.expert_store import layer_bytes
 from ..runtime.head import tensor_view
 from ..runtime.tensor_names import LM_HEAD, dense_names, expert_names
@@ -19,23 +19,21 @@ EXPERT_MATRICES = {"gate": kernels.GATE, "up": kernels.UP, "down": kernels.DOWN}
 
 
 def _dense_float(dense: np.ndarray, manifest: Manifest, name: str) -> np.ndarray:
-    """A dense tensor as float32; int8 linears (uint8 codes + scales) are dequantized."""
+    """A dense tensor as float32; quantized linears (MatMulNBits codes + scales) are dequantized."""
     tensor = tensor_view(dense, manifest, name)
     if tensor.dtype != np.uint8:
         return tensor.copy()
-    scale = tensor_view(dense, manifest, f"{name}_scale")
-    return (from_unsigned(tensor) * scale[:, :, None]).reshape(tensor.shape[0], -1)
+    return nbits_dequantize(tensor, tensor_view(dense, manifest, f"{name}_scale"), NBITS[manifest.dense_linears])
 
 
 def head_float(dense: np.ndarray, manifest: Manifest) -> np.ndarray:
-    """The LM head [vocab, hidden] as the bundle computes it (dequantized when it is int8)."""
+    """The LM head [vocab, hidden] as the bundle computes it (dequantized when it is int8 or int4)."""
     head = {key: tensor_view(dense, manifest, name) for key, name in manifest.head.items()}
-    group = head["weight"].shape[1] // head["scale"].shape[1]
-    return dequantize(QuantizedTensor(q=head["weight"], scale=head["scale"], group_size=group))
+    return dequantize_stored(head_scheme(manifest.quant_scheme, manifest.dense_linears), head["weight"], head["scale"])
 
 
 def bundle_float_tensors(root: Path, manifest: Manifest) -> Iterator[tuple[str, np.ndarray]]:
-    """Every tensor of the canonical model as float32, one at a time: the dense tensors (int8 linears
+    """Every tensor of the canonical model as float32, one at a time: the dense tensors (quantized linears
     dequantized), each MoE layer's stacked experts (read and dequantized as the runtime reads them),
     and `lm_head.weight`, the bundle's own head (untied from the embedding)."""
     dense = np.memmap(root / manifest.dense_file, dtype=np.uint8, mode="r")

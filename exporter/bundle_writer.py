@@ -15,6 +15,7 @@ from ..runtime.bundle import (
     GRAPH_CONTRACT_KEY,
     GRAPH_LAYER_KEY,
     MANIFEST,
+    NBITS,
     Manifest,
     TensorEntry,
     graph_contract,
@@ -33,13 +34,13 @@ from .output import write_atomically
 from .source import ExportError, Source
 
 
-def _write_graphs(spec: ModelSpec, root: Path, dense: dict[str, TensorEntry], contract: str,
+def _write_graphs(spec: ModelSpec, root: Path, dense: dict[str, TensorEntry], contract: str, bits: int,
                   progress: tqdm) -> list[str]:
     """One graph per layer, each carrying its layer index and the contract it was built for."""
     names = []
     for i in range(spec.n_layers):
         names.append(f"layer_{i:03d}.onnx")
-        graph = layer_graph(spec, i, DENSE_FILE, dense.get)
+        graph = layer_graph(spec, i, DENSE_FILE, dense.get, bits)
         onnx.helper.set_model_props(graph, {GRAPH_LAYER_KEY: str(i), GRAPH_CONTRACT_KEY: contract})
         _save_checked(graph, root / names[-1])
         progress.update(1)
@@ -57,11 +58,11 @@ def write_bundle_files(source: Source, root: Path, options: ExportOptions) -> Ma
     options.check_model(spec)
     with tqdm(total=spec.n_layers + len(spec.moe_layers), desc="export", unit="layer",
               disable=not options.show_progress) as progress:
-        dense, head, head_error, dense_int8 = write_dense(source, root / DENSE_FILE, options)
-        quantization = options.quantization(dense_int8)
+        dense, head, head_error, dense_linears = write_dense(source, root / DENSE_FILE, options)
+        quantization = options.quantization(dense_linears)
         contract = graph_contract(spec, quantization, {"file": DENSE_FILE,
                                                        "tensors": {k: v.to_dict() for k, v in dense.items()}})
-        graphs = _write_graphs(spec, root, dense, contract, progress)
+        graphs = _write_graphs(spec, root, dense, contract, NBITS.get(dense_linears, 8), progress)
         experts, report = (None, {})
         if spec.is_moe:
             schemes = None

@@ -1,8 +1,9 @@
 """The dense-weights file: every non-expert tensor, page-aligned, and the LM head (FORMAT.md, `dense`).
 
-Tensors are float32, except that in int8 bundles the attention and dense-FFN matrices are stored as
-MatMulNBits wants them (unsigned codes + scales) unless `float_dense`; the LM head is int8 (or float32)
-with its scales.
+Tensors are float32, except that in quantized bundles the attention and dense-FFN matrices are stored as
+MatMulNBits wants them (`quant.matmul_nbits`: 8- or 4-bit codes + scales) unless `float_dense`; the LM head
+is int8, int4 with 4-bit dense linears (the int4 scheme's layout: the head is no graph's), or float32, with
+its scales.
 """
 
 from __future__ import annotations
@@ -12,10 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..quant import SCHEMES, quant_error, quantize_int8, to_unsigned
-from ..runtime.bundle import EMBEDDING, HEAD_NORM, HEAD_SCALE, HEAD_WEIGHT, PAGE, TensorEntry
+from ..quant import SCHEMES, nbits_codes, quant_error
+from ..runtime.bundle import EMBEDDING, HEAD_NORM, HEAD_SCALE, HEAD_WEIGHT, NBITS, PAGE, TensorEntry, head_scheme
 from ..runtime.tensor_names import LM_HEAD, dense_linear_names, dense_names
-from .model import canonical_shapes
 from .options import ExportOptions, nbits_block
 from .source import ExportError, Source
 
@@ -26,27 +26,19 @@ def _align(n: int, to: int) -> int:
     return -(-n // to) * to
 
 
-def _int8_codes(weight: np.ndarray, group_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """A dense linear as MatMulNBits wants it: uint8 codes q + 128 [out, in/b, b] and scales [out, in/b]."""
-    block = nbits_block(weight.shape[1], group_size)
-    q = quantize_int8(weight, block)
-    codes = to_unsigned(q.q).reshape(weight.shape[0], -1, block)
-    return codes, q.scale
-
-
 def write_dense(source: Source, path: Path, options: ExportOptions):
-    """Dense tensors (float32, or int8 codes for the linears: `ExportOptions.dense_int8`), plus the LM head
-    as `head.weight` (int8 or float32) and `head.scale`, each at a page boundary (onnxruntime maps
+    """Dense tensors (float32, or MatMulNBits codes for the linears: `ExportOptions.dense_scheme`), plus the LM
+    head as `head.weight` (int8, int4 or float32) and `head.scale`, each at a page boundary (onnxruntime maps
     external data only at page-aligned offsets; elsewhere it copies).
 
-    Returns the tensor index, the head's names, its quantization error and whether the linears are int8.
+    Returns the tensor index, the head's names, its quantization error and the dense linears' scheme.
     """
     spec, group_size, quantize = source.spec, options.group, options.quantize
     entries = {}
     head_source = EMBEDDING if spec.tie_embeddings else LM_HEAD
-    shapes = canonical_shapes(spec)
-    linears = dense_linear_names(spec)
-    int8_linears = linears if options.dense_int8([shapes[n][1] for n in linears if n in shapes]) else set()
+    dense_scheme = options.dense_scheme(spec)
+    bits = NBITS.get(dense_scheme)  # None: float32
+    linears = dense_linear_names(spec) if bits else set()
 
     def write(f, name: str, array: np.ndarray) -> None:
         f.write(b"\0" * (_align(f.tell(), PAGE) - f.tell()))
@@ -58,20 +50,22 @@ def write_dense(source: Source, path: Path, options: ExportOptions):
             if name == LM_HEAD:
                 continue
             tensor = np.asarray(source.get(name), dtype=np.float32)
-            if name in int8_linears:
-                codes, scale = _int8_codes(tensor, group_size)
+            if name in linears:
+                block = group_size if bits == 4 else nbits_block(tensor.shape[1], group_size)
+                codes, scale = nbits_codes(tensor, block, bits)
                 write(f, name, codes)
                 write(f, f"{name}_scale", scale)
             else:
                 write(f, name, tensor)
         weight = np.asarray(source.get(head_source), dtype=np.float32)
+        scheme = SCHEMES[head_scheme(options.scheme, dense_scheme)]
         try:
-            head = SCHEMES["int8" if quantize else "float32"].quantize(weight, group_size)
+            head = scheme.quantize(weight, group_size)
         except ValueError as exc:
             raise ExportError(f"cannot quantize the LM head: {exc}") from None
         if quantize or not spec.tie_embeddings:
-            write(f, HEAD_WEIGHT, head.q)
+            write(f, HEAD_WEIGHT, scheme.pack(head.q))
         write(f, HEAD_SCALE, head.scale)
     names = {"norm": HEAD_NORM, "weight": HEAD_WEIGHT if HEAD_WEIGHT in entries else head_source, "scale": HEAD_SCALE}
-    return entries, names, asdict(quant_error(weight, head)), bool(int8_linears)
+    return entries, names, asdict(quant_error(weight, head)), dense_scheme
 

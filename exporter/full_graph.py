@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from ..runtime.bundle import EMBEDDING, Manifest
+from ..runtime.bundle import EMBEDDING, NBITS, Manifest
 from ..runtime.spec import ModelSpec
 from .onnx_graphs import AttentionIO, GraphBuilder, causal_bias, layer_body, residual, value_info
 from .source import ExportError
@@ -92,7 +92,7 @@ def full_graph(manifest: Manifest) -> onnx.ModelProto:
     → logits and present KV."""
     spec = manifest.spec
     dense = manifest.dense_tensors
-    g = GraphBuilder(manifest.dense_file, dense.get)
+    g = GraphBuilder(manifest.dense_file, dense.get, NBITS.get(manifest.dense_linears, 8))
     kv = ["P", spec.n_kv_heads, spec.head_dim]
     inputs = [helper.make_tensor_value_info("tokens", TensorProto.INT64, ["T"]),
               value_info("rope", ["T", spec.head_dim, spec.head_dim])]

@@ -33,7 +33,9 @@ ONNX_TYPES = {"float32": TensorProto.FLOAT, "uint8": TensorProto.UINT8}
 class GraphBuilder:
     """Accumulates nodes and initializers; names every intermediate value uniquely."""
 
-    def __init__(self, weights_file: str, locate: WeightLocator):
+    def __init__(self, weights_file: str, locate: WeightLocator, bits: int = 8):
+        """`bits`: of the quantized dense linears' MatMulNBits codes (8 or 4; `runtime.bundle.NBITS`)."""
+        self.bits = bits
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[TensorProto] = []
         self.weights_file = weights_file
@@ -72,15 +74,16 @@ class GraphBuilder:
         return name
 
     def linear(self, x: str, weight_name: str, bias_name: str | None = None) -> str:
-        """x [T, in] @ W[out, in]^T (+ b); an int8 weight runs as MatMulNBits (accuracy level 4 lets a prepacking
-        onnxruntime quantize activations to int8; the runtime runs it unpacked, with float activations)."""
+        """x [T, in] @ W[out, in]^T (+ b); a quantized weight runs as MatMulNBits of `bits` (accuracy level 4 lets a
+        prepacking onnxruntime quantize activations to int8; the runtime runs it unpacked, with float activations)."""
         bias = [self.weight(bias_name)] if bias_name else []
         entry = self.locate(weight_name)
         if entry.dtype == "float32":
             return self.op("Gemm", x, self.weight(weight_name), *bias, transB=1)
-        rows, blocks, block = entry.shape  # uint8 codes q + 128, [out, in / block, block]
+        rows, blocks, blob = entry.shape  # uint8 codes [out, in / block, block · bits / 8] (quant.matmul_nbits)
+        block = blob * 8 // self.bits
         y = self.op("MatMulNBits", x, self.weight(weight_name), self.weight(f"{weight_name}_scale"),
-                    domain="com.microsoft", K=blocks * block, N=rows, bits=8, block_size=block,
+                    domain="com.microsoft", K=blocks * block, N=rows, bits=self.bits, block_size=block,
                     accuracy_level=4)
         return self.op("Add", y, *bias) if bias else y
 
@@ -200,9 +203,10 @@ def layer_body(g: GraphBuilder, spec: ModelSpec, i: int, io: AttentionIO = Atten
     return h, ffn_in, logits
 
 
-def layer_graph(spec: ModelSpec, i: int, weights_file: str, locate: WeightLocator) -> onnx.ModelProto:
-    """The ONNX graph of layer `i` (see module docstring for inputs and outputs)."""
-    g = GraphBuilder(weights_file, locate)
+def layer_graph(spec: ModelSpec, i: int, weights_file: str, locate: WeightLocator, bits: int = 8) -> onnx.ModelProto:
+    """The ONNX graph of layer `i` (see module docstring for inputs and outputs); `bits` of the quantized dense
+    linears' codes."""
+    g = GraphBuilder(weights_file, locate, bits)
     kv = ["P", spec.n_kv_heads, spec.head_dim]
     inputs = [value_info("hidden", ["T", spec.hidden_size]),
               value_info("rope", ["T", spec.head_dim, spec.head_dim]), value_info("causal_bias", ["GT", "T"]),

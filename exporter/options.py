@@ -7,6 +7,8 @@ from pathlib import Path
 
 from ..quant import GROUP_SIZES, SCHEMES
 from ..runtime.spec import ModelSpec
+from ..runtime.tensor_names import dense_linear_names
+from .model import canonical_shapes
 from .source import ExportError
 
 DEFAULT_INT4_GROUP = 32
@@ -18,6 +20,8 @@ class ExportOptions:
     `group_size`: scales per group of that many inputs (None: one per output channel, int8 only);
     `int8_fraction`: with bits 4, the share of experts kept int8 (a mixed bundle, chosen on `calibration`
     text, see `mixed_precision`);
+    `dense_bits`: with bits 4, the attention/dense-FFN matrices and the LM head at 4 bits (MatMulNBits bits 4
+    and the int4 scheme, groups of `group`), or 8 (int8, the default: 4 bits measured no faster, see README);
     `float_experts`: keep every weight float32 (no quantization); `float_dense`: keep the attention and
     dense-FFN matrices float32 while experts and head are int8 (by default they are int8 too, run as
     MatMulNBits, when every input dimension is a multiple of 16); `full_graph`: add a whole-model graph
@@ -26,6 +30,7 @@ class ExportOptions:
     group_size: int | None = None
     bits: int = 8
     int8_fraction: float = 0.0
+    dense_bits: int | None = None
     calibration: Path | None = None
     float_experts: bool = False
     float_dense: bool = False
@@ -38,8 +43,14 @@ class ExportOptions:
             raise ExportError(f"--group-size must be one of {GROUP_SIZES} (or omitted for per-channel)")
         if self.bits not in (4, 8):
             raise ExportError(f"--bits must be 4 or 8, got {self.bits}")
-        if self.float_experts and (self.group_size or self.bits != 8):
-            raise ExportError("--float-experts keeps every weight float32: no --group-size or --bits")
+        if self.float_experts and (self.group_size or self.bits != 8 or self.dense_bits):
+            raise ExportError("--float-experts keeps every weight float32: no --group-size, --bits or --dense-bits")
+        if self.dense_bits not in (None, 4, 8):
+            raise ExportError(f"--dense-bits must be 4 or 8, got {self.dense_bits}")
+        if self.dense_bits == 4 and self.bits != 4:
+            raise ExportError("--dense-bits 4 needs --bits 4 (4-bit weights come in groups: --group-size)")
+        if self.dense_bits and self.float_dense:
+            raise ExportError("--float-dense keeps the dense linears float32: no --dense-bits")
         if not 0.0 <= self.int8_fraction < 1.0 or (self.int8_fraction and self.bits != 4):
             raise ExportError("--int8-budget is the share of experts kept int8 in a 4-bit export: "
                               "0 <= it < 1, with --bits 4")
@@ -65,6 +76,7 @@ class ExportOptions:
 
     def check_model(self, spec: ModelSpec) -> None:
         """Refuse, before any work, a scheme and group size that the model's experts cannot take."""
+        self.dense_scheme(spec)
         if not spec.is_moe:
             return
         try:
@@ -73,14 +85,26 @@ class ExportOptions:
         except ValueError as exc:
             raise ExportError(f"cannot quantize experts: {exc}") from None
 
-    def dense_int8(self, in_features: list[int]) -> bool:
-        """Whether the dense linears, with these input dimensions, are stored int8."""
-        return self.quantize and not self.float_dense and all(nbits_block(n, self.group) for n in in_features)
+    def dense_scheme(self, spec: ModelSpec) -> str:
+        """How the attention/dense-FFN matrices are stored — "float32", "int8" or "int4" (the LM head then too) —
+        for this model's input dimensions: int8 where every input has a MatMulNBits block, else float32; 4 bits
+        (`dense_bits`) need every input, the head's too, divisible by the group, else they are refused."""
+        if not self.quantize or self.float_dense:
+            return "float32"
+        shapes = canonical_shapes(spec)
+        widths = {name: shapes[name][1] for name in sorted(dense_linear_names(spec)) if name in shapes}
+        if self.dense_bits == 4:
+            misfit = next(((n, w) for n, w in (*widths.items(), ("the LM head", spec.hidden_size))
+                           if w % self.group), None)
+            if misfit is not None:
+                raise ExportError(f"--dense-bits 4 needs every dense input dimension divisible by the group size "
+                                  f"{self.group}: {misfit[0]} has {misfit[1]} (use --dense-bits 8)")
+            return "int4"
+        return "int8" if all(nbits_block(n, self.group) for n in widths.values()) else "float32"
 
-    def quantization(self, dense_int8: bool) -> dict[str, object]:
+    def quantization(self, dense_linears: str) -> dict[str, object]:
         """The manifest's `quantization` object."""
-        return {"scheme": self.scheme, "group_size": self.group,
-                "dense_linears": "int8" if dense_int8 else "float32"}
+        return {"scheme": self.scheme, "group_size": self.group, "dense_linears": dense_linears}
 
 
 def nbits_block(in_features: int, group_size: int) -> int | None:

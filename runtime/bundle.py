@@ -36,9 +36,10 @@ EXPERTS_MAGIC = b"MOEDGEXP"
 EXPERTS_HEADER = struct.Struct("<8sII")  # magic, format version, header bytes
 DTYPES = {"float32": np.float32, "int8": np.int8, "uint8": np.uint8}
 EXPERT_TENSORS = ("gate", "up", "down", "gate_scale", "up_scale", "down_scale")
-HEAD_DTYPES = {"int8": "int8", "int4": "int8", "mixed": "int8", "float32": "float32"}  # bundle scheme -> LM head dtype
+SCHEME_NAMES = ("int8", "int4", "mixed", "float32")  # quantization.scheme: how the experts are stored
 MIXED_SCHEMES = ("int4", "int8")  # what a "mixed" bundle's experts may each be
-DENSE_LINEARS = ("float32", "int8")
+DENSE_LINEARS = ("float32", "int8", "int4")
+NBITS = {"int8": 8, "int4": 4}  # quantization.dense_linears -> MatMulNBits bits (float32: Gemm)
 HEAD_NORM, HEAD_WEIGHT, HEAD_SCALE, EMBEDDING = "norm.weight", "head.weight", "head.scale", "embed.weight"
 GRAPH_LAYER_KEY, GRAPH_CONTRACT_KEY = "moedge.layer", "moedge.contract"  # ONNX metadata of each layer graph
 _FIELDS = ("format", "format_version", CHECKSUM_FIELD, "model", "quantization", "graphs", "head", "dense",
@@ -176,6 +177,11 @@ def pack_expert_span(layout: dict[str, TensorEntry], span_bytes: int, tensors: d
     return bytes(span)
 
 
+def head_scheme(scheme: str, dense_linears: str) -> str:
+    """The LM head's scheme (quant.SCHEMES): int4 beside 4-bit dense linears, float32 in float32 bundles, else int8."""
+    return "int4" if dense_linears == "int4" else "float32" if scheme == "float32" else "int8"
+
+
 def head_groups(spec: ModelSpec, group_size: int) -> int:
     """Scale groups per row of the LM head: one per channel (0), or hidden / group size."""
     return spec.hidden_size // group_size if group_size else 1
@@ -242,7 +248,7 @@ def _read_spec(data: Any) -> ModelSpec:
 
 def _read_quantization(data: Any) -> tuple[str, int, str]:
     data = checks.record(data, "manifest: quantization", ("scheme", "group_size", "dense_linears"), (), BundleError)
-    scheme = checks.choice(data["scheme"], "manifest: quantization.scheme", tuple(HEAD_DTYPES), BundleError)
+    scheme = checks.choice(data["scheme"], "manifest: quantization.scheme", SCHEME_NAMES, BundleError)
     group = data["group_size"]
     if type(group) is not int or group not in (0, *GROUP_SIZES):
         raise BundleError(f"manifest: quantization.group_size must be 0 or one of {list(GROUP_SIZES)}, got {group!r}")
@@ -250,6 +256,8 @@ def _read_quantization(data: Any) -> tuple[str, int, str]:
     _require(scheme in ("float32", "int8") or group > 0, f"{scheme} weights need a group size")
     dense_linears = checks.choice(data["dense_linears"], "manifest: quantization.dense_linears", DENSE_LINEARS,
                                   BundleError)
+    _require(dense_linears != "int4" or scheme in ("int4", "mixed"), "4-bit dense linears (quantization.dense_linears "
+             f"int4) come with int4 or mixed experts, not {scheme}")
     return scheme, group, dense_linears
 
 
@@ -277,7 +285,8 @@ def _read_dense(data: Any, spec: ModelSpec, sizes: dict[str, int]) -> tuple[str,
     return name, entries
 
 
-def _read_head(data: Any, dense: dict[str, TensorEntry], spec: ModelSpec, scheme: str, group: int) -> dict[str, str]:
+def _read_head(data: Any, dense: dict[str, TensorEntry], spec: ModelSpec, scheme: str, group: int,
+               dense_linears: str) -> dict[str, str]:
     names = checks.record(data, "manifest: head", ("norm", "weight", "scale"), (), BundleError)
     weight_names = (HEAD_WEIGHT, EMBEDDING) if scheme == "float32" and spec.tie_embeddings else (HEAD_WEIGHT,)
     _require(names["norm"] == HEAD_NORM and names["scale"] == HEAD_SCALE and names["weight"] in weight_names,
@@ -286,11 +295,13 @@ def _read_head(data: Any, dense: dict[str, TensorEntry], spec: ModelSpec, scheme
     _require(not missing, f"head tensor(s) {missing} are not in dense.tensors")
     norm, weight, scale = (dense[names[k]] for k in ("norm", "weight", "scale"))
     groups = head_groups(spec, group)
+    stored = SCHEMES[head_scheme(scheme, dense_linears)]
+    shape = stored.stored_shape(spec.vocab_size, spec.hidden_size)
     _require(norm.shape == (spec.hidden_size,) and norm.dtype == "float32"
-             and weight.shape == (spec.vocab_size, spec.hidden_size) and weight.dtype == HEAD_DTYPES[scheme]
+             and weight.shape == shape and weight.dtype == stored.code_dtype
              and scale.shape == (spec.vocab_size, groups) and scale.dtype == "float32",
-             f"the head tensors must be norm float32 [{spec.hidden_size}], weight {HEAD_DTYPES[scheme]} "
-             f"[{spec.vocab_size}, {spec.hidden_size}] and scale float32 [{spec.vocab_size}, {groups}]")
+             f"the head tensors must be norm float32 [{spec.hidden_size}], weight {stored.code_dtype} "
+             f"{list(shape)} and scale float32 [{spec.vocab_size}, {groups}]")
     return dict(names)
 
 
@@ -459,7 +470,7 @@ def read_manifest(root: str | Path | BundleDir, verify: bool = True) -> Manifest
     referenced = {name: name != experts_file for name in named}
     files, sizes = _read_files(data["files"], referenced, bundle)
     dense_file, dense_tensors = _read_dense(data["dense"], spec, sizes)
-    head = _read_head(data["head"], dense_tensors, spec, scheme, group)
+    head = _read_head(data["head"], dense_tensors, spec, scheme, group, dense_linears)
     experts = None
     if experts_file is not None:
         experts = _read_experts(data["experts"], spec, scheme, group, sizes)

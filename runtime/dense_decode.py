@@ -4,9 +4,11 @@ onnxruntime costs ~0.4 ms per layer call however small the layer (measured on gr
 of dense graphs per token for 75 MB of weights, about 3x their share of the roofline). This path does
 what a layer graph does — norms, q/k/v, q/k norms, RoPE, attention over the KV cache, output
 projection, residuals, then the dense FFN or the router and shared expert — in one numba call per
-layer, reading the dense file's float32 matrices or int8 codes in place. Activations stay
-float32 (the graphs quantize them to int8 for MatMulNBits; this path is closer to the float model).
-The layer graphs stay the reference and run prefill; tests hold the two paths together.
+layer, reading the dense file's float32 matrices or MatMulNBits codes in place: 8-bit codes as int8 rows,
+4-bit ones as int4 rows (`kernel_codes`) of the input taken in `quant.nbits_order`, which is how those rows
+hold it. The linears' inputs are quantized to int8 blocks of 32 as the experts' are, or stay float32
+(`activations="float"`, like the graphs). The layer graphs stay the reference and run prefill; tests hold
+the two paths together.
 """
 
 from __future__ import annotations
@@ -19,10 +21,10 @@ from numba.extending import overload
 
 from ..quant import UNSIGNED_ZERO
 from . import numba_cache  # noqa: F401  (first: it says where the kernels' cache lives)
-from .bundle import Manifest
+from .bundle import NBITS, Manifest
 from .graphs import LayerOutputs
 from .head import tensor_view
-from .kernel_codes import BLOCK, KERNEL_OPTIONS, activations
+from .kernel_codes import BLOCK, KERNEL_OPTIONS, NIBBLES, activations
 from .kernels import INT8_ACTIVATIONS, dot_row, dot_rows4
 from .kv_cache import KVCache
 from .rope import rope_angles
@@ -37,8 +39,10 @@ NEVER = None  # one thread: a type of its own, so that the kernel is compiled wi
 
 
 class Linear(NamedTuple):
-    """A matrix [out, in] as the kernels read it: `w` [out, groups, group] (float32, or uint8 codes q + zero),
-    `scale` [out, groups], `zero` (128 for codes, 0 for floats), `bias` [out] (empty: none)."""
+    """A matrix [out, in] as the kernels read it: `w` [out, groups, group] (float32, or uint8 codes q + zero) or
+    [out, groups, blocks, 16] (4-bit codes, inputs in `quant.nbits_order`), `scale` [out, groups], `zero` (128
+    for 8-bit codes, 0 for floats and 4-bit codes, whose offset the int4 row dots take off), `bias` [out]
+    (empty: none)."""
 
     w: np.ndarray
     scale: np.ndarray
@@ -90,26 +94,31 @@ def _readonly(array: np.ndarray) -> np.ndarray:
 _EMPTY = _readonly(np.zeros(0, dtype=np.float32))
 
 
-def _no_linear(dtype) -> Linear:
-    """An absent matrix, of the dtype the present ones have."""
-    return Linear(_readonly(np.zeros((0, 1, 1), dtype)), _readonly(np.zeros((0, 1), np.float32)), 0.0, _EMPTY)
+def _no_linear(dtype, rank: int = 3) -> Linear:
+    """An absent matrix, of the dtype and rank the present ones have."""
+    return Linear(_readonly(np.zeros((0,) + (1,) * (rank - 1), dtype)), _readonly(np.zeros((0, 1), np.float32)),
+                  0.0, _EMPTY)
 
 
 def _linear(dense: np.ndarray, manifest: Manifest, name: str, bias: str | None) -> Linear:
     w = tensor_view(dense, manifest, name)
     b = tensor_view(dense, manifest, bias) if bias else _EMPTY
-    if w.dtype == np.uint8:  # int8 dense linears: codes [out, in/b, b] and scales [out, in/b]
-        return Linear(w, tensor_view(dense, manifest, f"{name}_scale"), float(UNSIGNED_ZERO), b)
-    return Linear(w.reshape(w.shape[0], 1, w.shape[1]), _readonly(np.ones((w.shape[0], 1), np.float32)), 0.0, b)
+    if w.dtype != np.uint8:
+        return Linear(w.reshape(w.shape[0], 1, w.shape[1]), _readonly(np.ones((w.shape[0], 1), np.float32)), 0.0, b)
+    scale = tensor_view(dense, manifest, f"{name}_scale")  # [out, in/b]
+    if NBITS[manifest.dense_linears] == 4:  # codes [out, in/b, b/2] as int4 blocks of 32 inputs: 16 bytes each
+        return Linear(w.reshape(w.shape[0], w.shape[1], -1, NIBBLES), scale, 0.0, b)
+    return Linear(w, scale, float(UNSIGNED_ZERO), b)  # 8 bits: codes q + 128 [out, in/b, b]
 
 
 def layer_tensors(dense: np.ndarray, manifest: Manifest, layer: int) -> LayerTensors:
     """Views over the dense file of everything layer `layer`'s graph reads."""
     spec, n = manifest.spec, layer_names(layer)
-    codes = np.uint8 if manifest.dense_linears == "int8" else np.float32
+    bits = NBITS.get(manifest.dense_linears)
+    codes, rank = (np.uint8, 4 if bits == 4 else 3) if bits else (np.float32, 3)
 
-    def lin(name, bias=None, dtype=codes):
-        return _linear(dense, manifest, name, bias) if name in manifest.dense_tensors else _no_linear(dtype)
+    def lin(name, bias=None, dtype=codes, rank=rank):
+        return _linear(dense, manifest, name, bias) if name in manifest.dense_tensors else _no_linear(dtype, rank)
 
     def vec(name):
         return tensor_view(dense, manifest, name) if name in manifest.dense_tensors else _EMPTY
@@ -122,7 +131,7 @@ def layer_tensors(dense: np.ndarray, manifest: Manifest, layer: int) -> LayerTen
         wv=lin(n.projection("wv"), n.bias("wv") if bias else None), wo=lin(n.projection("wo")),
         q_norm=vec(n.q_norm), k_norm=vec(n.k_norm), ffn_norm=vec(n.ffn_norm),
         gate=lin(gate), up=lin(up), down=lin(down),
-        router=lin(n.router, dtype=np.float32), shared_gate=lin(n.shared_gate, dtype=np.float32))
+        router=lin(n.router, dtype=np.float32, rank=3), shared_gate=lin(n.shared_gate, dtype=np.float32, rank=3))
 
 
 def layer_config(spec: ModelSpec, layer: int, threads: int = 1) -> LayerConfig:
@@ -180,15 +189,34 @@ def _subtract_zero_overload(lin, xa, out):
     return float_activations
 
 
+def linear_input(lin, x, quantized):
+    """x [in] as `lin`'s row dots take it (`kernel_codes.activations`): for 4-bit codes in `quant.nbits_order`."""
+
+
+@overload(linear_input, jit_options=KERNEL_OPTIONS)
+def _linear_input(lin, x, quantized):
+    if lin.types[lin.fields.index("w")].ndim == 4:
+        def four_bit(lin, x, quantized):
+            ordered = np.empty_like(x)
+            half = BLOCK // 2
+            for b in range(x.shape[0] // BLOCK):
+                for j in range(half):
+                    ordered[b * BLOCK + j] = x[b * BLOCK + 2 * j]
+                    ordered[b * BLOCK + half + j] = x[b * BLOCK + 2 * j + 1]
+            return activations(ordered, lin.w.shape[2] * BLOCK, quantized)
+        return four_bit
+    return lambda lin, x, quantized: activations(x, lin.w.shape[2], quantized)
+
+
 @njit(cache=True, error_model="numpy", fastmath=True)
 def _apply(lin, xa, out, parallel_min):
-    """out[out] = W x (+ b) for x as the row dots take it (`kernel_codes.activations`: float32 [groups, group]
-    or int8 blocks), four rows a page apart per pass (`kernels.dot_rows4`); a matrix of `parallel_min`
-    weights or more is split over the threads."""
+    """out[out] = W x (+ b) for x as the row dots take it (`linear_input`: float32 [groups, group] or int8
+    blocks), four rows a page apart per pass (`kernels.dot_rows4`); a matrix of `parallel_min` weights or more
+    is split over the threads."""
     w, scale, bias = lin.w, lin.scale, lin.bias
-    rows, groups, group = w.shape
+    rows = w.shape[0]
     q = rows // 4
-    if parallel_min is not None and rows * groups * group >= parallel_min:
+    if parallel_min is not None and w.size * (2 if w.ndim == 4 else 1) >= parallel_min:
         _rows4_parallel(w, scale, xa, out, q)
     else:
         for r in range(q):
@@ -205,7 +233,7 @@ def _apply(lin, xa, out, parallel_min):
 @njit(cache=True, error_model="numpy", fastmath=True)
 def _linear_of(lin, x, out, parallel_min, quantized):
     """`_apply` to x [in] float32, its activations quantized first when `quantized` (see `_apply`)."""
-    _apply(lin, activations(x, lin.w.shape[2], quantized), out, parallel_min)
+    _apply(lin, linear_input(lin, x, quantized), out, parallel_min)
 
 
 @njit(cache=True, error_model="numpy", fastmath=True)
@@ -213,7 +241,7 @@ def _swiglu(t, x, out, parallel_min, quantized):
     inner = t.gate.w.shape[0]
     g = np.empty(inner, dtype=np.float32)
     u = np.empty(inner, dtype=np.float32)
-    xa = activations(x, t.gate.w.shape[2], quantized)  # once for gate and up
+    xa = linear_input(t.gate, x, quantized)  # once for gate and up
     _apply(t.gate, xa, g, parallel_min)
     _apply(t.up, xa, u, parallel_min)
     for r in range(inner):
@@ -274,15 +302,15 @@ def _attend(q, k_cache, v_cache, length, cfg, out):
 def decode_layer(x, t, cfg, k_cache, v_cache, pos, cos, sin, hidden_out, ffn_in, router_logits, quantized):
     """One layer's dense part for one token x [D] at position `pos`: writes the new k/v rows into the
     cache [S, K, Hd] at `pos`, `hidden_out` [D] (attention and dense FFN or shared expert added),
-    and for an MoE layer `ffn_in` [D] and `router_logits` [E]. `quantized` (None or True, int8 linears only):
-    the linears' inputs quantized to int8 blocks of 32, as the experts' are (`kernels.INT8_ACTIVATIONS`)."""
+    and for an MoE layer `ffn_in` [D] and `router_logits` [E]. `quantized` (None or True, 8- and 4-bit linears
+    only): the linears' inputs quantized to int8 blocks of 32, as the experts' are (`kernels.INT8_ACTIVATIONS`)."""
     d, hd, heads, kvh = x.shape[0], cfg.head_dim, cfg.n_heads, cfg.n_kv_heads
     rm = np.float32(cfg.residual)
     xn = np.empty(d, dtype=np.float32)
     _rmsnorm(x, t.attn_norm, cfg.eps, xn)
     q = np.empty(heads * hd, dtype=np.float32)
     k = np.empty(kvh * hd, dtype=np.float32)
-    xa = activations(xn, t.wq.w.shape[2], quantized)  # once for q, k and v
+    xa = linear_input(t.wq, xn, quantized)  # once for q, k and v
     _apply(t.wq, xa, q, cfg.parallel_min)
     _apply(t.wk, xa, k, cfg.parallel_min)
     _apply(t.wv, xa, v_cache[pos].reshape(kvh * hd), cfg.parallel_min)
@@ -323,8 +351,8 @@ def decode_layer(x, t, cfg, k_cache, v_cache, pos, cos, sin, hidden_out, ffn_in,
 class DecodeLayers:
     """The dense part of every layer for one token, in numba (the decode path of `forward`).
 
-    `activations` "int8" quantizes the int8 linears' inputs to int8 blocks of 32, as the experts' are (integer
-    dots at the memory bandwidth); "float" keeps them float32, like the layer graphs (float32 linears always do).
+    `activations` "int8" quantizes the 8- and 4-bit linears' inputs to int8 blocks of 32, as the experts' are
+    (integer dots); "float" keeps them float32, like the layer graphs (float32 linears always do).
     """
 
     def __init__(self, manifest: Manifest, dense: np.ndarray, threads: int = 1, activations: str = "int8"):
@@ -351,7 +379,7 @@ class DecodeLayers:
 
 
 def _blocks_fit(tensors: list[LayerTensors]) -> bool:
-    """Whether every linear but the float32 router and shared-expert gate is int8 codes in groups of a multiple of
-    32 inputs, the blocks the integer dots take."""
+    """Whether every linear but the float32 router and shared-expert gate is 4-bit codes or 8-bit ones in groups
+    of a multiple of 32 inputs, the blocks the integer dots take."""
     linears = [lin for t in tensors for lin in (t.wq, t.wk, t.wv, t.wo, t.gate, t.up, t.down) if lin.w.shape[0]]
-    return all(lin.w.dtype == np.uint8 and lin.w.shape[2] % BLOCK == 0 for lin in linears)
+    return all(lin.w.dtype == np.uint8 and (lin.w.ndim == 4 or lin.w.shape[2] % BLOCK == 0) for lin in linears)

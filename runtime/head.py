@@ -1,4 +1,4 @@
-"""The LM head on the CPU: final RMSNorm and an int8 (or float32) GEMV over the vocabulary."""
+"""The LM head on the CPU: final RMSNorm and an int8, int4 (or float32) GEMV over the vocabulary."""
 
 from __future__ import annotations
 
@@ -13,15 +13,16 @@ class Head:
     """Logits from the residual stream, reading the head's weights from the mapped dense file."""
 
     def __init__(self, manifest: Manifest, dense: np.ndarray, activations: str = "int8"):
-        """`activations` "int8": an int8 head whose groups hold whole blocks of 32 takes the normalized hidden
-        state quantized to int8 blocks of 32 (`kernels.INT8_ACTIVATIONS`); "float" keeps it float32."""
+        """`activations` "int8": an int8 head whose groups hold whole blocks of 32, or an int4 one, takes the
+        normalized hidden state quantized to int8 blocks of 32 (`kernels.INT8_ACTIVATIONS`); "float" keeps it
+        float32."""
         spec = manifest.spec
         self.eps = np.float32(spec.norm_eps)
         self.divisor = np.float32(spec.logits_divisor)
         self.norm, self.weight, self.scale = (tensor_view(dense, manifest, manifest.head[key])
                                               for key in ("norm", "weight", "scale"))
-        group = self.weight.shape[1] // self.scale.shape[1]
-        blocks = self.weight.dtype == np.int8 and group % BLOCK == 0
+        group = spec.hidden_size // self.scale.shape[1]
+        blocks = self.weight.dtype == np.uint8 or self.weight.dtype == np.int8 and group % BLOCK == 0
         self.quantized = kernels.INT8_ACTIVATIONS if activations == "int8" and blocks else None
 
     def run(self, hidden: np.ndarray) -> np.ndarray:

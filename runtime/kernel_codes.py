@@ -4,9 +4,10 @@ A matrix reaches the kernels as codes and float32 scales [rows, groups]. The cod
 [rows, groups, group] when each is one element (int8, or float32 for unquantized experts, or the
 uint8 codes of int8 dense linears) and [rows, groups, blocks, 16] when they are int4 nibbles packed
 by blocks of 32 inputs (byte j of a block: input j in the low nibble, input j + 16 in the high one,
-each stored + 8). numba picks the loop by the view's rank when it compiles a kernel, so every kernel
-is written once; one call covers whole rows (a call per group of 32 costs 4x). Each function here is
-also plain Python (numpy), for reading and for tests.
+each stored + 8: int4 experts and LM heads; 4-bit dense linears, their inputs reordered to fit). numba
+picks the loop by the view's rank when it compiles a kernel, so every kernel is written once; one call
+covers whole rows (a call per group of 32 costs 4x). Each function here is also plain Python (numpy), for
+reading and for tests.
 
 The activations a row is dotted with are float32, viewed [groups, group], or int8-quantized by blocks of
 32 (`quantize_activations`; a tuple: numba's parallel loops cannot pass a NamedTuple): then int8 and int4
@@ -95,7 +96,7 @@ def token_row(xs: np.ndarray | QuantizedActivations, t: int) -> np.ndarray | Qua
 
 
 def codes_view(flat: np.ndarray, rows: int, groups: int, group: int) -> np.ndarray:
-    """A matrix's codes from its flat stored elements: int4 (uint8 experts) as blocks, else plain."""
+    """A matrix's codes from its stored elements (flat or [rows, ...]): int4 (uint8) as blocks, else plain."""
     if flat.dtype == np.uint8:
         return flat.reshape(rows, groups, group // (2 * NIBBLES), NIBBLES)
     return flat.reshape(rows, groups, group)

@@ -192,9 +192,10 @@ def _dequantize_rows(codes, b, kind, expert, part, rows, cols, group, out3):
 
 @njit(cache=True, error_model="numpy", fastmath=True, parallel=True)
 def norm_linear(x, norm_weight, eps, weight, scale, out, quantized):
-    """out[T, V] = rmsnorm(x[T, D])·norm_weight @ (weight[V, D] · scale[V, D/g])ᵀ (an int8 or float LM head);
-    `quantized` (int8 heads only): the normalized rows quantized to int8 blocks of 32 first."""
-    t_n, d = x.shape
+    """out[T, V] = rmsnorm(x[T, D])·norm_weight @ (weight[V, D] · scale[V, D/g])ᵀ (an int8 or float LM head; int4:
+    weight uint8 [V, D/2] as the int4 scheme packs it); `quantized` (int8 and int4 heads only): the normalized rows
+    quantized to int8 blocks of 32 first."""
+    t_n, d = x.shape  # d from x: an int4 weight's rows are d / 2 bytes
     v, n_groups = scale.shape
     g = d // n_groups
     xn = np.empty((t_n, d), dtype=np.float32)
@@ -206,7 +207,7 @@ def norm_linear(x, norm_weight, eps, weight, scale, out, quantized):
         for j in range(d):
             xn[t, j] = x[t, j] * inv * norm_weight[j]
     xs = token_activations(xn, g, quantized)
-    w3 = weight.reshape(v, n_groups, g)
+    w3 = codes_view(weight, v, n_groups, g)
     q = v // 4  # rows r + c·V/4 together: four memory streams (see dot_rows4)
     for r in prange(q):
         for t in range(t_n):

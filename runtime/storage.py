@@ -7,7 +7,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .bundle import EMBEDDING, Manifest
+from .bundle import EMBEDDING, NBITS, Manifest, head_scheme
 from .tensor_names import dense_linear_names
 
 
@@ -41,12 +41,16 @@ def storage(manifest: Manifest) -> list[Part]:
         parts.append(Part("experts", f"{manifest.quant_scheme} {group}", count * per_expert, spans))
     linears = [n for n in dense_linear_names(spec) if n in tensors]
     scales = [f"{n}_scale" for n in linears if f"{n}_scale" in tensors]
-    weights = sum(_elements(tensors[n].shape) for n in linears)  # int8 codes [out, in/b, b]: one per weight
-    parts.append(Part("dense linears", manifest.dense_linears, weights,
-                      sum(tensors[n].nbytes for n in linears + scales)))
+    per_code = 8 // NBITS.get(manifest.dense_linears, 8)  # weights per stored element: 2 for 4-bit codes
+    weights = sum(_elements(tensors[n].shape) for n in linears) * per_code
+    dense_stored = manifest.dense_linears
+    if per_code == 2:  # 4 bits need groups: say which (int8 codes take the largest block dividing each input)
+        dense_stored += f" group {manifest.group_size}"
+    parts.append(Part("dense linears", dense_stored, weights, sum(tensors[n].nbytes for n in linears + scales)))
     head = [manifest.head["weight"], manifest.head["scale"]]
     head_groups = tensors[head[1]].shape[1]
-    head_stored = tensors[head[0]].dtype + (f" group {spec.hidden_size // head_groups}" if head_groups > 1 else "")
+    head_stored = head_scheme(manifest.quant_scheme, manifest.dense_linears)
+    head_stored += f" group {spec.hidden_size // head_groups}" if head_groups > 1 else ""
     parts.append(Part("LM head", head_stored, spec.vocab_size * spec.hidden_size,
                       sum(tensors[n].nbytes for n in head)))
     rest = [n for n in tensors if n not in {*linears, *scales, *head}]

@@ -22,8 +22,9 @@ from .spec import ModelSpec, RoutingSpec
 # quantize their activations (`moe.MoELayer`: int8 and int4 experts in groups of 32 do).
 EXPERT_KINDS = {"int8": (("int8",), True), "int4": (("int4",), True), "mixed": (("int4", "int8"), True),
                 "float32": (("float32",), False)}
-DENSE_LINEARS = ("int8", "float32")  # the attention/dense-FFN matrices: int8 codes (default) or --float-dense
-HEADS = (np.int8, np.float32)  # the LM head: int8, or float32 (--float-experts)
+DENSE_LINEARS = ("int8", "int4", "float32")  # the attention/dense-FFN matrices: int8 codes (default), 4-bit
+# ones (--dense-bits 4) or --float-dense
+HEADS = (np.int8, np.uint8, np.float32)  # the LM head: int8, int4 (--dense-bits 4) or float32 (--float-experts)
 GROUP = 32
 SPEC = ModelSpec(vocab_size=GROUP, hidden_size=GROUP, n_layers=1, n_heads=1, n_kv_heads=1, head_dim=GROUP,
                  intermediate_size=GROUP, layer_kinds=("moe",), expert_intermediate_size=GROUP,
@@ -50,21 +51,23 @@ def experts_kind(schemes: tuple[str, ...], quantized: bool, parallel: bool) -> l
 
 
 def dense_kind(linears: str, threads: int) -> list[KernelCall]:
-    """The dense decode kernel's call for int8 or float32 dense linears, at one thread or more (one thread is
-    a type of its own: its kernel leaves the parallel GEMV out); int8 linears take int8 activation blocks."""
+    """The dense decode kernel's call for int8, int4 or float32 dense linears, at one thread or more (one thread
+    is a type of its own: its kernel leaves the parallel GEMV out); quantized linears take int8 activation
+    blocks."""
     manifest = Manifest(spec=SPEC, quant_scheme="", group_size=GROUP, dense_linears=linears, layer_graphs=(),
                         head={}, dense_file="", dense_tensors={}, experts=None, tokenizer=None, files={})
     config = layer_config(SPEC, 0, threads)
-    quantized = INT8_ACTIVATIONS if linears == "int8" else None
+    quantized = INT8_ACTIVATIONS if linears != "float32" else None
     return kernel_calls.decode_calls(argument_type(layer_tensors(None, manifest, 0)), argument_type(config),
                                      argument_type(quantized))
 
 
 def head_kind(dtype) -> list[KernelCall]:
-    """The LM head's call for int8 (on int8 activation blocks) or float32 weights."""
+    """The LM head's call for int8 or int4 (uint8, two codes a byte: both on int8 activation blocks) or float32
+    weights."""
     norm, scale = _readonly((GROUP,), np.float32), _readonly((GROUP, 1), np.float32)
-    weight = _readonly((GROUP, GROUP), dtype)
-    quantized = INT8_ACTIVATIONS if dtype == np.int8 else None
+    weight = _readonly((GROUP, GROUP // 2 if dtype == np.uint8 else GROUP), dtype)
+    quantized = INT8_ACTIVATIONS if dtype != np.float32 else None
     return kernel_calls.head_calls(argument_type(norm), argument_type(weight), argument_type(scale),
                                    argument_type(quantized))
 

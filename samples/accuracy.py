@@ -6,9 +6,9 @@ on the held-out split against its own float32 PyTorch model.
 For each checkpoint: the float model's perplexity (PyTorch), then one bundle per scheme —
 float32 weights, int8 per output channel (the default: experts, head and the attention/dense-FFN
 matrices), the same with float32 attention/dense-FFN matrices (`--float-dense`), and int8 per group
-of 32/64/128, int4 per group of 32/64/128 (`--bits 4`), and mixed int4/int8 experts calibrated on training
-text (`--int8-budget 0.25` with groups of 32: 6 bits per weight on average; `0.15` with groups of 128:
-4.85) — with its perplexity,
+of 32/64/128, int4 per group of 32/64/128 (`--bits 4`), the same with 4-bit dense linears and LM head
+(`--dense-bits 4`), and mixed int4/int8 experts calibrated on training text (`--int8-budget 0.25` with groups
+of 32: 6 bits per weight on average; `0.15` with groups of 128: 4.85) — with its perplexity,
 relative change, top-1 next-token agreement with the float model and size on disk. Rows show
 what the exporter actually wrote, read back from each manifest (a dense model has no experts).
 """
@@ -29,13 +29,17 @@ from moedge.runtime.bundle import Manifest
 from moedge.runtime.storage import storage
 from moedge.runtime.tools.evaluate import evaluate, windows
 
-# (label, group size, bits, float experts, float dense, share of experts kept int8 in a 4-bit bundle)
-SCHEMES = [("float32", None, 8, True, False, 0.0), ("int8 per channel", None, 8, False, False, 0.0),
-           ("int8 per channel, float dense", None, 8, False, True, 0.0), ("int8 group 32", 32, 8, False, False, 0.0),
-           ("int8 group 64", 64, 8, False, False, 0.0), ("int8 group 128", 128, 8, False, False, 0.0),
-           ("int4 group 32", 32, 4, False, False, 0.0), ("int4 group 64", 64, 4, False, False, 0.0),
-           ("int4 group 128", 128, 4, False, False, 0.0), ("int4 group 32, 25% int8", 32, 4, False, False, 0.25),
-           ("int4 group 128, 15% int8", 128, 4, False, False, 0.15)]
+# (label, group size, bits, float experts, float dense, share of experts kept int8 in a 4-bit bundle, dense bits)
+SCHEMES = [("float32", None, 8, True, False, 0.0, None), ("int8 per channel", None, 8, False, False, 0.0, None),
+           ("int8 per channel, float dense", None, 8, False, True, 0.0, None),
+           ("int8 group 32", 32, 8, False, False, 0.0, None), ("int8 group 64", 64, 8, False, False, 0.0, None),
+           ("int8 group 128", 128, 8, False, False, 0.0, None), ("int4 group 32", 32, 4, False, False, 0.0, None),
+           ("int4 group 64", 64, 4, False, False, 0.0, None), ("int4 group 128", 128, 4, False, False, 0.0, None),
+           ("int4 group 32, 4-bit dense", 32, 4, False, False, 0.0, 4),
+           ("int4 group 64, 4-bit dense", 64, 4, False, False, 0.0, 4),
+           ("int4 group 128, 4-bit dense", 128, 4, False, False, 0.0, 4),
+           ("int4 group 32, 25% int8", 32, 4, False, False, 0.25, None),
+           ("int4 group 128, 15% int8", 128, 4, False, False, 0.15, None)]
 TARGETS = {8: (0.003, 0.98), 4: (0.03, 0.90)}  # bits -> (perplexity change under, top-1 agreement over)
 
 
@@ -55,17 +59,17 @@ def rows_for(checkpoint: Path, texts: list[str], max_tokens: int | None, threads
     ref = None
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for label, group, bits, float_experts, float_dense, int8_fraction in SCHEMES:
+        for label, group, bits, float_experts, float_dense, int8_fraction, dense_bits in SCHEMES:
             bundle = Path(tmp) / f"{label.replace(' ', '-').replace('%', '')}.moedge"
             try:
                 manifest = export(checkpoint, bundle, group_size=group, bits=bits, show_progress=False,
                                   float_experts=float_experts, float_dense=float_dense, int8_fraction=int8_fraction,
-                                  calibration=calibration if int8_fraction else None)
+                                  calibration=calibration if int8_fraction else None, dense_bits=dense_bits)
             except ExportError as exc:
                 rows.append(f"| {checkpoint.name} | {label}: not exportable ({exc}) | | | | | |")
                 continue
-            if manifest.experts is None and bits == 4:
-                continue  # a dense model has no experts: 4-bit rows would repeat the int8 ones
+            if manifest.experts is None and bits == 4 and manifest.dense_linears != "int4":
+                continue  # a dense model has no experts: 4-bit rows with int8 linears repeat the int8 ones
             model = Model.load(bundle, threads=threads)
             chunks = windows(docs, model.spec.max_seq_len, max_tokens)
             if ref is None:

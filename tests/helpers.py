@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from moedge.exporter import export
 from moedge.exporter.checkpoint import save_checkpoint
-from moedge.exporter.model import Experts, Transformer
+from moedge.exporter.model import Attention, Experts, SwiGLU, Transformer
 from moedge.quant import SCHEMES, dequantize, fake_quantize_activations
 from moedge.runtime.spec import ModelSpec, RoutingSpec
 
@@ -103,6 +103,19 @@ def with_int8_activations(model: Transformer) -> Transformer:
     for moe in quantized.moe_layers():
         moe.experts.forward = MethodType(forward, moe.experts)
     quantized.norm.register_forward_hook(lambda _, args, out: fake(out))
+    return quantized
+
+
+def with_int8_linear_activations(model: Transformer) -> Transformer:
+    """A copy of `model` (`with_int8_activations`: its experts and head too) whose attention, dense-FFN and
+    shared-expert linears take their inputs quantized to int8 blocks of 32 and back, as one-token steps do by
+    default."""
+    quantized = with_int8_activations(model)
+    for block in quantized.modules():
+        if isinstance(block, (Attention, SwiGLU)):
+            for linear in block.children():
+                if isinstance(linear, torch.nn.Linear):
+                    linear.register_forward_pre_hook(lambda _, args: (fake_quantized(args[0]),))
     return quantized
 
 

@@ -10,10 +10,9 @@ import onnx
 import pytest
 import torch
 
-from helpers import build_model, fake_quantized, tiny_moe_spec, with_int8_activations
+from helpers import build_model, tiny_moe_spec, with_int8_activations, with_int8_linear_activations
 from moedge.exporter import export
 from moedge.exporter.checkpoint import save_checkpoint
-from moedge.exporter.model import Attention, SwiGLU
 from moedge.exporter.peers import torch_model_from_bundle
 from moedge.runtime import Model
 from moedge.runtime.bundle import read_manifest
@@ -63,19 +62,6 @@ def test_close_to_the_round_tripped_reference_and_consistent(bundles):
     numba = Model.load(int8, threads=1, activations="float").session()
     stepped = np.stack([numba.decode(t) for t in PROMPT])
     assert np.abs(stepped - reference).max() <= 1e-5 * span
-
-
-def with_int8_linear_activations(model: torch.nn.Module) -> torch.nn.Module:
-    """A copy of `model` (`with_int8_activations`: its experts and head too) whose attention, dense-FFN and
-    shared-expert linears take their inputs quantized to int8 blocks of 32 and back, as one-token steps do by
-    default."""
-    quantized = with_int8_activations(model)
-    for block in quantized.modules():
-        if isinstance(block, (Attention, SwiGLU)):
-            for linear in block.children():
-                if isinstance(linear, torch.nn.Linear):
-                    linear.register_forward_pre_hook(lambda _, args: (fake_quantized(args[0]),))
-    return quantized
 
 
 def test_decode_quantizes_the_linears_activations_like_the_reference(bundles):

@@ -17,6 +17,7 @@ from moedge.runtime.warmup import install_calls
 # Every combination of `moedge export` flags that changes a kernel's argument types.
 KINDS = {"int8": ("moe", {}), "int4": ("moe", {"bits": 4}), "mixed": ("moe", {"bits": 4, "int8_fraction": 0.25}),
          "float": ("moe", {"float_experts": True}), "float-dense": ("moe", {"float_dense": True}),
+         "int4-dense4": ("moe", {"bits": 4, "dense_bits": 4}),
          "dense": ("dense", {}), "dense-float": ("dense", {"float_dense": True})}
 ENTRY_POINTS = [(routing, "_route"), (expert_store, "_count"), (expert_store, "_guess"),
                 (expert_store, "_release_order"), (kernels, "moe_decode"), (kernels, "moe_decode_parallel"),
