@@ -83,26 +83,27 @@ def _guess(mapped, guessed, last_use, clock, ids):
 @njit(cache=True)
 def _release_order(mapped, last_use, spans, budget, layer, n_experts, clock):
     """Flat indices ([layer, expert] flattened) of the mapped experts to release so that at most `budget` bytes
-    of spans stay mapped. A step visits the layers in order, so the experts whose next use is farthest are
-    those of the layer just routed (`layer`, at `clock`) that it did not choose, then those of the layers just
-    behind it: they go first, the least recently used first within a layer; the experts routed at `clock`
-    go last. (Least recently used across layers releases every expert before its layer comes round again
-    once the budget is below one token's experts; replayed, this order hit as often or more at every budget,
-    on random routing and on the trained sample's.)"""
+    of spans stay mapped, those whose next use is likely farthest first. A step visits the layers in order
+    (`layer` was just routed, at `clock`), so an expert's recency is counted in its own layer's turns: the
+    layers until its layer's next turn plus the routing steps since its last use (the same for every expert
+    its layer chose last time). Among equals, the expert whose layer comes round last goes first; those routed
+    at `clock` go last. (Least recently used across layers releases every expert before its layer comes round
+    again once the budget is below one token's experts, and never hits; replayed on the bench models' and the
+    trained sample's routing, this order hit as often or more than it at every budget.)"""
     n_layers = mapped.size // n_experts
     victims = []
     held = 0
     for i in range(mapped.size):
         held += spans[i] * mapped[i]
     while held > budget:
-        best, best_free, best_turn = -1, False, 0
+        best, best_key = -1, (False, 0, 0)
         for i in range(mapped.size):
             if not mapped[i]:
                 continue
-            free = last_use[i] != clock
-            turn = (i // n_experts - layer) % n_layers or n_layers  # layers until its next visit
-            if best < 0 or (free, turn, -last_use[i]) > (best_free, best_turn, -last_use[best]):
-                best, best_free, best_turn = i, free, turn
+            turn = (i // n_experts - layer) % n_layers or n_layers  # layers until its layer's next visit
+            key = (last_use[i] != clock, turn + clock - last_use[i], turn)
+            if best < 0 or key > best_key:
+                best, best_key = i, key
         mapped[best] = False
         victims.append(best)
         held -= spans[best]

@@ -32,15 +32,16 @@ def test_budget_caps_mapped_experts_and_keeps_results(exported):
 
 
 def test_release_order_keeps_the_experts_needed_soonest():
-    """3 layers x 2 experts, layer 1 just routed its expert 0 (clock 9): first its unrouted expert (needed a
-    whole token later), then layer 0's (least recently used first), then layer 2's (needed next); never the
-    expert routed now unless nothing else is left."""
-    last_use = np.array([5, 6, 9, 4, 2, 3])  # least recently used alone would release 4, 5, 3, 0, 1
+    """3 layers x 2 experts (flat index = layer * 2 + expert); layer 1 just routed flat expert 2 (clock 9).
+    Turns until each expert's layer comes round plus steps since its last use: 3 (layer 1) 3 + 5, 4 (layer 2)
+    1 + 7, 5: 1 + 6, 0 (layer 0) 2 + 4, 1: 2 + 3, released in that order (a tie goes to the layer that comes
+    round last); the expert routed now only when nothing else is left."""
+    last_use = np.array([5, 6, 9, 4, 2, 3])  # least recently used alone: 4, 5, 3, 0, 1; by layer alone: 3, 0, 1, 4
     order = _release_order(np.ones(6, bool), last_use, np.ones(6, np.int64), 0, 1, 2, 9)
-    assert order == [3, 0, 1, 4, 5, 2]
+    assert order == [3, 4, 5, 0, 1, 2]
     mapped = np.array([True, False, True, True, False, True])
-    assert _release_order(mapped, last_use, np.ones(6, np.int64), 2, 1, 2, 9) == [3, 0]
-    assert mapped.tolist() == [False, False, True, False, False, True]
+    assert _release_order(mapped, last_use, np.ones(6, np.int64), 2, 1, 2, 9) == [3, 5]
+    assert mapped.tolist() == [True, False, True, False, False, False]
 
 
 def test_a_budget_below_one_tokens_experts_still_hits(exported):
