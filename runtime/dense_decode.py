@@ -262,40 +262,42 @@ def _rope(x, heads, hd, cos, sin):
 
 @njit(cache=True, error_model="numpy", fastmath=True)
 def _attend(q, k_cache, v_cache, length, cfg, out):
-    """out [H·Hd] = softmax(q·Kᵀ·scale) V over the `length` cached rows [S, K, Hd]. The heads sharing a
-    kv head go together, so each cached row is read once per kv head, in memory order."""
-    hd, kvh = cfg.head_dim, cfg.n_kv_heads
-    group = cfg.n_heads // kvh
+    """out [H·Hd] = softmax(q·Kᵀ·scale) V over the `length` cached rows [S, K, Hd], reading the cache in memory
+    order: cached row j of every kv head, then row j + 1 (kv head by kv head, each head's rows sat a row of
+    every head apart: measured 1.3x slower at 40 cached rows, 1.8x at 170, 3x at 1000)."""
+    hd, heads = cfg.head_dim, cfg.n_heads
+    group = heads // cfg.n_kv_heads
     scale = np.float32(cfg.scale)
-    scores = np.empty((group, length), dtype=np.float32)
-    qg = q.reshape(kvh, group, hd)
-    og = out.reshape(kvh, group, hd)
-    for kv in range(kvh):
+    scores = np.empty((length, heads), dtype=np.float32)
+    for j in range(length):
+        kj = k_cache[j]
+        for h in range(heads):
+            kv = h // group
+            s = _0
+            for d in range(hd):
+                s += q[h * hd + d] * kj[kv, d]
+            scores[j, h] = s * scale
+    for h in range(heads):
+        top = scores[0, h]
         for j in range(length):
-            kj = k_cache[j, kv]
-            for g in range(group):
-                s = _0
-                for d in range(hd):
-                    s += qg[kv, g, d] * kj[d]
-                scores[g, j] = s * scale
-        for g in range(group):
-            top = scores[g, 0]
-            for j in range(length):
-                top = max(top, scores[g, j])
-            total = _0
-            for j in range(length):
-                scores[g, j] = np.exp(scores[g, j] - top)
-                total += scores[g, j]
-            inv = _1 / total
-            for j in range(length):
-                scores[g, j] *= inv
-        og[kv] = _0
+            top = max(top, scores[j, h])
+        total = _0
         for j in range(length):
-            vj = v_cache[j, kv]
-            for g in range(group):
-                p = scores[g, j]
-                for d in range(hd):
-                    og[kv, g, d] += p * vj[d]
+            e = np.exp(scores[j, h] - top)
+            scores[j, h] = e
+            total += e
+        inv = _1 / total
+        for j in range(length):
+            scores[j, h] *= inv
+    for i in range(heads * hd):
+        out[i] = _0
+    for j in range(length):
+        vj = v_cache[j]
+        for h in range(heads):
+            p = scores[j, h]
+            kv = h // group
+            for d in range(hd):
+                out[h * hd + d] += p * vj[kv, d]
 
 
 @njit(cache=True, error_model="numpy", fastmath=True)
