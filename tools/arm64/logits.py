@@ -5,10 +5,12 @@ x86 (the reference) and on aarch64.
 Which kernels run: decode steps from an empty cache are numba alone (`dense_decode.decode_layer`,
 `kernels.moe_decode`, the head's `kernels.norm_linear`; with two threads `kernels.moe_decode_parallel`
 and `dense_decode._rows4_parallel`). Prompts run the layer graphs in onnxruntime, and their experts in
-numba: 8 tokens send every expert fewer than 16 (`kernels.expert_tokens`), 96 tokens give some expert 24
-or more (192 slots over 8 experts: `kernels.dequantize` and BLAS); decode steps after the 96 read the
-cache that prompt wrote. The quantization schemes (int8 per channel and per group, int4, mixed, float
-experts, float dense linears) each compile their own specialisation, so each bundle runs its own code.
+numba: experts with fewer prompt tokens than `GEMM_FROM` run in `kernels.expert_pairs`, 8 tokens send every
+expert fewer, 96 tokens give some expert 24 or more (192 slots over 8 experts: `kernels.dequantize` and
+BLAS; the runtime's own threshold, 128 tokens an expert, is more than these bundles' context holds); decode
+steps after the 96 read the cache that prompt wrote. The quantization schemes (int8 per channel and per
+group, int4, mixed, float experts, float dense linears) each compile their own specialisation, so each
+bundle runs its own code.
 
 Each trace runs twice: with float expert activations (`activations="float"`: float kernels only,
 held to 1e-4 of the logit range) and with the default int8 activation blocks (the integer-dot kernels). The
@@ -23,9 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-from moedge.runtime import Model, kernels
+from moedge.runtime import Model, kernels, moe
 
 SHORT_PROMPT, LONG_PROMPT, DECODE_STEPS = 8, 96, 8
+GEMM_FROM = 16  # prompt tokens an expert needs for the dequantize + BLAS path here
 THREADS = (1, 2)
 TOLERANCE = {"float": 1e-4, "int8": 2e-3}  # of the reference's logit range, per expert activations
 
@@ -42,6 +45,7 @@ def trace(bundle: str | Path, threads: int, activations: str) -> dict[str, np.nd
     """Logits [tokens, V] of decode steps from an empty cache, a short prefill, a long one and decode steps
     after it, with `activations` ("float" or "int8") into the experts."""
     model = Model.load(bundle, threads=threads, activations=activations)
+    moe.PREFILL_GEMM_MIN_TOKENS = GEMM_FROM
     if threads > 1:
         force_parallel(model)
     rng = np.random.default_rng(0)
