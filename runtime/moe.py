@@ -82,7 +82,7 @@ class MoELayer:
         experts, starts, counts = np.unique(flat[order], return_index=True, return_counts=True)
         y = np.empty((t * k, self.d), dtype=np.float32)  # each pair's expert output
         few = counts < PREFILL_GEMM_MIN_TOKENS  # in one kernel call, the experts spread over the threads
-        pairs = np.concatenate([order[s:s + c] for s, c in zip(starts[few], counts[few], strict=True)] or [order[:0]])
+        pairs = order[np.repeat(few, counts)]  # `order` runs expert by expert
         kernels.expert_pairs(x, self.bytes, experts[few], np.concatenate([[0], np.cumsum(counts[few])]), pairs,
                              np.empty((t * k, self.i), dtype=np.float32), y, self.quantized)
         for expert, s, c in zip(experts[~few], starts[~few], counts[~few], strict=True):  # many tokens: BLAS
