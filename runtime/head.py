@@ -22,7 +22,7 @@ class Head:
         self.norm, self.weight, self.scale = (tensor_view(dense, manifest, manifest.head[key])
                                               for key in ("norm", "weight", "scale"))
         group = spec.hidden_size // self.scale.shape[1]
-        blocks = self.weight.dtype == np.uint8 or self.weight.dtype == np.int8 and group % BLOCK == 0
+        blocks = self.weight.dtype == np.uint8 or (self.weight.dtype == np.int8 and group % BLOCK == 0)  # int4, int8
         self.quantized = kernels.INT8_ACTIVATIONS if activations == "int8" and blocks else None
 
     def run(self, hidden: np.ndarray) -> np.ndarray:
