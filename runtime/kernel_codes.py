@@ -24,7 +24,9 @@ from numba.core.errors import NumbaIRAssumptionWarning
 from numba.extending import overload
 
 from . import numba_cache  # noqa: F401  (first: it says where the kernels' cache lives)
-from .kernel_q8 import BLOCK, dot4_q8
+from .kernel_ir import BLOCK
+from .kernel_q8 import ACTIVATION_CODES, dot4_q8
+from .kernel_vnni import VNNI
 
 _0 = np.float32(0.0)
 _8 = np.float32(8.0)
@@ -43,17 +45,63 @@ QuantizedActivations = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
 @njit(cache=True, error_model="numpy")
+def _mixed(codes):
+    """16 · codes j − codes j+16 of each block's j < 16, int16 [n / 2]: the portable int4 dot's operand."""
+    mixed = np.empty(codes.shape[0] // 2, dtype=np.int16)
+    for b in range(codes.shape[0] // BLOCK):
+        for j in range(BLOCK // 2):
+            mixed[b * BLOCK // 2 + j] = np.int16(16) * codes[b * BLOCK + j] - codes[b * BLOCK + BLOCK // 2 + j]
+    return mixed
+
+
+@njit(cache=True, error_model="numpy")
+def nibble_order(codes):
+    """The codes int8 [n] as the VNNI int4 dot reads them: per pair of blocks a, b the inputs 0-15 of a, of b, then
+    16-31 of a, of b (a packed pair's low nibbles, then its high ones); an odd last block as it is."""
+    ordered = np.empty(codes.shape[0], dtype=np.int8)
+    half = BLOCK // 2
+    pairs = codes.shape[0] // (2 * BLOCK)
+    for p in range(pairs):
+        base = 2 * BLOCK * p
+        for j in range(half):
+            ordered[base + j] = codes[base + j]
+            ordered[base + half + j] = codes[base + BLOCK + j]
+            ordered[base + BLOCK + j] = codes[base + half + j]
+            ordered[base + BLOCK + half + j] = codes[base + BLOCK + half + j]
+    for j in range(2 * BLOCK * pairs, codes.shape[0]):
+        ordered[j] = codes[j]
+    return ordered
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _shift(scale, total):
+    """8 · scale · Σ codes: what the portable int4 and uint8 dots take off (`kernel_q8`)."""
+    return _8 * scale * np.float32(total)
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _total(scale, total):
+    """Σ codes, which the VNNI dots put in their accumulators (`kernel_vnni`)."""
+    return np.int32(total)
+
+
+# What this CPU's row dots take besides the codes: the int4 rows' operand, its dtype and codes per element;
+# the blocks' sums and their dtype.
+_int4_operand, _INT4_OPERAND, _INT4_PER_CODE = (nibble_order, np.int8, 1) if VNNI else (_mixed, np.int16, 2)
+_block_sum, _SUMS = (_total, np.int32) if VNNI else (_shift, np.float32)
+
+
+@njit(cache=True, error_model="numpy")
 def quantize_activations(x: np.ndarray) -> QuantizedActivations:
     """x [n] (n a multiple of 32) quantized by blocks of 32 as `quant.quantize_activations` does, bit for bit
-    but for exact ties (x / scale = k + ½ may round either way here; no fastmath): (codes [n] int16 in
-    [-127, 127], mixed [n / 2] int16 = 16 · codes j − codes j+16 of each block's j < 16 (`kernel_q8`), scales
-    [n / 32] float32, shifts [n / 32] float32 = 8 · scale · Σ codes, the offset of int4's nibbles). A NaN or
-    infinity makes its block's scale NaN."""
+    but for exact ties (x / scale = k + ½ may round either way here; no fastmath): (codes [n] in [-127, 127]
+    (`ACTIVATION_CODES`: int8 for the VNNI row dots, else int16), the int4 rows' operand (VNNI: the codes in
+    `nibble_order`; else `_mixed`, see `kernel_q8`), scales [n / 32] float32, sums [n / 32] (VNNI: Σ codes,
+    int32; else 8 · scale · Σ codes, float32)). A NaN or infinity makes its block's scale NaN."""
     blocks = x.shape[0] // BLOCK
-    codes = np.empty(x.shape[0], dtype=np.int16)
-    mixed = np.empty(x.shape[0] // 2, dtype=np.int16)
+    codes = np.empty(x.shape[0], dtype=ACTIVATION_CODES)
     scales = np.empty(blocks, dtype=np.float32)
-    shifts = np.empty(blocks, dtype=np.float32)
+    sums = np.empty(blocks, dtype=_SUMS)
     bits = x.view(np.int32)  # NaN and ±inf by their exponent: a float test could be folded away once inlined
     for b in range(blocks):
         block = x[b * BLOCK:(b + 1) * BLOCK]
@@ -69,11 +117,9 @@ def quantize_activations(x: np.ndarray) -> QuantizedActivations:
             code = np.int16(np.rint(block[j] * inverse))
             codes[b * BLOCK + j] = code
             total += code
-        for j in range(BLOCK // 2):
-            mixed[b * BLOCK // 2 + j] = np.int16(16) * codes[b * BLOCK + j] - codes[b * BLOCK + BLOCK // 2 + j]
         scales[b] = scale
-        shifts[b] = _8 * scale * np.float32(total)
-    return codes, mixed, scales, shifts
+        sums[b] = _block_sum(scale, total)
+    return codes, _int4_operand(codes), scales, sums
 
 
 def activations(x: np.ndarray, group: int, quantized: bool | None) -> np.ndarray | QuantizedActivations:
@@ -146,13 +192,13 @@ def _token_activations(x, group, quantized):
 
     def quantize_rows(x, group, quantized):
         t_n, n = x.shape
-        codes = np.empty((t_n, n), dtype=np.int16)
-        mixed = np.empty((t_n, n // 2), dtype=np.int16)
+        codes = np.empty((t_n, n), dtype=ACTIVATION_CODES)
+        mixed = np.empty((t_n, n // _INT4_PER_CODE), dtype=_INT4_OPERAND)
         scales = np.empty((t_n, n // BLOCK), dtype=np.float32)
-        shifts = np.empty((t_n, n // BLOCK), dtype=np.float32)
+        sums = np.empty((t_n, n // BLOCK), dtype=_SUMS)
         for t in range(t_n):
-            codes[t], mixed[t], scales[t], shifts[t] = quantize_activations(x[t])
-        return codes, mixed, scales, shifts
+            codes[t], mixed[t], scales[t], sums[t] = quantize_activations(x[t])
+        return codes, mixed, scales, sums
     return quantize_rows
 
 

@@ -3,8 +3,9 @@
 numba checks a cached function against its own source file only, not against the functions it
 calls from other files. The kernels call across files (kernel_codes → kernels → dense_decode), so
 an edit in one would leave another's machine code stale. Keeping the cache in a folder named by a
-digest of every kernel source closes that hole, and keeps it out of site-packages, which may be
-read-only. The base folder is NUMBA_CACHE_DIR if set, else $XDG_CACHE_HOME/moedge (~/.cache/moedge).
+digest of every kernel source (and of the settings that choose between kernels) closes that hole,
+and keeps it out of site-packages, which may be read-only. The base folder is NUMBA_CACHE_DIR if
+set, else $XDG_CACHE_HOME/moedge (~/.cache/moedge).
 Every module with cached kernels imports this one before defining them.
 """
 
@@ -16,14 +17,17 @@ from pathlib import Path
 
 import numba
 
-KERNEL_SOURCES = ("kernel_q8.py", "kernel_codes.py", "kernels.py", "dense_decode.py", "routing.py", "expert_store.py",
-                  "tools/bandwidth.py")
+KERNEL_SOURCES = ("kernel_ir.py", "kernel_q8.py", "kernel_vnni.py", "kernel_codes.py", "kernels.py", "dense_decode.py",
+                  "routing.py", "expert_store.py", "tools/bandwidth.py")
+CHOICES = ("MOEDGE_PORTABLE_KERNELS",)  # environment variables that change the machine code (`kernel_vnni`)
 
 
 def kernel_cache_dir() -> Path:
     """The cache folder of this version of the kernels."""
     here = Path(__file__).parent
-    digest = hashlib.sha256(b"".join((here / name).read_bytes() for name in KERNEL_SOURCES)).hexdigest()[:16]
+    sources = b"".join((here / name).read_bytes() for name in KERNEL_SOURCES)
+    choices = "".join(f"{name}={os.environ.get(name, '')};" for name in CHOICES).encode()
+    digest = hashlib.sha256(sources + choices).hexdigest()[:16]
     user_cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     return Path(os.environ.get("NUMBA_CACHE_DIR") or user_cache / "moedge") / f"kernels-{digest}"
 

@@ -7,6 +7,7 @@ import pytest
 
 from helpers import run_cli, tiny_moe_spec
 from moedge.runtime.bundle import read_manifest
+from moedge.runtime.kernel_vnni import VNNI
 from moedge.runtime.memory import RESERVE
 from moedge.runtime.storage import step_bytes
 
@@ -30,6 +31,8 @@ def test_bench_json_plot_and_peers(exported, tmp_path):
     assert any(" pytorch-eager | 1 | tg12 | " in row for row in table)
     report = json.loads(report_path.read_text())
     assert report["token_stream"] == "seeded random"
+    assert report["row_dots"] == ("avx512-vnni" if VNNI else "portable")
+    assert f"integer row dots: {report['row_dots']}" in result.stdout
     step = report["bytes_per_decode_step"]
     assert step["experts"] > 0 and step["total"] == step["dense"] + step["experts"]
     (r,) = report["results"]

@@ -121,11 +121,9 @@ def test_kernel_quantizes_activations_like_the_reference(scale):
     x = (np.random.default_rng(4).standard_normal(8 * 32) * scale).astype(np.float32)
     x[32:64] = 0  # a block of zeros: scale 0, codes 0
     codes, scales = quantize_activations(x)
-    got_codes, got_mixed, got_scales, got_shifts = kernel_codes.quantize_activations(x)
+    got_codes, _, got_scales, _ = kernel_codes.quantize_activations(x)  # the rest: test_row_dots
     np.testing.assert_array_equal(got_codes, codes.ravel())
-    np.testing.assert_array_equal(got_mixed, (16 * codes[:, :16].astype(np.int16) - codes[:, 16:]).ravel())
     np.testing.assert_array_equal(got_scales, scales)
-    np.testing.assert_allclose(got_shifts, 8 * scales * codes.sum(-1), rtol=1e-6)
     assert np.abs(codes).max() == 127 and np.abs(fake_quantize_activations(x) - x).max() <= scales.max() / 2
 
 

@@ -24,6 +24,7 @@ from tqdm import tqdm
 from ..bundle import read_manifest
 from ..errors import InputError
 from ..forward import Probe
+from ..kernel_vnni import VNNI
 from ..model import Model
 from ..storage import step_bytes, storage
 from .bandwidth import read_bandwidth
@@ -178,4 +179,4 @@ def bench(bundle: str | Path, threads: list[int], prompt_tokens: int = 128, new_
             "weights": sum(part.weights for part in storage(manifest)),  # stored: a tied head counts twice
             "bytes_per_decode_step": bytes_per_step, "prompt_tokens": prompt_tokens, "new_tokens": new_tokens,
             "repeat": repeat, "seed": seed, "token_stream": "seeded random",
-            "results": [asdict(r) for r in results]}
+            "row_dots": "avx512-vnni" if VNNI else "portable", "results": [asdict(r) for r in results]}

@@ -31,7 +31,7 @@ def format_report(report: dict) -> str:
     lines = [f"{report['bundle']}: {step['total'] / MB:.0f} MB of weights per decode step "
              f"(dense {step['dense'] / MB:.0f} MB, experts {step['experts'] / MB:.0f} MB); "
              f"prompt {report['prompt_tokens']}, {report['new_tokens']} new tokens x {report['repeat']}, "
-             f"{report['token_stream']} tokens"]
+             f"{report['token_stream']} tokens; integer row dots: {report.get('row_dots', 'portable')}"]
     for r in report["results"]:
         b = r["breakdown_ms"]
         lines += [

@@ -1,0 +1,80 @@
+"""The integer row dots (`kernel_q8.dot4_q8`) of both implementations, portable IR and AVX512-VNNI, on this
+machine: int8, uint8 (int8 + 128) and int4 rows, groups of 32, of an even and an odd number of blocks, and
+per channel with an odd number of blocks, against numpy in float64 on the same quantized activations. The
+activations are laid out here with numpy, as each implementation documents it, so the layout is checked too."""
+
+import numpy as np
+import pytest
+from numba import njit
+
+from moedge.quant import quantize_activations
+from moedge.runtime import kernel_codes
+from moedge.runtime.kernel_q8 import dot4_q8
+from moedge.runtime.kernel_vnni import VNNI
+
+# (inputs, group): 5 blocks a row per channel (odd, > 1), 32 (one block a group, odd count), 64 (two), 96 (three);
+# one block alone (no pair), one pair
+SHAPES = [(160, 160), (160, 32), (128, 64), (192, 96), (256, 32), (32, 32), (64, 32)]
+
+
+@njit(cache=False)
+def _four(w, s, codes, int4_codes, scales, sums):
+    return dot4_q8(w[0], w[1], w[2], w[3], s[0], s[1], s[2], s[3], codes, int4_codes, scales, sums)
+
+
+def portable_activations(codes: np.ndarray, scales: np.ndarray) -> tuple:
+    """codes int16, 16·x_j − x_j+16 per block (j < 16), scales, 8·scale·Σ codes (`kernel_q8`)."""
+    c = codes.astype(np.int16)
+    mixed = (16 * c[:, :16] - c[:, 16:]).ravel()
+    return c.ravel(), mixed, scales, (8 * scales * c.sum(-1)).astype(np.float32)
+
+
+def vnni_activations(codes: np.ndarray, scales: np.ndarray) -> tuple:
+    """codes int8, the codes by pairs of blocks [a 0-15, b 0-15, a 16-31, b 16-31] (an odd last block as it is),
+    scales, Σ codes int32 (`kernel_vnni`)."""
+    pairs = codes.shape[0] // 2
+    paired = codes[:2 * pairs].reshape(pairs, 2, 2, 16).transpose(0, 2, 1, 3).reshape(-1)
+    ordered = np.concatenate([paired, codes[2 * pairs:].ravel()])
+    return codes.ravel(), ordered, scales, codes.astype(np.int32).sum(-1, dtype=np.int32)
+
+
+def rows(kind: str, n: int, group: int, rng) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Four rows of `kind` as the kernels read them (codes [4, groups, ...], scales [4, groups]) and their values."""
+    groups = n // group
+    scales = rng.uniform(0.5, 2.0, (4, groups)).astype(np.float32)
+    if kind == "int4":
+        q = rng.integers(-8, 8, (4, n))
+        nibbles = (q + 8).astype(np.uint8).reshape(4, n // 32, 2, 16)
+        codes = (nibbles[:, :, 0] | (nibbles[:, :, 1] << 4)).reshape(4, groups, group // 32, 16)
+    else:
+        q = rng.integers(-127, 128, (4, n))
+        codes = (q.astype(np.int8) if kind == "int8" else (q + 128).astype(np.uint8)).reshape(4, groups, group)
+    return codes, scales, q * np.repeat(scales, group, axis=1)
+
+
+IMPLEMENTATIONS = [pytest.param(portable_activations, id="portable"),
+                   pytest.param(vnni_activations, id="vnni",
+                                marks=pytest.mark.skipif(not VNNI, reason="this CPU has no AVX512-VNNI"))]
+
+
+@pytest.mark.parametrize("layout", IMPLEMENTATIONS)
+@pytest.mark.parametrize("kind", ["int8", "uint8", "int4"])
+@pytest.mark.parametrize(("n", "group"), SHAPES)
+def test_row_dots_match_numpy(layout, kind, n, group):
+    rng = np.random.default_rng(n + group)
+    codes, scales, values = rows(kind, n, group, rng)
+    x = rng.standard_normal(n).astype(np.float32)
+    x_codes, x_scales = quantize_activations(x)
+    got = np.array(_four(codes, scales, *layout(x_codes, x_scales)))
+    ref = values @ (x_codes * x_scales[:, None]).ravel().astype(np.float64)
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5 * np.abs(ref).max())
+
+
+def test_the_runtime_lays_activations_out_for_this_cpu():
+    x = np.random.default_rng(3).standard_normal(160).astype(np.float32)
+    x_codes, x_scales = quantize_activations(x)
+    expected = (vnni_activations if VNNI else portable_activations)(x_codes, x_scales)
+    got = kernel_codes.quantize_activations(x)
+    for g, e in zip(got, expected, strict=True):
+        assert g.dtype == e.dtype
+        np.testing.assert_allclose(g, e, rtol=1e-6)
