@@ -1,4 +1,4 @@
-"""The row dots of `kernel_q8` for x86 CPUs with AVX512-VNNI: `vpdpbusd` sums four u8 × s8 products per
+"""The row dots of `kernel_q8` for x86 CPUs with AVX512-VNNI or AVX-VNNI: `vpdpbusd` sums four u8 × s8 products per
 32-bit lane in one instruction, where the portable IR needs a widening, a `vpdpwssd` and a mask or add.
 
 Rows are read as unsigned bytes: uint8 codes (int8 + 128, the dense linears'), int8 codes flipped to
@@ -50,13 +50,14 @@ _SPREAD = ir.Constant(vec(I32, LANES), [0] * (LANES // 2) + [1] * (LANES // 2)) 
 
 
 def _compiles_for_vnni() -> bool:
-    """Whether numba compiles for a CPU with AVX512-VNNI and AVX512-VL (its target: the host unless
-    NUMBA_CPU_NAME names another, then NUMBA_CPU_FEATURES)."""
+    """Whether numba compiles for a CPU with 256-bit `vpdpbusd`: AVX512-VNNI with AVX512-VL, or AVX-VNNI (Alder
+    Lake and later; LLVM emits the VEX form there, checked by compiling for `alderlake`). The target is the
+    host unless NUMBA_CPU_NAME names another, then NUMBA_CPU_FEATURES."""
     if config.CPU_NAME not in (None, "host"):
         features = config.CPU_FEATURES or ""
     else:
         features = config.CPU_FEATURES or binding.get_host_cpu_features().flatten()
-    return "+avx512vnni" in features and "+avx512vl" in features
+    return ("+avx512vnni" in features and "+avx512vl" in features) or "+avxvnni" in features
 
 
 VNNI = not PORTABLE_ONLY and _compiles_for_vnni()
