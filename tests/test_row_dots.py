@@ -3,6 +3,10 @@ machine: int8, uint8 (int8 + 128) and int4 rows, groups of 32, of an even and an
 per channel with an odd number of blocks, against numpy in float64 on the same quantized activations. The
 activations are laid out here with numpy, as each implementation documents it, so the layout is checked too."""
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from numba import njit
@@ -78,3 +82,35 @@ def test_the_runtime_lays_activations_out_for_this_cpu():
     for g, e in zip(got, expected, strict=True):
         assert g.dtype == e.dtype
         np.testing.assert_allclose(g, e, rtol=1e-6)
+
+
+PORTABLE_CHECK = """
+import numpy as np
+from moedge.quant import quantize_activations, quantize_int8
+from moedge.runtime import kernel_codes, kernels
+from moedge.runtime.kernel_vnni import VNNI
+assert not VNNI
+rng = np.random.default_rng(5)
+x = rng.standard_normal((2, 96)).astype(np.float32)
+codes, scales = quantize_activations(x[0])
+got = kernel_codes.quantize_activations(x[0])
+assert got[0].dtype == np.int16 and got[1].dtype == np.int16 and got[3].dtype == np.float32
+np.testing.assert_array_equal(got[1], (16 * codes[:, :16].astype(np.int16) - codes[:, 16:]).ravel())
+q = quantize_int8(rng.standard_normal((40, 96)).astype(np.float32), 0)
+out = np.empty((2, 40), np.float32)
+kernels.norm_linear(x, np.ones(96, np.float32), np.float32(1e-6), q.q, q.scale, out, kernels.INT8_ACTIVATIONS)
+xn = x / np.sqrt((x.astype(np.float64) ** 2).mean(-1, keepdims=True) + 1e-6)
+c, s = quantize_activations(xn.astype(np.float32))
+want = (c * s[..., None]).reshape(2, 96) @ (q.q * q.scale).T.astype(np.float64)
+np.testing.assert_allclose(out, want, rtol=0, atol=1e-5 * np.abs(want).max())
+print("ok")
+"""
+
+
+def test_forcing_the_portable_kernels_switches_the_layout_and_keeps_results(tmp_path):
+    """MOEDGE_PORTABLE_KERNELS=1 (in a fresh process, with its own kernel cache): the portable layout, and an int8
+    LM head on quantized activations equal to numpy."""
+    env = {**os.environ, "MOEDGE_PORTABLE_KERNELS": "1", "NUMBA_CACHE_DIR": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-c", PORTABLE_CHECK], env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
