@@ -22,6 +22,7 @@ from numba.extending import overload
 from ..quant import UNSIGNED_ZERO
 from . import numba_cache  # noqa: F401  (first: it says where the kernels' cache lives)
 from .bundle import NBITS, Manifest
+from .fast_exp import fast_exp
 from .graphs import LayerOutputs
 from .head import tensor_view
 from .kernel_codes import BLOCK, KERNEL_OPTIONS, NIBBLES, activations
@@ -245,7 +246,7 @@ def _swiglu(t, x, out, parallel_min, quantized):
     _apply(t.gate, xa, g, parallel_min)
     _apply(t.up, xa, u, parallel_min)
     for r in range(inner):
-        g[r] = g[r] / (_1 + np.exp(-g[r])) * u[r]
+        g[r] = g[r] / (_1 + fast_exp(-g[r])) * u[r]
     _linear_of(t.down, g, out, parallel_min, quantized)
 
 
@@ -285,7 +286,7 @@ def _attend(q, k_cache, v_cache, length, cfg, out):
             top = max(top, row[j])
         total = _0
         for j in range(length):
-            e = np.exp(row[j] - top)
+            e = fast_exp(row[j] - top)
             row[j] = e
             total += e
         inv = _1 / total

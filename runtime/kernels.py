@@ -24,6 +24,7 @@ import numpy as np
 from numba import njit, prange
 
 from . import numba_cache  # noqa: F401  (first: it says where the kernels' cache lives)
+from .fast_exp import fast_exp
 from .kernel_codes import activations, codes_view, row_dot, row_values, rows_dot4, token_activations, token_row
 
 _0 = np.float32(0.0)
@@ -70,14 +71,6 @@ def dot_row(w3, s2, x2, r):
 
 
 @njit(cache=True, error_model="numpy", fastmath=True, inline="always")
-def _gate_up(g3, gs, u3, us, x2, r):
-    """silu(gate[r]·x) · (up[r]·x)."""
-    ag = row_dot(g3, gs, r, x2)
-    au = row_dot(u3, us, r, x2)
-    return ag / (_1 + np.exp(-ag)) * au
-
-
-@njit(cache=True, error_model="numpy", fastmath=True, inline="always")
 def _dots4(wa, sa, ra, wb, sb, rb, wc, sc, rc, wd, sd, rd, x2):
     """Four rows (of one or several matrices with their scales) dotted with x2 in one pass
     (`kernel_codes.rows_dot4`: four memory streams)."""
@@ -112,12 +105,15 @@ def _expert_rows(x2, codes, b, kind, expert, weight, hidden, out, quantized):
     u3, us = _matrix(codes, b, kind, expert, UP, i, d, b.group_hidden)
     d3, ds = _matrix(codes, b, kind, expert, DOWN, d, i, b.group_inner)
     half = i // 2
+    up = np.empty(i, dtype=np.float32)
     for r in range(half):
-        g0, g1, u0, u1 = _dots4(g3, gs, r, g3, gs, r + half, u3, us, r, u3, us, r + half, x2)
-        hidden[r] = g0 / (_1 + np.exp(-g0)) * u0
-        hidden[r + half] = g1 / (_1 + np.exp(-g1)) * u1
+        hidden[r], hidden[r + half], up[r], up[r + half] = _dots4(g3, gs, r, g3, gs, r + half, u3, us, r, u3, us,
+                                                                  r + half, x2)
     for r in range(2 * half, i):
-        hidden[r] = _gate_up(g3, gs, u3, us, x2, r)
+        hidden[r] = row_dot(g3, gs, r, x2)
+        up[r] = row_dot(u3, us, r, x2)
+    for r in range(i):  # SiLU in its own loop: `fast_exp` vectorizes there
+        hidden[r] = hidden[r] / (_1 + fast_exp(-hidden[r])) * up[r]
     h2 = activations(hidden, b.group_inner, quantized)
     q = d // 4
     for r in range(q):
