@@ -25,6 +25,8 @@ _HIGH = np.float32(88.7)
 _P = tuple(np.float32(c) for c in (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2,
                                    1.6666665459e-1, 5.0000001201e-1))
 _HALF = np.float32(0.5)
+_ABS = np.int32(0x7FFFFFFF)  # all bits but the sign
+_INF = np.int32(0x7F800000)  # infinity's bits: a NaN's are greater
 _ONE = np.float32(1.0)
 
 
@@ -36,10 +38,20 @@ def _from_bits(typingctx, bits):
     return types.float32(types.int32), codegen
 
 
+@intrinsic
+def _bits(typingctx, x):
+    """The bits of the float32 `x` as an int32."""
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+    return types.int32(types.float32), codegen
+
+
 @njit(cache=True, fastmath=True, error_model="numpy", inline="always")
 def fast_exp(x):
-    """e ** x for a float32 x (see the module doc)."""
-    nan = x != x
+    """e ** x for a float32 x (see the module doc). A NaN is passed through, told by its bits: the clamp's
+    min/max may return the other operand for a NaN (aarch64's fminnm/fmaxnm do), and a float test (x != x)
+    may be folded away inside the kernels, which are compiled with fastmath."""
+    nan = _bits(x) & _ABS > _INF
     x = min(max(x, _LOW), _HIGH)
     n = np.floor(x * _LOG2E + _HALF)
     r = x - n * _LN2_HI - n * _LN2_LO
@@ -48,4 +60,4 @@ def fast_exp(x):
         p = p * r + c
     y = p * (r * r) + r + _ONE
     e = y * _from_bits(np.int32((np.int32(n) + np.int32(127)) << np.int32(23)))
-    return np.float32(np.nan) if nan else e
+    return x if nan else e

@@ -28,3 +28,16 @@ def test_fast_exp_saturates_and_keeps_nan():
     _apply(x, got)
     assert 0 <= got[0] < 1e-37 and 0 <= got[1] < 1e-37 and got[5] > 1e38 and 0 <= got[6] < 1e-37
     assert got[2] > 1e38 and got[3] > 1e38 and np.isnan(got[4])
+
+
+@njit(cache=False, fastmath=True)
+def _apply_fast(x, out):
+    for i in range(x.shape[0]):
+        out[i] = fast_exp(x[i])
+
+
+def test_fast_exp_keeps_nan_inside_fastmath_code():
+    x = np.array([1.0, np.nan, -2.0, np.nan] * 8, dtype=np.float32)
+    got = np.empty_like(x)
+    _apply_fast(x, got)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(x))
