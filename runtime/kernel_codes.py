@@ -25,7 +25,7 @@ from numba.extending import overload
 
 from . import numba_cache  # noqa: F401  (first: it says where the kernels' cache lives)
 from .kernel_ir import BLOCK
-from .kernel_q8 import ACTIVATION_CODES, dot4_q8
+from .kernel_q8 import dot4_q8
 from .kernel_vnni import VNNI
 
 _0 = np.float32(0.0)
@@ -85,8 +85,9 @@ def _total(scale, total):
     return np.int32(total)
 
 
-# What this CPU's row dots take besides the codes: the int4 rows' operand, its dtype and codes per element;
-# the blocks' sums and their dtype.
+# What this CPU's row dots take: the codes' dtype; the int4 rows' operand, its dtype and codes per element; the
+# blocks' sums and their dtype.
+ACTIVATION_CODES = np.int8 if VNNI else np.int16
 _int4_operand, _INT4_OPERAND, _INT4_PER_CODE = (nibble_order, np.int8, 1) if VNNI else (_mixed, np.int16, 2)
 _block_sum, _SUMS = (_total, np.int32) if VNNI else (_shift, np.float32)
 

@@ -21,7 +21,6 @@ per block, which measured slower than the float kernels.
 
 from __future__ import annotations
 
-import numpy as np
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
@@ -48,9 +47,8 @@ from .kernel_ir import (
     vec,
     zeros,
 )
-from .kernel_vnni import VNNI, vnni_dots
+from .kernel_vnni import vnni_dots
 
-ACTIVATION_CODES = np.int8 if VNNI else np.int16  # the activations' codes as this CPU's row dots read them
 _EVEN = ir.Constant(vec(I32, LANES), list(range(0, 2 * LANES, 2)))
 _ODD = ir.Constant(vec(I32, LANES), list(range(1, 2 * LANES, 2)))
 
