@@ -25,7 +25,7 @@ from numba.extending import overload
 
 from . import numba_cache  # noqa: F401  (first: it says where the kernels' cache lives)
 from .kernel_ir import BLOCK
-from .kernel_q8 import dot4_q8
+from .kernel_q8 import TOKENS, dot4_q8, dot4x4_q8
 from .kernel_vnni import VNNI
 
 _0 = np.float32(0.0)
@@ -170,6 +170,14 @@ def rows_dot4(wa, sa, ra, wb, sb, rb, wc, sc, rc, wd, sd, rd, x2):
     the core four memory streams at once: one tops out near 13-20 GB/s here, four reach ~90% of the
     read bandwidth (kernel microbenchmark, one thread)."""
     return tuple(row_dot(w, s, r, x2) for w, s, r in ((wa, sa, ra), (wb, sb, rb), (wc, sc, rc), (wd, sd, rd)))
+
+
+def rows4_tokens4(wa, sa, ra, wb, sb, rb, wc, sc, rc, wd, sd, rd, xs, tokens, out):
+    """out [4 rows, 4 tokens] = `rows_dot4` of the four rows with the activations of each of the tokens `tokens`
+    [4] (rows of `token_activations`' result xs). Where the CPU's dots allow (int8 rows and activations on
+    VNNI: `kernel_q8.dot4x4_q8`), each row's bytes are read once for the four tokens."""
+    for t in range(TOKENS):
+        out[:, t] = rows_dot4(wa, sa, ra, wb, sb, rb, wc, sc, rc, wd, sd, rd, token_row(xs, tokens[t]))
 
 
 @njit(cache=True, error_model="numpy", inline="always")
@@ -334,3 +342,18 @@ def _rows_dot4(wa, sa, ra, wb, sb, rb, wc, sc, rc, wd, sd, rd, x2):
             d += pd * sd[rd, g]
         return a, b, c, d
     return plain
+
+
+@overload(rows4_tokens4, jit_options=KERNEL_OPTIONS, inline="always")
+def _rows4_tokens4(wa, sa, ra, wb, sb, rb, wc, sc, rc, wd, sd, rd, xs, tokens, out):
+    if isinstance(xs, types.BaseTuple) and wa.dtype == types.int8 and xs[0].dtype == types.int8:
+        def together(wa, sa, ra, wb, sb, rb, wc, sc, rc, wd, sd, rd, xs, tokens, out):
+            dot4x4_q8(wa[ra], wb[rb], wc[rc], wd[rd], sa[ra], sb[rb], sc[rc], sd[rd], xs[0], xs[2], xs[3], tokens,
+                      out)
+        return together
+
+    def token_by_token(wa, sa, ra, wb, sb, rb, wc, sc, rc, wd, sd, rd, xs, tokens, out):
+        for t in range(TOKENS):
+            out[0, t], out[1, t], out[2, t], out[3, t] = rows_dot4(wa, sa, ra, wb, sb, rb, wc, sc, rc, wd, sd, rd,
+                                                                   token_row(xs, tokens[t]))
+    return token_by_token

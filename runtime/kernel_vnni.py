@@ -81,30 +81,34 @@ def _offsets(builder: ir.IRBuilder, totals: ir.Value, blocks: list[ir.Value], of
     return lanes
 
 
-def _byte_dots(builder, rows, row_scales, activations, blocks, groups, signed):
-    """Four int8 (`signed`) or uint8 int8 + 128 rows."""
-    x, _, x_scale, totals = activations
+def _byte_dots(builder, rows, row_scales, tokens, blocks, groups, signed):
+    """Four int8 (`signed`) or uint8 int8 + 128 rows, each dotted with every token's activations (one or more
+    activation tuples: a row's bytes load and flip once for all of them) → [row][token] floats."""
     flip = ir.Constant(vec(I8, BLOCK), [-128] * BLOCK)
     per_group = builder.sdiv(blocks, groups)
-    acc = zeros(builder, len(rows))
+    acc = [zeros(builder, len(tokens)) for _ in rows]
     with cgutils.for_range(builder, groups) as group:
-        part = zeros(builder, len(rows))
+        part = [zeros(builder, len(tokens)) for _ in rows]
         with cgutils.for_range(builder, per_group) as inner:
             block = builder.add(builder.mul(group.index, per_group), inner.index)
             start = builder.mul(block, ir.Constant(I64, BLOCK))
-            xv = load(builder, x, start, vec(I8, BLOCK))
-            xs = splat(builder, at(builder, x_scale, block))
-            offsets = _offsets(builder, totals, [block], 128, LANES)
+            xv = [load(builder, x, start, vec(I8, BLOCK)) for x, _, _, _ in tokens]
+            xs = [splat(builder, at(builder, x_scale, block)) for _, _, x_scale, _ in tokens]
+            offsets = [_offsets(builder, totals, [block], 128, LANES) for _, _, _, totals in tokens]
             ahead = builder.add(start, ir.Constant(I64, PREFETCH_AHEAD))
             for i, row in enumerate(rows):
                 prefetch(builder, row, ahead)
                 w = load(builder, row, start, vec(I8, BLOCK))
-                dot = _dpbusd(builder, offsets, builder.xor(w, flip) if signed else w, xv)
-                accumulate(builder, part[i], builder.fmul(builder.sitofp(dot, vec(F32, LANES)), xs, flags=CONTRACT))
+                w = builder.xor(w, flip) if signed else w
+                for t in range(len(tokens)):
+                    dot = _dpbusd(builder, offsets[t], w, xv[t])
+                    accumulate(builder, part[i][t], builder.fmul(builder.sitofp(dot, vec(F32, LANES)), xs[t],
+                                                                 flags=CONTRACT))
         for i, scales in enumerate(row_scales):
             row_scale = splat(builder, at(builder, scales, group.index))
-            accumulate(builder, acc[i], builder.fmul(builder.load(part[i]), row_scale, flags=CONTRACT))
-    return [hsum(builder, builder.load(a)) for a in acc]
+            for t in range(len(tokens)):
+                accumulate(builder, acc[i][t], builder.fmul(builder.load(part[i][t]), row_scale, flags=CONTRACT))
+    return [[hsum(builder, builder.load(a)) for a in row] for row in acc]
 
 
 def _nibbles(builder: ir.IRBuilder, packed: ir.Value) -> tuple[ir.Value, ir.Value]:
@@ -209,4 +213,10 @@ def vnni_dots(builder, rows, row_scales, activations, blocks, groups, packed, un
     """The four rows' dots (see the module doc) → four float32 values."""
     if packed:
         return _nibble_dots(builder, rows, row_scales, activations, blocks, groups)
-    return _byte_dots(builder, rows, row_scales, activations, blocks, groups, not unsigned)
+    return [dots[0] for dots in _byte_dots(builder, rows, row_scales, [activations], blocks, groups, not unsigned)]
+
+
+def vnni_token_dots(builder, rows, row_scales, tokens, blocks, groups):
+    """Four int8 rows dotted with several tokens' activations in one pass → [row][token] floats, each the value
+    `vnni_dots` gives for that row and token (the same operations in the same order)."""
+    return _byte_dots(builder, rows, row_scales, tokens, blocks, groups, True)

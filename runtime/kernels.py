@@ -25,7 +25,17 @@ from numba import njit, prange
 
 from . import numba_cache  # noqa: F401  (first: it says where the kernels' cache lives)
 from .fast_exp import fast_exp
-from .kernel_codes import activations, codes_view, row_dot, row_values, rows_dot4, token_activations, token_row
+from .kernel_codes import (
+    activations,
+    codes_view,
+    row_dot,
+    row_values,
+    rows4_tokens4,
+    rows_dot4,
+    token_activations,
+    token_row,
+)
+from .kernel_q8 import TOKENS
 
 _0 = np.float32(0.0)
 _1 = np.float32(1.0)
@@ -154,16 +164,70 @@ def moe_decode_parallel(x, b, experts, gates, hidden, out, quantized):
 @njit(cache=True, error_model="numpy", fastmath=True, parallel=True)
 def expert_pairs(x, b, experts, starts, pairs, hidden, out, quantized):
     """out[p] = expert(x[p // k]) for the (token, slot) pairs p = token·k + slot of a prompt routed to each
-    of `experts`: expert g's pairs are pairs[starts[g]:starts[g + 1]], its tokens one after another through
-    the decode kernel's four-stream rows (its bytes stay in cache from one token to the next). The experts
-    are spread over the threads; hidden is scratch [T·k, I], out [T·k, D] (other rows left as they are)."""
+    of `experts`: expert g's pairs are pairs[starts[g]:starts[g + 1]], taken four at a time (`_expert_tile`:
+    each of the expert's rows read once for four tokens), the rest one by one through the decode kernel's
+    rows. The experts are spread over the threads; hidden is scratch [T·k, I], out [T·k, D] (other rows left
+    as they are)."""
     k = out.shape[0] // x.shape[0]
+    xs = token_activations(x, b.group_hidden, quantized)  # each token's once, whatever its experts
     for g in prange(experts.shape[0]):
-        for j in range(starts[g], starts[g + 1]):
+        first, end = starts[g], starts[g + 1]
+        whole = first + (end - first) // TOKENS * TOKENS
+        for j in range(first, whole, TOKENS):
+            dest = pairs[j:j + TOKENS]
+            _expert_tile(xs, dest // k, b, experts[g], dest, hidden.shape[1], out, quantized)
+        for j in range(whole, end):
             p = pairs[j]
             out[p, :] = _0
-            _expert_into(activations(x[p // k], b.group_hidden, quantized), b, experts[g], _1, hidden[p], out[p],
-                         quantized)
+            _expert_into(token_row(xs, p // k), b, experts[g], _1, hidden[p], out[p], quantized)
+
+
+@njit(cache=True, error_model="numpy", fastmath=True)
+def _expert_tile(xs, tokens, b, expert, dest, i, out, quantized):
+    """out[dest[t]] = expert(token tokens[t]) for four tokens (rows of xs, `token_activations`' result); i is
+    the expert's inner width."""
+    kind = b.kinds[expert]
+    if kind == 1:
+        _expert_rows4(xs, tokens, b.packed, b, kind, expert, dest, i, out, quantized)
+    else:
+        _expert_rows4(xs, tokens, b.weights, b, kind, expert, dest, i, out, quantized)
+
+
+@njit(cache=True, error_model="numpy", fastmath=True)
+def _expert_rows4(xs, tokens, codes, b, kind, expert, dest, i, out, quantized):
+    """`_expert_rows` (weight 1, written, not added) for four tokens at once: the same rows go together, each
+    row dotted with the four tokens' activations (`rows4_tokens4`); every value equals `_expert_rows`'."""
+    d = out.shape[1]
+    g3, gs = _matrix(codes, b, kind, expert, GATE, i, d, b.group_hidden)
+    u3, us = _matrix(codes, b, kind, expert, UP, i, d, b.group_hidden)
+    d3, ds = _matrix(codes, b, kind, expert, DOWN, d, i, b.group_inner)
+    half = i // 2
+    hidden = np.empty((TOKENS, i), dtype=np.float32)
+    up = np.empty((TOKENS, i), dtype=np.float32)
+    tile = np.empty((4, TOKENS), dtype=np.float32)  # [row, token]
+    for r in range(half):
+        rows4_tokens4(g3, gs, r, g3, gs, r + half, u3, us, r, u3, us, r + half, xs, tokens, tile)
+        for t in range(TOKENS):
+            hidden[t, r], hidden[t, r + half] = tile[0, t], tile[1, t]
+            up[t, r], up[t, r + half] = tile[2, t], tile[3, t]
+    for r in range(2 * half, i):
+        for t in range(TOKENS):
+            hidden[t, r] = row_dot(g3, gs, r, token_row(xs, tokens[t]))
+            up[t, r] = row_dot(u3, us, r, token_row(xs, tokens[t]))
+    for t in range(TOKENS):
+        for r in range(i):
+            hidden[t, r] = hidden[t, r] / (_1 + fast_exp(-hidden[t, r])) * up[t, r]
+    hs = token_activations(hidden, b.group_inner, quantized)
+    own = np.arange(TOKENS)
+    q = d // 4
+    for r in range(q):
+        rows4_tokens4(d3, ds, r, d3, ds, r + q, d3, ds, r + 2 * q, d3, ds, r + 3 * q, hs, own, tile)
+        for t in range(TOKENS):
+            for c in range(4):
+                out[dest[t], r + c * q] = tile[c, t]
+    for r in range(4 * q, d):
+        for t in range(TOKENS):
+            out[dest[t], r] = dot_row(d3, ds, token_row(hs, t), r)
 
 
 @njit(cache=True, error_model="numpy", fastmath=True)

@@ -111,9 +111,26 @@ def test_expert_pairs_matches_reference(packed, n):
     check_tokens(packed, n, None)
 
 
-@pytest.mark.parametrize("n", [1, 3])
+@pytest.mark.parametrize("n", [1, 3, 9])  # 9: two passes of four tokens (`kernels._expert_tile`) and one alone
 def test_expert_pairs_int8_activations_matches_reference(quantizable, n):
     check_tokens(quantizable, n, INT8)
+
+
+@pytest.mark.parametrize("name", ["per-channel-32", "mixed", "int4"])
+def test_expert_pairs_four_at_a_time_equal_decode(name):
+    """Tokens taken four at a time (int8 rows: each row read once for the four) give the one-token decode
+    kernel's values exactly, for every token of the passes and the one left over."""
+    experts, deq = make_packed(name)
+    hid, dim = deq[1][0].shape
+    x = np.random.default_rng(5).standard_normal((9, dim)).astype(np.float32)
+    out = np.full((9, dim), np.nan, np.float32)
+    kernels.expert_pairs(x, experts, np.array([1]), np.array([0, 9]), np.arange(9)[::-1].copy(),
+                         np.empty((9, hid), np.float32), out, INT8)
+    for t in range(9):
+        one = np.empty(dim, np.float32)
+        kernels.moe_decode(x[t], experts, np.array([1]), np.ones(1, np.float32), np.empty((1, hid), np.float32), one,
+                           INT8)
+        np.testing.assert_array_equal(out[t], one, err_msg=f"token {t}")
 
 
 @pytest.mark.parametrize("scale", [1.0, 1e-30, 3e4])
