@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+import mmap
+
 import numpy as np
 
 from .errors import InputError
 from .spec import ModelSpec
+
+
+def _zero_pages(shape: tuple[int, ...]) -> np.ndarray:
+    """float32 zeros [shape] on fresh anonymous pages of the base size. numpy asks for 2 MB pages for arrays this
+    large (transparent huge pages in "madvise" mode), so the first row written in each layer would hold 2 MB:
+    measured, a granite-1b-shape session held 196 MB of cache after a 128-token prompt instead of 12."""
+    pages = mmap.mmap(-1, max(4 * int(np.prod(shape)), 1), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    if hasattr(mmap, "MADV_NOHUGEPAGE"):  # Linux
+        pages.madvise(mmap.MADV_NOHUGEPAGE)
+    return np.frombuffer(pages, dtype=np.float32).reshape(shape)
 
 
 class KVCache:
@@ -20,9 +32,9 @@ class KVCache:
     def __init__(self, spec: ModelSpec):
         shape = (spec.n_layers, spec.max_seq_len, spec.n_kv_heads, spec.head_dim)
         try:
-            self.k = np.zeros(shape, dtype=np.float32)
-            self.v = np.zeros(shape, dtype=np.float32)
-        except MemoryError:
+            self.k = _zero_pages(shape)
+            self.v = _zero_pages(shape)
+        except (MemoryError, OSError):
             raise InputError(f"the KV cache for the model's context of {spec.max_seq_len} tokens needs "
                              f"{spec.kv_cache_bytes / 1e9:.1f} GB, more than this machine can allocate") from None
         self.length = 0  # filled rows

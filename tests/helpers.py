@@ -173,7 +173,12 @@ LRU_BATCH_SLACK = 2 * 15 * PAGE
 
 def mapped_bytes(store) -> int:
     """Resident bytes of the store's own mapping of the experts file (from /proc/self/smaps)."""
-    start, end = store.address, store.address + store.size
+    return resident_bytes(store.address, store.size)
+
+
+def resident_bytes(start: int, size: int) -> int:
+    """Resident bytes of the mappings inside [start, start + size) (from /proc/self/smaps)."""
+    end = start + size
     total, inside = 0, False
     with open("/proc/self/smaps") as f:
         for line in f:
