@@ -14,10 +14,13 @@ from pathlib import Path
 from typing import NamedTuple
 
 NO_LIMIT = 1 << 60  # cgroup v1 writes "no limit" as a number near 2^63
-# What the runtime itself still takes after `Model.load`: numba loading the kernels' machine code (100-180 MB),
-# onnxruntime's sessions at work, prefill scratch, allocator slack (measured 180-290 MB on the bench shapes;
-# under a 1 GiB cap on granite-1b-shape, 64 MB here let the page cache thrash: 19x the uncapped latency)
-RESERVE = 300 << 20
+# What the runtime itself still takes after `Model.load`: numba loading the kernels' machine code, onnxruntime's
+# sessions at work, a prompt pass's scratch (passes of `session.PREFILL_CHUNK` tokens), allocator slack. Measured
+# 39-81 MB at one thread and 78-95 MB at two on the bench shapes (two sessions of 128 + 64 tokens, their KV rows
+# counted apart: the budget follows them). Before the KV cache left transparent huge pages (2 MB per layer
+# from its first row) this took 180-290 MB and 300 MB was reserved; under a 1 GiB cap on granite-1b-shape 64 MB
+# let the page cache thrash then (19x the uncapped latency).
+RESERVE = 128 << 20
 
 
 class Available(NamedTuple):

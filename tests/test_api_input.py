@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from helpers import tiny_moe_spec
-from moedge.runtime import InputError, Model, NumericalError
+from moedge.runtime import InputError, Model, NumericalError, session
 
 
 @pytest.fixture(scope="module")
@@ -26,6 +26,29 @@ def model(exported):
 def test_bad_token_ids(model, tokens, message):
     with pytest.raises(InputError, match=message.replace("[", r"\[")):
         model.session().prefill(tokens)
+
+
+def test_a_prompt_that_fails_in_a_later_pass_leaves_the_sequence_as_it_was(model, monkeypatch):
+    monkeypatch.setattr(session, "PREFILL_CHUNK", 4)
+    s = model.session()
+    s.prefill([1, 2, 3])
+    want = model.session()
+    want.prefill([1, 2, 3])
+    calls = []
+    real = session.forward
+
+    def fails_second(*args):
+        calls.append(len(args[3]))
+        if len(calls) == 2:
+            raise NumericalError("the logits are not finite")
+        return real(*args)
+
+    monkeypatch.setattr(session, "forward", fails_second)
+    with pytest.raises(NumericalError):
+        s.prefill(list(range(10, 20)))
+    assert calls == [4, 4] and s.pos == 3
+    monkeypatch.setattr(session, "forward", real)
+    np.testing.assert_array_equal(s.prefill([7, 8]), want.prefill([7, 8]))
 
 
 def test_bad_decode_and_context(model):

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from helpers import tiny_dense_spec, tiny_moe_spec, with_int8_activations
-from moedge.runtime import Model, moe
+from moedge.runtime import Model, moe, session
 
 PROMPT = [5, 17, 99, 3, 150, 42, 7, 7, 201, 0, 64, 128]
 TOLERANCE = 1e-5  # of the logit range
@@ -63,12 +63,15 @@ def case(request, exported):
     return exported(request.param, spec, group, bits=4 if request.param in INT4 else 8)
 
 
-@pytest.mark.parametrize(("length", "gemm_from"), [(len(PROMPT), None), (90, 16)])
-def test_prefill_logits_match_reference(case, length, gemm_from, monkeypatch):
+@pytest.mark.parametrize(("length", "gemm_from", "chunk"), [(len(PROMPT), None, None), (90, 16, None), (90, None, 32)])
+def test_prefill_logits_match_reference(case, length, gemm_from, chunk, monkeypatch):
     """`gemm_from`: experts with that many of the prompt's tokens take the dequantize + BLAS path (the
-    default threshold needs more tokens than a tiny model's context holds), the others `expert_pairs`."""
+    default threshold needs more tokens than a tiny model's context holds), the others `expert_pairs`.
+    `chunk`: the prompt goes through in passes of that many tokens (`session.PREFILL_CHUNK`), the last shorter."""
     if gemm_from is not None:
         monkeypatch.setattr(moe, "PREFILL_GEMM_MIN_TOKENS", gemm_from)
+    if chunk is not None:
+        monkeypatch.setattr(session, "PREFILL_CHUNK", chunk)
     tokens = (PROMPT * 8)[:length]
     model = Model.load(case.bundle, threads=2, **EXACT)
     got = model.session().prefill(tokens)
