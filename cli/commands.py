@@ -13,19 +13,20 @@ from .options import require
 
 def export(src: str, out: str, group_size: int | None = None, bits: int = 8, force: bool = False,
            float_experts: bool = False, full_graph: bool = False, float_dense: bool = False,
-           int8_budget: float = 0.0, calibration: str | None = None, dense_bits: int | None = None) -> None:
+           int8_budget: float = 0.0, calibration: str | None = None, dense_bits: int | None = None,
+           head_bits: int | None = None) -> None:
     """Export a checkpoint folder (moedge or Hugging Face) or a GGUF file to a bundle."""
     require("torch", "onnx", "safetensors", purpose="moedge export")
     from moedge.exporter import export as export_bundle  # torch is only needed here
 
     manifest = export_bundle(src, out, group_size=group_size, bits=bits, force=force, float_experts=float_experts,
                              full_graph=full_graph, float_dense=float_dense, int8_fraction=int8_budget,
-                             calibration=calibration, dense_bits=dense_bits)
+                             calibration=calibration, dense_bits=dense_bits, head_bits=head_bits)
     sizes = manifest.files
     experts = sizes.get(manifest.experts.file, {}).get("size", 0) if manifest.experts else 0
     dense = sum(v["size"] for k, v in sizes.items() if k.endswith((".bin", ".onnx"))) - experts
     print(f"wrote {out}: dense {dense / 1e6:.1f} MB, experts {experts / 1e6:.1f} MB ({manifest.quant_scheme}; "
-          f"dense linears {manifest.dense_linears})")
+          f"dense linears {manifest.dense_linears}; LM head {manifest.head_stored})")
 
 
 def _load(bundle: str, threads: int | None, expert_budget_mb: float | None, verify: bool, quiet: bool,

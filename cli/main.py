@@ -69,6 +69,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dense-bits", type=int, choices=(4, 8), default=None,
                    help="with --bits 4: the attention/dense-FFN matrices and the LM head at 4 bits, in the same groups "
                         "as the experts, or int8 (default: 8)")
+    p.add_argument("--head-bits", type=int, choices=(4, 8), default=None,
+                   help="the LM head int8 or (with --bits 4) int4, whatever --dense-bits says (default: as the dense "
+                        "linears)")
     p.add_argument("--int8-budget", type=number(0.0, 1.0), default=0.0, metavar="FRACTION",
                    help="with --bits 4: keep this share of the experts int8, those int4 hurts most (default 0)")
     p.add_argument("--calibration", metavar="TEXT_FILE",

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..quant import dequantize_stored, nbits_dequantize
 from ..runtime import kernels
-from ..runtime.bundle import NBITS, Manifest, head_scheme
+from ..runtime.bundle import NBITS, Manifest
 from ..runtime.expert_store import layer_bytes
 from ..runtime.head import tensor_view
 from ..runtime.tensor_names import LM_HEAD, dense_names, expert_names
@@ -29,7 +29,7 @@ def _dense_float(dense: np.ndarray, manifest: Manifest, name: str) -> np.ndarray
 def head_float(dense: np.ndarray, manifest: Manifest) -> np.ndarray:
     """The LM head [vocab, hidden] as the bundle computes it (dequantized when it is int8 or int4)."""
     head = {key: tensor_view(dense, manifest, name) for key, name in manifest.head.items()}
-    return dequantize_stored(head_scheme(manifest.quant_scheme, manifest.dense_linears), head["weight"], head["scale"])
+    return dequantize_stored(manifest.head_stored, head["weight"], head["scale"])
 
 
 def bundle_float_tensors(root: Path, manifest: Manifest) -> Iterator[tuple[str, np.ndarray]]:

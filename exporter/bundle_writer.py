@@ -80,7 +80,8 @@ def write_bundle_files(source: Source, root: Path, options: ExportOptions) -> Ma
                         dense_linears=quantization["dense_linears"],
                         layer_graphs=tuple(graphs), head=head, dense_file=DENSE_FILE,
                         dense_tensors=dense, experts=experts, tokenizer=tokenizer, files={},
-                        generation=source.generation, quant_report={"layers": report, "head": head_error})
+                        generation=source.generation, quant_report={"layers": report, "head": head_error},
+                        head_scheme=quantization.get("head"))
     if options.full_graph:
         manifest = replace(manifest, full_graph=write_full_graph(manifest, root).name)
     with BundleDir(root) as bundle:

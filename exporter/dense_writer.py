@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..quant import SCHEMES, nbits_codes, quant_error
-from ..runtime.bundle import EMBEDDING, HEAD_NORM, HEAD_SCALE, HEAD_WEIGHT, NBITS, PAGE, TensorEntry, head_scheme
+from ..runtime.bundle import EMBEDDING, HEAD_NORM, HEAD_SCALE, HEAD_WEIGHT, NBITS, PAGE, TensorEntry
 from ..runtime.tensor_names import LM_HEAD, dense_linear_names, dense_names
 from .options import ExportOptions, nbits_block
 from .source import ExportError, Source
@@ -58,7 +58,7 @@ def write_dense(source: Source, path: Path, options: ExportOptions):
             else:
                 write(f, name, tensor)
         weight = np.asarray(source.get(head_source), dtype=np.float32)
-        scheme = SCHEMES[head_scheme(options.scheme, dense_scheme)]
+        scheme = SCHEMES[options.head_scheme(dense_scheme)]
         try:
             head = scheme.quantize(weight, group_size)
         except ValueError as exc:

@@ -39,6 +39,7 @@ EXPERT_TENSORS = ("gate", "up", "down", "gate_scale", "up_scale", "down_scale")
 SCHEME_NAMES = ("int8", "int4", "mixed", "float32")  # quantization.scheme: how the experts are stored
 MIXED_SCHEMES = ("int4", "int8")  # what a "mixed" bundle's experts may each be
 DENSE_LINEARS = ("float32", "int8", "int4")
+HEAD_SCHEMES = ("float32", "int8", "int4")  # quantization.head
 NBITS = {"int8": 8, "int4": 4}  # quantization.dense_linears -> MatMulNBits bits (float32: Gemm)
 HEAD_NORM, HEAD_WEIGHT, HEAD_SCALE, EMBEDDING = "norm.weight", "head.weight", "head.scale", "embed.weight"
 GRAPH_LAYER_KEY, GRAPH_CONTRACT_KEY = "moedge.layer", "moedge.contract"  # ONNX metadata of each layer graph
@@ -120,9 +121,16 @@ class Manifest:
     generation: dict[str, Any] = field(default_factory=dict)
     quant_report: dict[str, Any] = field(default_factory=dict)
     full_graph: str | None = None  # optional whole-model graph for peer benchmarks; unused by the runtime
+    head_scheme: str | None = None  # quantization.head: the LM head's scheme; None: `default_head_scheme`'s
+
+    @property
+    def head_stored(self) -> str:
+        """The LM head's scheme (quant.SCHEMES): "int8", "int4" or "float32"."""
+        return self.head_scheme or default_head_scheme(self.quant_scheme, self.dense_linears)
 
     def quantization_dict(self) -> dict[str, Any]:
-        return {"scheme": self.quant_scheme, "group_size": self.group_size, "dense_linears": self.dense_linears}
+        head = {"head": self.head_scheme} if self.head_scheme else {}
+        return {"scheme": self.quant_scheme, "group_size": self.group_size, "dense_linears": self.dense_linears, **head}
 
     def dense_dict(self) -> dict[str, Any]:
         return {"file": self.dense_file, "tensors": {k: v.to_dict() for k, v in self.dense_tensors.items()}}
@@ -177,8 +185,9 @@ def pack_expert_span(layout: dict[str, TensorEntry], span_bytes: int, tensors: d
     return bytes(span)
 
 
-def head_scheme(scheme: str, dense_linears: str) -> str:
-    """The LM head's scheme (quant.SCHEMES): int4 beside 4-bit dense linears, float32 in float32 bundles, else int8."""
+def default_head_scheme(scheme: str, dense_linears: str) -> str:
+    """The LM head's scheme (quant.SCHEMES) when the manifest does not say (quantization.head, written since
+    `--head-bits`): int4 beside 4-bit dense linears, float32 in float32 bundles, else int8."""
     return "int4" if dense_linears == "int4" else "float32" if scheme == "float32" else "int8"
 
 
@@ -246,8 +255,9 @@ def _read_spec(data: Any) -> ModelSpec:
         raise BundleError(f"manifest: invalid model spec: {exc}") from None
 
 
-def _read_quantization(data: Any) -> tuple[str, int, str]:
-    data = checks.record(data, "manifest: quantization", ("scheme", "group_size", "dense_linears"), (), BundleError)
+def _read_quantization(data: Any) -> tuple[str, int, str, str | None]:
+    data = checks.record(data, "manifest: quantization", ("scheme", "group_size", "dense_linears"), ("head",),
+                         BundleError)
     scheme = checks.choice(data["scheme"], "manifest: quantization.scheme", SCHEME_NAMES, BundleError)
     group = data["group_size"]
     if type(group) is not int or group not in (0, *GROUP_SIZES):
@@ -258,7 +268,13 @@ def _read_quantization(data: Any) -> tuple[str, int, str]:
                                   BundleError)
     _require(dense_linears != "int4" or scheme in ("int4", "mixed"), "4-bit dense linears (quantization.dense_linears "
              f"int4) come with int4 or mixed experts, not {scheme}")
-    return scheme, group, dense_linears
+    head = data.get("head")
+    if head is not None:
+        head = checks.choice(head, "manifest: quantization.head", HEAD_SCHEMES, BundleError)
+        _require((head == "float32") == (scheme == "float32"), f"a {head} LM head (quantization.head) does not go "
+                 f"with {scheme} experts")
+        _require(head != "int4" or group > 0, "an int4 LM head (quantization.head) needs a group size")
+    return scheme, group, dense_linears, head
 
 
 def _read_dense(data: Any, spec: ModelSpec, sizes: dict[str, int]) -> tuple[str, dict[str, TensorEntry]]:
@@ -286,7 +302,7 @@ def _read_dense(data: Any, spec: ModelSpec, sizes: dict[str, int]) -> tuple[str,
 
 
 def _read_head(data: Any, dense: dict[str, TensorEntry], spec: ModelSpec, scheme: str, group: int,
-               dense_linears: str) -> dict[str, str]:
+               head_scheme: str) -> dict[str, str]:
     names = checks.record(data, "manifest: head", ("norm", "weight", "scale"), (), BundleError)
     weight_names = (HEAD_WEIGHT, EMBEDDING) if scheme == "float32" and spec.tie_embeddings else (HEAD_WEIGHT,)
     _require(names["norm"] == HEAD_NORM and names["scale"] == HEAD_SCALE and names["weight"] in weight_names,
@@ -295,7 +311,7 @@ def _read_head(data: Any, dense: dict[str, TensorEntry], spec: ModelSpec, scheme
     _require(not missing, f"head tensor(s) {missing} are not in dense.tensors")
     norm, weight, scale = (dense[names[k]] for k in ("norm", "weight", "scale"))
     groups = head_groups(spec, group)
-    stored = SCHEMES[head_scheme(scheme, dense_linears)]
+    stored = SCHEMES[head_scheme]
     shape = stored.stored_shape(spec.vocab_size, spec.hidden_size)
     _require(norm.shape == (spec.hidden_size,) and norm.dtype == "float32"
              and weight.shape == shape and weight.dtype == stored.code_dtype
@@ -447,7 +463,7 @@ def read_manifest(root: str | Path | BundleDir, verify: bool = True) -> Manifest
     if verify and data[CHECKSUM_FIELD] != manifest_checksum(data):
         raise BundleError(f"{where}: checksum mismatch, the manifest is corrupt or was edited after export")
     spec = _read_spec(data["model"])
-    scheme, group, dense_linears = _read_quantization(data["quantization"])
+    scheme, group, dense_linears, head_scheme = _read_quantization(data["quantization"])
     graphs = checks.record(data["graphs"], "manifest: graphs", ("layers",), ("full",), BundleError)
     layer_graphs = tuple(checks.plain_name(n, "manifest: graphs.layers[i]", BundleError)
                          for n in checks.array(graphs["layers"], "manifest: graphs.layers", spec.n_layers, BundleError))
@@ -470,7 +486,8 @@ def read_manifest(root: str | Path | BundleDir, verify: bool = True) -> Manifest
     referenced = {name: name != experts_file for name in named}
     files, sizes = _read_files(data["files"], referenced, bundle)
     dense_file, dense_tensors = _read_dense(data["dense"], spec, sizes)
-    head = _read_head(data["head"], dense_tensors, spec, scheme, group, dense_linears)
+    head = _read_head(data["head"], dense_tensors, spec, scheme, group,
+                      head_scheme or default_head_scheme(scheme, dense_linears))
     experts = None
     if experts_file is not None:
         experts = _read_experts(data["experts"], spec, scheme, group, sizes)
@@ -478,4 +495,5 @@ def read_manifest(root: str | Path | BundleDir, verify: bool = True) -> Manifest
                     layer_graphs=layer_graphs, head=head, dense_file=dense_file, dense_tensors=dense_tensors,
                     experts=experts, tokenizer=tokenizer, files=files,
                     generation=_read_generation(data["generation"], spec),
-                    quant_report=_read_quant_report(data["quant_report"], spec), full_graph=full)
+                    quant_report=_read_quant_report(data["quant_report"], spec), full_graph=full,
+                    head_scheme=head_scheme)

@@ -7,7 +7,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .bundle import EMBEDDING, NBITS, Manifest, head_scheme
+from .bundle import EMBEDDING, NBITS, Manifest
 from .tensor_names import dense_linear_names
 
 
@@ -49,7 +49,7 @@ def storage(manifest: Manifest) -> list[Part]:
     parts.append(Part("dense linears", dense_stored, weights, sum(tensors[n].nbytes for n in linears + scales)))
     head = [manifest.head["weight"], manifest.head["scale"]]
     head_groups = tensors[head[1]].shape[1]
-    head_stored = head_scheme(manifest.quant_scheme, manifest.dense_linears)
+    head_stored = manifest.head_stored
     head_stored += f" group {spec.hidden_size // head_groups}" if head_groups > 1 else ""
     parts.append(Part("LM head", head_stored, spec.vocab_size * spec.hidden_size,
                       sum(tensors[n].nbytes for n in head)))

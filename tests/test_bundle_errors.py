@@ -69,6 +69,9 @@ def _set(path, value):
     (_set(["tokenizer"], "/etc/passwd"), "plain file name"),
     (_set(["head", "norm"], "layers.0.attn_norm.weight"), "head must name"),
     (_set(["quantization", "group_size"], 48), "quantization.group_size must be 0 or one of"),
+    (_set(["quantization", "head"], "int3"), "quantization.head must be one of"),
+    (_set(["quantization", "head"], "int4"), "an int4 LM head (quantization.head) needs a group size"),
+    (_set(["quantization", "head"], "float32"), "a float32 LM head (quantization.head) does not go with int8"),
     (_set(["generation", "eos_token_id"], 10 ** 9), "eos_token_id must be in"),
     (_set(["quant_report", "head"], {}), "quant_report.head lacks"),
     (lambda d: d.pop("dense"), "lacks the field(s) ['dense']"),
@@ -92,6 +95,14 @@ def test_manifest_that_disagrees_with_its_graphs_is_rejected(bundle, change):
     edit_manifest(bundle, change)
     with pytest.raises(BundleError, match="not exported as layer|overlap"):
         Model.load(bundle)
+
+
+def test_a_default_export_leaves_the_head_scheme_to_the_dense_linears(bundle):
+    """quantization.head is written only with `--head-bits` (a default bundle stays readable by runtimes from
+    before the field): without it the head is int8 beside int8 linears."""
+    assert "head" not in read_manifest_json(bundle)["quantization"]
+    manifest = Model.load(bundle).weights.manifest
+    assert manifest.head_scheme is None and manifest.head_stored == "int8"
 
 
 def test_edited_manifest_fails_its_checksum(bundle):

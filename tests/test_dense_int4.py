@@ -148,11 +148,38 @@ def checkpoints(tmp_path_factory):
     ("ok", dict(bits=4, dense_bits=4, float_dense=True), "--float-dense keeps the dense linears float32"),
     ("ok", dict(dense_bits=4, float_experts=True), "--float-experts keeps every weight float32"),
     ("ok", dict(bits=4, dense_bits=5), "--dense-bits must be 4 or 8"),
+    ("ok", dict(head_bits=4), "--head-bits 4 needs --bits 4"),
+    ("ok", dict(bits=4, head_bits=6), "--head-bits must be 4 or 8"),
+    ("ok", dict(head_bits=8, float_experts=True), "--float-experts keeps every weight float32"),
     ("ffn96", dict(bits=4, dense_bits=4, group_size=64), "layers.0.ffn.down.weight has 96")])
 def test_bad_combinations_are_refused_before_writing(checkpoints, tmp_path, name, kwargs, message):
     with pytest.raises(ExportError, match=message):
         export(checkpoints[name], tmp_path / "b.moedge", show_progress=False, **kwargs)
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(("dense_bits", "head_bits", "linears", "head"),
+                         [(4, 8, "int4", "int8"), (8, 4, "int8", "int4")])
+def test_head_bits_set_the_head_apart_from_the_dense_linears(checkpoints, tmp_path, dense_bits, head_bits, linears,
+                                                             head):
+    """`--head-bits`: the manifest, the stored head and `moedge inspect` say it; the runtime matches PyTorch on the
+    stored weights with float activations and with its default int8 activation blocks."""
+    out = tmp_path / "b.moedge"
+    manifest = export(checkpoints["ok"], out, bits=4, dense_bits=dense_bits, head_bits=head_bits, show_progress=False)
+    assert (manifest.dense_linears, manifest.head_stored) == (linears, head)
+    manifest = read_manifest(out)
+    stored = manifest.dense_tensors[manifest.head["weight"]]
+    assert manifest.head_scheme == head and stored.dtype == {"int8": "int8", "int4": "uint8"}[head]
+    assert {p.name: p.stored for p in storage(manifest)}["LM head"] == f"{head} group 32"
+    with torch.no_grad():
+        exact = reference(out)
+        want = exact(torch.tensor([PROMPT]))[0].numpy()
+        want_int8 = with_int8_linear_activations(exact)(torch.tensor([PROMPT]))[0].numpy()
+    span = want.max() - want.min()
+    floats = Model.load(out, threads=1, activations="float").session()
+    assert np.abs(np.stack([floats.decode(t) for t in PROMPT]) - want).max() <= TOLERANCE * span
+    session = Model.load(out, threads=1).session()
+    assert np.abs(np.stack([session.decode(t) for t in PROMPT]) - want_int8).max() <= TOLERANCE * span
 
 
 def test_8_dense_bits_keep_int8_and_the_cli_refuses_in_one_line(checkpoints, tmp_path, capsys):
