@@ -231,7 +231,7 @@ def _doubled(builder, row_scales, first, s, per_group):
 
 def _whole(builder, row_scales, first, s, per_group):
     """As `_scattered` for groups of s blocks: one scale a row."""
-    group = builder.sdiv(first, per_group)
+    group = builder.udiv(first, ir.Constant(I64, s))  # per_group is s: a shift, not a division
     return _repeat(builder, [at(builder, scales, group) for scales in row_scales], s)
 
 
