@@ -104,10 +104,9 @@ def _total(scale, total):
     return np.int32(total)
 
 
-# What this CPU's row dots take: the codes' dtype; the int4 rows' operand, its dtype and codes per element; the
-# blocks' sums and their dtype.
+# What this CPU's row dots take: the codes' dtype; the int4 rows' operand, its dtype and elements per two codes;
+# the blocks' sums and their dtype.
 ACTIVATION_CODES = np.int8 if VNNI else np.int16
-# the int4 operand's elements per 2 codes
 _int4_operand, _INT4_OPERAND, _INT4_PER_2 = (nibble_operand, np.int8, 4) if VNNI else (_mixed_operand, np.int16, 1)
 _block_sum, _SUMS = (_total, np.int32) if VNNI else (_shift, np.float32)
 
@@ -117,7 +116,7 @@ def quantize_activations(x: np.ndarray) -> QuantizedActivations:
     """x [n] (n a multiple of 32) quantized by blocks of 32 as `quant.quantize_activations` does, bit for bit
     but for exact ties (x / scale = k + ½ may round either way here; no fastmath): (codes [n] in [-127, 127]
     (`ACTIVATION_CODES`: int8 for the VNNI row dots, else int16), the int4 rows' operand (VNNI: the codes in
-    `nibble_order`; else `_mixed`, see `kernel_q8`), scales [n / 32] float32, sums [n / 32] (VNNI: Σ codes,
+    `nibble_operand`, int8 [2n]; else `_mixed`, see `kernel_q8`), scales [n / 32] float32, sums [n / 32] (VNNI: Σ codes,
     int32; else 8 · scale · Σ codes, float32)). A NaN or infinity makes its block's scale NaN."""
     blocks = x.shape[0] // BLOCK
     codes = np.empty(x.shape[0], dtype=ACTIVATION_CODES)

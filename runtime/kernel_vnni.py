@@ -7,18 +7,20 @@ int4 rows' operand (`kernel_codes.nibble_operand`), the blocks' scales and the s
 The offset (128 or 8 times a block's Σ codes) is put into the 32-bit accumulator before the products go in,
 so a block's integer dot comes out exact and signed. int8 rows: then one conversion and one FMA with the
 block's scale per row and block, the row's scale once per group. int4 rows, four blocks a step (64 bytes of
-each row, 512-bit vectors): per row one load, a mask, a shift and two `vpdpbusd` (the low nibbles with the
-blocks' inputs 0-15, the high ones with 16-31); then the four rows' block sums are gathered into one vector,
-block by block and row by row (three rounds of two shuffles and an add), so the conversion and the
-activations' and rows' scales are one instruction each per step for the four rows together. The inputs in
-that order, the offsets and the activations' scales spread over four lanes are made once per token
-(`nibble_operand`); the rows' scales, per step for groups of 32 (four loads and a transposition) or 64, else
-once per group.
+each row, 512-bit vectors; two 256-bit halves with AVX-VNNI only): per row one load, a mask, a shift and two
+`vpdpbusd` (the low nibbles with the blocks' inputs 0-15, the high ones with 16-31); then the four rows' block
+sums are gathered into one vector, block by block and row by row (three rounds of two shuffles and an add), so
+the conversion and the activations' and rows' scales are one instruction each per step for the four rows
+together. The inputs in that order, the offsets and the activations' scales spread over four lanes are made
+once per token (`nibble_operand`); the rows' scales, per step for groups of 32 (four loads and a
+transposition) or 64, else once per group.
 
-Measured on one core (kernel microbenchmark, four rows a pass, 256 MB of codes streamed from memory, with the
-software prefetch of `kernel_ir`; portable IR in brackets): int8 per channel 31-33 (29) GB/s of codes, int4
-groups of 32 19.8 (12.4), groups of 128 24.7 (15.2); i.e. int4 rows 1.2-1.5x as many weights per second as
-int8 rows, where the portable IR gives 0.85-1.05x.
+Measured on one core (benchmarks/expert_kernels.py: four rows a pass, page-aligned matrices; GB/s of codes and
+scales; portable IR in brackets): streamed from memory (256 MB, read bandwidth 31 GB/s) int8 per channel 31
+(28-31), int4 groups of 32 27-29 (16), groups of 128 28-29 (16), i.e. int4 rows 1.45x (g32) and 1.75x (g128)
+as many weights per second as int8 rows, where the portable IR gives 0.85-1.0x; reading four rows a pass with
+no work and no prefetch reaches 27-28 here. From the caches (256-row matrices, 20 passes): int8 66-72, int4 g32 51-56,
+g128 46-50 (41-47 GB/s of codes), where two blocks a step with the float work per row gave 34-38.
 
 `VNNI` says whether numba compiles for such a CPU (the other CPUs, aarch64 included, take the portable IR);
 MOEDGE_PORTABLE_KERNELS=1 forces the portable one, to measure the two side by side.
@@ -131,7 +133,6 @@ def _nibbles(builder: ir.IRBuilder, packed: ir.Value) -> tuple[ir.Value, ir.Valu
     return builder.and_(packed, mask), builder.and_(builder.lshr(packed, ir.Constant(vec(I8, n), [4] * n)), mask)
 
 
-
 # Blocks per step of the int4 dots: 4 = a 64-byte line of each row, 512-bit vectors. The activations' int4 operand
 # (`kernel_codes.nibble_operand`) is laid out by steps of this many blocks, then a step of 2 and of 1 for the rest.
 NIBBLE_STEP = 4
@@ -240,7 +241,7 @@ def _nibble_dots(builder, rows, row_scales, activations, blocks, groups):
     offsets seeded), then the four rows' block sums gathered into one vector (four lanes a block: two shuffles and
     an add per two vectors, twice), converted, times the activations' scales (`nibble_operand`) and the rows'.
     Groups of a multiple of NIBBLE_STEP blocks: the rows' scales once per group; else per step (loaded by row and
-    transposed); the last blocks % NIBBLE_STEP by steps of 2 and 1."""
+    transposed); the last blocks % NIBBLE_STEP by steps of 2 and 1 (their scales block by block)."""
     s = NIBBLE_STEP
     step = ir.Constant(I64, s)
     per_group = builder.sdiv(blocks, groups)
