@@ -3,11 +3,13 @@
     NUMBA_NUM_THREADS=1 .venv/bin/python benchmarks/expert_kernels.py [--repeat 7] [--megabytes 256]
 
 For each expert-sized matrix shape (1024x4096 and 4096x1024: OLMoE's gate/up and down) and each layout
-(int8 per channel, int4 groups of 32), enough matrices to stay out of the caches are multiplied with one
-activation vector by the runtime's row dots (`kernel_codes.rows_dot4`, four rows a pass) with float32
-activations and with activations quantized to int8 blocks of 32. The candidates run interleaved, `repeat`
-rounds, beside the read-bandwidth probe (`runtime.tools.bandwidth`); medians are printed (the machine may
-be shared: compare columns of one run, not runs).
+(int8 per channel, int4 groups of 32 and of 128), enough matrices to stay out of the caches are multiplied with
+one activation vector by the runtime's row dots (`kernel_codes.rows_dot4`, four rows a pass) with float32
+activations and with activations quantized to int8 blocks of 32. The matrices start on a page, as experts do
+in experts.bin. The candidates run interleaved, `repeat` rounds, beside the read-bandwidth probe
+(`runtime.tools.bandwidth`); medians are printed (the machine may be shared: compare columns of one run, not
+runs). From the caches instead: e.g. `--megabytes 0 --shapes 256x1024,256x4096 --passes 20` (two matrices
+of each, 128 KB-2 MB, each multiplied 20 times a call).
 """
 
 from __future__ import annotations
@@ -23,62 +25,80 @@ from moedge.runtime.kernel_codes import activations, rows_dot4
 from moedge.runtime.kernels import INT8_ACTIVATIONS
 from moedge.runtime.tools.bandwidth import read_bandwidth
 
-SHAPES = ((1024, 4096), (4096, 1024))
+SHAPES = "1024x4096,4096x1024"
 
 
 @njit(fastmath=True, error_model="numpy")
-def _gemv(codes, scales, x, quantized, out):
-    """out[m, rows] = matrix m (codes [m, rows, ...], scales [m, rows, groups]) · x, four rows a page apart per pass."""
+def _gemv(codes, scales, x, quantized, out, passes):
+    """out[m, rows] = matrix m (codes [m, rows, ...], scales [m, rows, groups]) · x, four rows a page apart per pass;
+    `passes` times over the matrices, x quantized once."""
     x2 = activations(x, x.shape[0] // scales.shape[2], quantized)
-    for m in range(codes.shape[0]):
-        w, s = codes[m], scales[m]
-        q = w.shape[0] // 4
-        for r in range(q):
-            out[m, r], out[m, r + q], out[m, r + 2 * q], out[m, r + 3 * q] = rows_dot4(
-                w, s, r, w, s, r + q, w, s, r + 2 * q, w, s, r + 3 * q, x2)
+    for _ in range(passes):
+        for m in range(codes.shape[0]):
+            w, s = codes[m], scales[m]
+            q = w.shape[0] // 4
+            for r in range(q):
+                out[m, r], out[m, r + q], out[m, r + 2 * q], out[m, r + 3 * q] = rows_dot4(
+                    w, s, r, w, s, r + q, w, s, r + 2 * q, w, s, r + 3 * q, x2)
+
+
+LAYOUTS = {"int8": None, "int4 g32": 32, "int4 g128": 128}  # layout → int4 group size
+
+
+def _page_aligned(a: np.ndarray) -> np.ndarray:
+    """A copy of a starting on a 4096-byte boundary (numpy's own start 16 bytes past one)."""
+    buffer = np.empty(a.nbytes + 4096, np.uint8)
+    start = -buffer.ctypes.data % 4096
+    copy = buffer[start:start + a.nbytes].view(a.dtype).reshape(a.shape)
+    copy[...] = a
+    return copy
 
 
 def _matrices(layout: str, rows: int, cols: int, megabytes: int, rng) -> tuple[np.ndarray, np.ndarray]:
     """As many [rows, cols] matrices as fill `megabytes` of codes, in the kernels' views."""
     one = rng.standard_normal((rows, cols)).astype(np.float32)
-    if layout == "int8":
+    group = LAYOUTS[layout]
+    if group is None:
         q = quantize_int8(one, None)
         codes, scales = q.q.reshape(rows, 1, cols), q.scale.reshape(rows, 1)
     else:
-        q = quantize_int4(one, 32)
-        codes, scales = pack_int4(q.q).reshape(rows, cols // 32, 1, 16), q.scale
+        q = quantize_int4(one, group)
+        codes, scales = pack_int4(q.q).reshape(rows, cols // group, group // 32, 16), q.scale
     count = max(2, (megabytes << 20) // codes.nbytes)
-    return np.stack([codes] * count), np.stack([scales] * count)  # copies: each its own memory
+    return _page_aligned(np.stack([codes] * count)), _page_aligned(np.stack([scales] * count))  # each its own memory
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--megabytes", type=int, default=256, help="codes per layout and shape")
+    parser.add_argument("--shapes", default=SHAPES, help="matrices, rows x inputs, comma-separated")
+    parser.add_argument("--passes", type=int, default=1, help="multiplications of each matrix per call")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     runs, seconds = {}, {}
-    for rows, cols in SHAPES:
+    for rows, cols in (map(int, shape.split("x")) for shape in args.shapes.split(",")):
         x = rng.standard_normal(cols).astype(np.float32)
-        for layout in ("int8", "int4"):
+        for layout in LAYOUTS:
             codes, scales = _matrices(layout, rows, cols, args.megabytes, rng)
             out = np.empty(codes.shape[:2], np.float32)
             for name, quantized in (("float32 activations", None), ("int8 activations", INT8_ACTIVATIONS)):
-                _gemv(codes[:1], scales[:1], x, quantized, out[:1])  # compile outside the timing
+                _gemv(codes[:1], scales[:1], x, quantized, out[:1], 1)  # compile outside the timing
                 runs[(rows, cols, layout, name)] = (codes, scales, x, quantized, out)
     bandwidth = []
     for _ in range(args.repeat):
         bandwidth.append(read_bandwidth(1, repeat=1))
         for key, (codes, scales, x, quantized, out) in runs.items():
             start = time.perf_counter()
-            _gemv(codes, scales, x, quantized, out)
+            _gemv(codes, scales, x, quantized, out, args.passes)
             seconds.setdefault(key, []).append(time.perf_counter() - start)
     probe = float(np.median(bandwidth))
     print(f"read bandwidth (1 thread, median of {args.repeat}): {probe:.1f} GB/s")
     print("| matrix | layout | activations | GB/s (median) | of the read bandwidth |")
     print("|---|---|---|---|---|")
     for (rows, cols, layout, name), (codes, scales, *_) in runs.items():
-        rate = (codes.nbytes + scales.nbytes) / float(np.median(seconds[(rows, cols, layout, name)])) / 1e9
+        median = float(np.median(seconds[(rows, cols, layout, name)]))
+        rate = args.passes * (codes.nbytes + scales.nbytes) / median / 1e9
         print(f"| {rows}x{cols} | {layout} | {name} | {rate:.1f} | {rate / probe:.0%} |")
 
 

@@ -26,7 +26,7 @@ from numba.extending import overload
 from . import numba_cache  # noqa: F401  (first: it says where the kernels' cache lives)
 from .kernel_ir import BLOCK
 from .kernel_q8 import TOKENS, dot4_q8, dot4x4_q8
-from .kernel_vnni import VNNI
+from .kernel_vnni import NIBBLE_STEP, VNNI
 
 _0 = np.float32(0.0)
 _8 = np.float32(8.0)
@@ -55,22 +55,41 @@ def _mixed(codes):
 
 
 @njit(cache=True, error_model="numpy")
-def nibble_order(codes):
-    """The codes int8 [n] as the VNNI int4 dot reads them: per pair of blocks a, b the inputs 0-15 of a, of b, then
-    16-31 of a, of b (a packed pair's low nibbles, then its high ones); an odd last block as it is."""
-    ordered = np.empty(codes.shape[0], dtype=np.int8)
+def nibble_operand(codes, scales, sums):
+    """What the VNNI int4 dots read besides the rows (`kernel_vnni`), int8 [2n], 64 bytes a block, by steps of
+    NIBBLE_STEP blocks (then one of 2 and of 1 for the last blocks % NIBBLE_STEP): a step of s blocks from block b
+    on, at byte 64·b, holds the codes of its blocks' inputs 0-15 then 16-31 (the packed rows' low nibbles, then
+    their high ones), s·4 int32 (−8 · Σ codes of each block, then three zeros) and s·4 float32 (each block's scale
+    four times)."""
+    n = codes.shape[0]
+    blocks = n // BLOCK
+    operand = np.zeros(2 * n, dtype=np.int8)
+    offsets = operand.view(np.int32)
+    spread = operand.view(np.float32)
     half = BLOCK // 2
-    pairs = codes.shape[0] // (2 * BLOCK)
-    for p in range(pairs):
-        base = 2 * BLOCK * p
-        for j in range(half):
-            ordered[base + j] = codes[base + j]
-            ordered[base + half + j] = codes[base + BLOCK + j]
-            ordered[base + BLOCK + j] = codes[base + half + j]
-            ordered[base + BLOCK + half + j] = codes[base + BLOCK + half + j]
-    for j in range(2 * BLOCK * pairs, codes.shape[0]):
-        ordered[j] = codes[j]
-    return ordered
+    first = 0
+    size = NIBBLE_STEP
+    while size:
+        while blocks - first >= size:
+            base = 2 * BLOCK * first
+            for k in range(size):
+                for j in range(half):
+                    operand[base + half * k + j] = codes[BLOCK * (first + k) + j]
+                    operand[base + half * (size + k) + j] = codes[BLOCK * (first + k) + half + j]
+                offsets[(base + BLOCK * size) // 4 + 4 * k] = np.int32(-8) * np.int32(sums[first + k])
+                for j in range(4):
+                    spread[(base + 3 * half * size) // 4 + 4 * k + j] = scales[first + k]
+            first += size
+            if size < NIBBLE_STEP:
+                break
+        size //= 2
+    return operand
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _mixed_operand(codes, scales, sums):
+    """`_mixed` (the portable dots take the scales and sums apart)."""
+    return _mixed(codes)
 
 
 @njit(cache=True, error_model="numpy", inline="always")
@@ -85,10 +104,10 @@ def _total(scale, total):
     return np.int32(total)
 
 
-# What this CPU's row dots take: the codes' dtype; the int4 rows' operand, its dtype and codes per element; the
-# blocks' sums and their dtype.
+# What this CPU's row dots take: the codes' dtype; the int4 rows' operand, its dtype and elements per two codes;
+# the blocks' sums and their dtype.
 ACTIVATION_CODES = np.int8 if VNNI else np.int16
-_int4_operand, _INT4_OPERAND, _INT4_PER_CODE = (nibble_order, np.int8, 1) if VNNI else (_mixed, np.int16, 2)
+_int4_operand, _INT4_OPERAND, _INT4_PER_2 = (nibble_operand, np.int8, 4) if VNNI else (_mixed_operand, np.int16, 1)
 _block_sum, _SUMS = (_total, np.int32) if VNNI else (_shift, np.float32)
 
 
@@ -97,7 +116,7 @@ def quantize_activations(x: np.ndarray) -> QuantizedActivations:
     """x [n] (n a multiple of 32) quantized by blocks of 32 as `quant.quantize_activations` does, bit for bit
     but for exact ties (x / scale = k + ½ may round either way here; no fastmath): (codes [n] in [-127, 127]
     (`ACTIVATION_CODES`: int8 for the VNNI row dots, else int16), the int4 rows' operand (VNNI: the codes in
-    `nibble_order`; else `_mixed`, see `kernel_q8`), scales [n / 32] float32, sums [n / 32] (VNNI: Σ codes,
+    `nibble_operand`, int8 [2n]; else `_mixed`, see `kernel_q8`), scales [n / 32] float32, sums [n / 32] (VNNI: Σ codes,
     int32; else 8 · scale · Σ codes, float32)). A NaN or infinity makes its block's scale NaN."""
     blocks = x.shape[0] // BLOCK
     codes = np.empty(x.shape[0], dtype=ACTIVATION_CODES)
@@ -120,7 +139,7 @@ def quantize_activations(x: np.ndarray) -> QuantizedActivations:
             total += code
         scales[b] = scale
         sums[b] = _block_sum(scale, total)
-    return codes, _int4_operand(codes), scales, sums
+    return codes, _int4_operand(codes, scales, sums), scales, sums
 
 
 def activations(x: np.ndarray, group: int, quantized: bool | None) -> np.ndarray | QuantizedActivations:
@@ -202,7 +221,7 @@ def _token_activations(x, group, quantized):
     def quantize_rows(x, group, quantized):
         t_n, n = x.shape
         codes = np.empty((t_n, n), dtype=ACTIVATION_CODES)
-        mixed = np.empty((t_n, n // _INT4_PER_CODE), dtype=_INT4_OPERAND)
+        mixed = np.empty((t_n, n * _INT4_PER_2 // 2), dtype=_INT4_OPERAND)
         scales = np.empty((t_n, n // BLOCK), dtype=np.float32)
         sums = np.empty((t_n, n // BLOCK), dtype=_SUMS)
         for t in range(t_n):

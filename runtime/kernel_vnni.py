@@ -2,18 +2,25 @@
 32-bit lane in one instruction, where the portable IR needs a widening, a `vpdpwssd` and a mask or add.
 
 Rows are read as unsigned bytes: uint8 codes (int8 + 128, the dense linears'), int8 codes flipped to
-int8 + 128 as they load (one XOR), or int4 nibbles (+ 8). The activations are the int8 codes (`codes`), their
-copy in `nibble_order` for int4 rows, the blocks' scales and the sums of their codes (`totals`). The offset
-(128 or 8 times a block's Σ codes) is put into the 32-bit accumulator before the products go in, so a
-block's integer dot comes out exact and signed; then one conversion and one FMA with the block's scale per
-row and block (int8), or per row and two blocks (int4: 32 bytes = two packed blocks, the low nibbles one
-`vpdpbusd` with the two blocks' inputs 0-15, the high ones with 16-31). The row's scale multiplies once per
-group, or per two blocks for groups of 32.
+int8 + 128 as they load (one XOR), or int4 nibbles (+ 8). The activations are the int8 codes (`codes`), the
+int4 rows' operand (`kernel_codes.nibble_operand`), the blocks' scales and the sums of their codes (`totals`).
+The offset (128 or 8 times a block's Σ codes) is put into the 32-bit accumulator before the products go in,
+so a block's integer dot comes out exact and signed. int8 rows: then one conversion and one FMA with the
+block's scale per row and block, the row's scale once per group. int4 rows, four blocks a step (64 bytes of
+each row, 512-bit vectors; two 256-bit halves with AVX-VNNI only): per row one load, a mask, a shift and two
+`vpdpbusd` (the low nibbles with the blocks' inputs 0-15, the high ones with 16-31); then the four rows' block
+sums are gathered into one vector, block by block and row by row (three rounds of two shuffles and an add), so
+the conversion and the activations' and rows' scales are one instruction each per step for the four rows
+together. The inputs in that order, the offsets and the activations' scales spread over four lanes are made
+once per token (`nibble_operand`); the rows' scales, per step for groups of 32 (four loads and a
+transposition) or 64, else once per group.
 
-Measured on one core (kernel microbenchmark, four rows a pass, 256 MB of codes streamed from memory, with the
-software prefetch of `kernel_ir`; portable IR in brackets): int8 per channel 31-33 (29) GB/s of codes, int4
-groups of 32 19.8 (12.4), groups of 128 24.7 (15.2); i.e. int4 rows 1.2-1.5x as many weights per second as
-int8 rows, where the portable IR gives 0.85-1.05x.
+Measured on one core (benchmarks/expert_kernels.py: four rows a pass, page-aligned matrices; GB/s of codes and
+scales; portable IR in brackets): streamed from memory (256 MB, read bandwidth 31 GB/s) int8 per channel 31
+(28-31), int4 groups of 32 27-29 (16), groups of 128 28-29 (16), i.e. int4 rows 1.45x (g32) and 1.75x (g128)
+as many weights per second as int8 rows, where the portable IR gives 0.85-1.0x; reading four rows a pass with
+no work and no prefetch reaches 27-28 here. From the caches (256-row matrices, 20 passes): int8 66-72, int4 g32 51-56,
+g128 46-50 (41-47 GB/s of codes), where two blocks a step with the float work per row gave 34-38.
 
 `VNNI` says whether numba compiles for such a CPU (the other CPUs, aarch64 included, take the portable IR);
 MOEDGE_PORTABLE_KERNELS=1 forces the portable one, to measure the two side by side.
@@ -30,6 +37,7 @@ from .kernel_ir import (
     BLOCK,
     CONTRACT,
     F32,
+    FAST,
     I8,
     I32,
     I64,
@@ -37,6 +45,7 @@ from .kernel_ir import (
     PREFETCH_AHEAD,
     accumulate,
     at,
+    const,
     hsum,
     load,
     prefetch,
@@ -46,26 +55,36 @@ from .kernel_ir import (
 )
 
 PORTABLE_ONLY = os.environ.get("MOEDGE_PORTABLE_KERNELS", "") not in ("", "0")
-_SPREAD = ir.Constant(vec(I32, LANES), [0] * (LANES // 2) + [1] * (LANES // 2))  # two values → 4 lanes each
 
 
-def _compiles_for_vnni() -> bool:
-    """Whether numba compiles for a CPU with 256-bit `vpdpbusd`: AVX512-VNNI with AVX512-VL, or AVX-VNNI (Alder
-    Lake and later; LLVM emits the VEX form there, checked by compiling for `alderlake`). The target is the
-    host unless NUMBA_CPU_NAME names another, then NUMBA_CPU_FEATURES."""
+def _target_features() -> str:
+    """The features numba compiles for: the host's unless NUMBA_CPU_NAME names another CPU, then
+    NUMBA_CPU_FEATURES."""
     if config.CPU_NAME not in (None, "host"):
-        features = config.CPU_FEATURES or ""
-    else:
-        features = config.CPU_FEATURES or binding.get_host_cpu_features().flatten()
+        return config.CPU_FEATURES or ""
+    return config.CPU_FEATURES or binding.get_host_cpu_features().flatten()
+
+
+def _compiles_for_vnni(features: str) -> bool:
+    """Whether numba compiles for a CPU with 256-bit `vpdpbusd`: AVX512-VNNI with AVX512-VL, or AVX-VNNI (Alder
+    Lake and later; LLVM emits the VEX form there, checked by compiling for `alderlake`)."""
     return ("+avx512vnni" in features and "+avx512vl" in features) or "+avxvnni" in features
 
 
-VNNI = not PORTABLE_ONLY and _compiles_for_vnni()
+VNNI = not PORTABLE_ONLY and _compiles_for_vnni(_target_features())
+# 512-bit `vpdpbusd` (AVX512-VNNI with AVX512BW); else the int4 dots' 512-bit ones are two 256-bit ones
+_WIDE = all(f"+{name}" in _target_features() for name in ("avx512f", "avx512bw", "avx512vnni"))
 
 
 def _dpbusd(builder: ir.IRBuilder, acc: ir.Value, unsigned_bytes: ir.Value, signed_bytes: ir.Value) -> ir.Value:
     """acc + the sums of four adjacent u8 × s8 products, per 32-bit lane (`vpdpbusd` on 16 or 32 bytes)."""
     n = acc.type.count
+    if n == 16 and not _WIDE:
+        halves = [ir.Constant(vec(I32, 8), list(range(k, k + 8))) for k in (0, 8)]
+        words = [acc] + [builder.bitcast(v, vec(I32, n)) for v in (unsigned_bytes, signed_bytes)]
+        split = [[builder.shuffle_vector(v, v, half) for half in halves] for v in words]
+        lo, hi = (_dpbusd(builder, *(parts[k] for parts in split)) for k in (0, 1))
+        return builder.shuffle_vector(lo, hi, ir.Constant(vec(I32, 16), list(range(16))))
     fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec(I32, n), [vec(I32, n)] * 3),
                                         f"llvm.x86.avx512.vpdpbusd.{32 * n}")
     return builder.call(fn, [acc, builder.bitcast(unsigned_bytes, vec(I32, n)),
@@ -118,95 +137,169 @@ def _nibbles(builder: ir.IRBuilder, packed: ir.Value) -> tuple[ir.Value, ir.Valu
     return builder.and_(packed, mask), builder.and_(builder.lshr(packed, ir.Constant(vec(I8, n), [4] * n)), mask)
 
 
-def _nibble_pair(builder, rows, activations, pair):
-    """Per row, blocks 2·pair and 2·pair + 1 dotted with the activations: 8 float lanes (0-3 the first block's,
-    4-7 the second's), times the activations' scales."""
-    _, x, x_scale, totals = activations
-    start = builder.mul(pair, ir.Constant(I64, 2 * BLOCK))
-    x_lo = load(builder, x, start, vec(I8, BLOCK))
-    x_hi = load(builder, x, builder.add(start, ir.Constant(I64, BLOCK)), vec(I8, BLOCK))
-    first = builder.mul(pair, ir.Constant(I64, 2))
-    offsets = _offsets(builder, totals, [first, builder.add(first, ir.Constant(I64, 1))], 8, LANES)
-    two = load(builder, x_scale, first, vec(F32, 2))
-    xs = builder.shuffle_vector(two, two, _SPREAD)
-    products = []
-    ahead = builder.add(builder.mul(pair, ir.Constant(I64, BLOCK)), ir.Constant(I64, PREFETCH_AHEAD))
+# Blocks per step of the int4 dots: 4 = a 64-byte line of each row, 512-bit vectors. The activations' int4 operand
+# (`kernel_codes.nibble_operand`) is laid out by steps of this many blocks, then a step of 2 and of 1 for the rest.
+NIBBLE_STEP = 4
+NIBBLE_AHEAD = 256  # bytes of a row ahead for the software prefetch: 256-384 measured best here, 512 (the int8
+# dots') to 5-20% slower, 1024 and more 20-40%
+
+
+def _lanes(builder: ir.IRBuilder, a: ir.Value, b: ir.Value, pick: list[int]) -> ir.Value:
+    """Per 4-lane chunk c of a and b: lanes pick (0-3 a's lanes of chunk c, 4-7 b's)."""
+    n = a.type.count
+    index = [4 * c + k if k < 4 else n + 4 * c + k - 4 for c in range(n // 4) for k in pick]
+    return builder.shuffle_vector(a, b, ir.Constant(vec(I32, n), index))
+
+
+def _reduce4(builder: ir.IRBuilder, dots: list[ir.Value]) -> ir.Value:
+    """Four rows' <4s x i32> (4 lanes a block) → <4s x i32>: per block k, lanes 4k..4k+3 its sums of rows 0-3."""
+    a, b, c, d = dots
+    ab = builder.add(_lanes(builder, a, b, [0, 4, 1, 5]), _lanes(builder, a, b, [2, 6, 3, 7]))
+    cd = builder.add(_lanes(builder, c, d, [0, 4, 1, 5]), _lanes(builder, c, d, [2, 6, 3, 7]))
+    return builder.add(_lanes(builder, ab, cd, [0, 1, 4, 5]), _lanes(builder, ab, cd, [2, 3, 6, 7]))
+
+
+def _nibble_step(builder, rows, activations, first, s):
+    """Blocks first..first + s - 1 of four int4 rows dotted with the activations, times the activations' scales:
+    <4s x float>, lane 4k + i row i's block first + k."""
+    _, x, _, _ = activations
+    n = 4 * s
+    base = builder.mul(first, ir.Constant(I64, 2 * BLOCK))  # the operand's 64 bytes a block: codes, offsets, scales
+    x_lo = load(builder, x, base, vec(I8, 16 * s))
+    x_hi = load(builder, x, builder.add(base, ir.Constant(I64, 16 * s)), vec(I8, 16 * s))
+    offsets = load(builder, x, builder.add(base, ir.Constant(I64, 32 * s)), vec(I32, n))
+    xs = load(builder, x, builder.add(base, ir.Constant(I64, 48 * s)), vec(F32, n))
+    at_row = builder.mul(first, ir.Constant(I64, BLOCK // 2))
+    ahead = builder.add(at_row, ir.Constant(I64, NIBBLE_AHEAD))
+    dots = []
     for row in rows:
-        prefetch(builder, row, ahead)
-        lo, hi = _nibbles(builder, load(builder, row, builder.mul(pair, ir.Constant(I64, BLOCK)), vec(I8, BLOCK)))
-        dot = _dpbusd(builder, _dpbusd(builder, offsets, lo, x_lo), hi, x_hi)
-        products.append(builder.fmul(builder.sitofp(dot, vec(F32, LANES)), xs, flags=CONTRACT))
-    return products
+        if s == NIBBLE_STEP:
+            prefetch(builder, row, ahead)
+        lo, hi = _nibbles(builder, load(builder, row, at_row, vec(I8, 16 * s)))
+        dots.append(_dpbusd(builder, _dpbusd(builder, offsets, lo, x_lo), hi, x_hi))
+    return builder.fmul(builder.sitofp(_reduce4(builder, dots), vec(F32, n)), xs, flags=CONTRACT)
 
 
-def _nibble_last(builder, rows, row_scales, activations, blocks, per_group, acc):
-    """acc += the odd last block of int4 rows (16 bytes), in lane 0."""
-    _, x, x_scale, totals = activations
-    last = builder.sub(blocks, ir.Constant(I64, 1))
-    start = builder.mul(builder.sdiv(blocks, ir.Constant(I64, 2)), ir.Constant(I64, 2 * BLOCK))
-    x_lo = load(builder, x, start, vec(I8, BLOCK // 2))
-    x_hi = load(builder, x, builder.add(start, ir.Constant(I64, BLOCK // 2)), vec(I8, BLOCK // 2))
-    offsets = _offsets(builder, totals, [last], 8, LANES // 2)
-    group = builder.sdiv(last, per_group)
-    for i, row in enumerate(rows):
-        lo, hi = _nibbles(builder, load(builder, row, builder.mul(last, ir.Constant(I64, BLOCK // 2)),
-                                        vec(I8, BLOCK // 2)))
-        dot = _dpbusd(builder, _dpbusd(builder, offsets, lo, x_lo), hi, x_hi)
-        scale = builder.fmul(at(builder, x_scale, last), at(builder, row_scales[i], group), flags=CONTRACT)
-        value = builder.fmul(hsum(builder, builder.sitofp(dot, vec(F32, LANES // 2))), scale, flags=CONTRACT)
-        accumulate(builder, acc[i], builder.insert_element(ir.Constant(vec(F32, LANES), [0.0] * LANES), value,
-                                                           ir.Constant(I32, 0)))
+def _transpose(builder, per_row: list[ir.Value]) -> ir.Value:
+    """Four rows' <s x float> (one value a block) → <4s x float>, lane 4k + i row i's value of block k."""
+    s = per_row[0].type.count
+    one = builder.shuffle_vector(per_row[0], per_row[1], ir.Constant(vec(I32, 2 * s), list(range(2 * s))))
+    two = builder.shuffle_vector(per_row[2], per_row[3], ir.Constant(vec(I32, 2 * s), list(range(2 * s))))
+    index = [i * s + k if i < 2 else 2 * s + (i - 2) * s + k for k in range(s) for i in range(4)]
+    return builder.shuffle_vector(one, two, ir.Constant(vec(I32, 4 * s), index))
+
+
+def _repeat(builder, per_row: list[ir.Value], s: int) -> ir.Value:
+    """Four rows' scalars → <4s x float>: [0, 1, 2, 3] s times."""
+    four = ir.Constant(vec(F32, 4), ir.Undefined)
+    for i, value in enumerate(per_row):
+        four = builder.insert_element(four, value, ir.Constant(I32, i))
+    return builder.shuffle_vector(four, four, ir.Constant(vec(I32, 4 * s), list(range(4)) * s))
+
+
+def _fold(builder, v: ir.Value) -> ir.Value:
+    """<4s x float> → <4 x float>, the sum of its 4-lane chunks."""
+    while v.type.count > 4:
+        n = v.type.count // 2
+        v = builder.fadd(builder.shuffle_vector(v, v, ir.Constant(vec(I32, n), list(range(n)))),
+                         builder.shuffle_vector(v, v, ir.Constant(vec(I32, n), list(range(n, 2 * n)))), flags=FAST)
+    return v
+
+
+def _scattered(builder, row_scales, first, s, per_group):
+    """<4s x float>: the rows' scales of blocks first..first + s - 1, any group size."""
+    groups = [builder.sdiv(builder.add(first, ir.Constant(I64, k)), per_group) for k in range(s)]
+    per_row = []
+    for scales in row_scales:
+        v = ir.Constant(vec(F32, s), ir.Undefined)
+        for k, group in enumerate(groups):
+            v = builder.insert_element(v, at(builder, scales, group), ir.Constant(I32, k))
+        per_row.append(v)
+    return _transpose(builder, per_row)
+
+
+def _consecutive(builder, row_scales, first, s, per_group):
+    """As `_scattered` for groups of 32: s consecutive scales a row (no prefetch: measured no faster)."""
+    return _transpose(builder, [load(builder, scales, first, vec(F32, s)) for scales in row_scales])
+
+
+def _doubled(builder, row_scales, first, s, per_group):
+    """As `_scattered` for groups of 64 (s even): s / 2 scales a row, each twice."""
+    group = builder.sdiv(first, ir.Constant(I64, 2))
+    twice = ir.Constant(vec(I32, s), [k // 2 for k in range(s)])
+    per_row = []
+    for scales in row_scales:
+        half = load(builder, scales, group, vec(F32, s // 2))
+        per_row.append(builder.shuffle_vector(half, half, twice))
+    return _transpose(builder, per_row)
+
+
+def _whole(builder, row_scales, first, s, per_group):
+    """As `_scattered` for groups of s blocks: one scale a row."""
+    group = builder.udiv(first, ir.Constant(I64, s))  # per_group is s: a shift, not a division
+    return _repeat(builder, [at(builder, scales, group) for scales in row_scales], s)
 
 
 def _nibble_dots(builder, rows, row_scales, activations, blocks, groups):
-    """Four int4 rows, two blocks a step. Groups of an even number of blocks: the row's scale once per group;
-    else per pair of blocks (two consecutive scales for groups of 32), and an odd last block on its own."""
+    """Four int4 rows, NIBBLE_STEP blocks a step: per row and step one load, two `vpdpbusd` (the activations'
+    offsets seeded), then the four rows' block sums gathered into one vector (four lanes a block: two shuffles and
+    an add per two vectors, twice), converted, times the activations' scales (`nibble_operand`) and the rows'.
+    Groups of a multiple of NIBBLE_STEP blocks: the rows' scales once per group; else per step (loaded by row and
+    transposed); the last blocks % NIBBLE_STEP by steps of 2 and 1 (their scales block by block)."""
+    s = NIBBLE_STEP
+    step = ir.Constant(I64, s)
     per_group = builder.sdiv(blocks, groups)
-    acc = zeros(builder, len(rows))
-    even = builder.icmp_signed("==", builder.srem(per_group, ir.Constant(I64, 2)), ir.Constant(I64, 0))
-    with builder.if_else(even) as (grouped, paired):
-        with grouped:
-            half = builder.sdiv(per_group, ir.Constant(I64, 2))
+    acc = cgutils.alloca_once_value(builder, const(0.0, 4 * s))
+    grouped = builder.and_(builder.icmp_signed("==", builder.srem(per_group, step), ir.Constant(I64, 0)),
+                           builder.icmp_signed("!=", per_group, step))
+    with builder.if_else(grouped) as (by_group, by_step):
+        with by_group:
+            per_step = builder.sdiv(per_group, step)
             with cgutils.for_range(builder, groups) as group:
-                part = zeros(builder, len(rows))
-                with cgutils.for_range(builder, half) as inner:
-                    pair = builder.add(builder.mul(group.index, half), inner.index)
-                    for slot, product in zip(part, _nibble_pair(builder, rows, activations, pair), strict=True):
-                        accumulate(builder, slot, product)
-                for i, scales in enumerate(row_scales):
-                    row_scale = splat(builder, at(builder, scales, group.index))
-                    accumulate(builder, acc[i], builder.fmul(builder.load(part[i]), row_scale, flags=CONTRACT))
-        with paired:
-            one = builder.icmp_signed("==", per_group, ir.Constant(I64, 1))
+                part = cgutils.alloca_once_value(builder, const(0.0, 4 * s))
+                with cgutils.for_range(builder, per_step) as inner:
+                    first = builder.mul(builder.add(builder.mul(group.index, per_step), inner.index), step)
+                    accumulate(builder, part, _nibble_step(builder, rows, activations, first, s))
+                scale = _repeat(builder, [at(builder, scales, group.index) for scales in row_scales], s)
+                accumulate(builder, acc, builder.fmul(builder.load(part), scale, flags=CONTRACT))
+        with by_step:
+            full = builder.sdiv(blocks, step)
 
-            def by_pairs(scales_of):
-                with cgutils.for_range(builder, builder.sdiv(blocks, ir.Constant(I64, 2))) as pair:
-                    first = builder.mul(pair.index, ir.Constant(I64, 2))
-                    for i, product in enumerate(_nibble_pair(builder, rows, activations, pair.index)):
-                        two = scales_of(row_scales[i], first)
-                        accumulate(builder, acc[i], builder.fmul(product, builder.shuffle_vector(two, two, _SPREAD),
-                                                                 flags=CONTRACT))
+            def steps(scales_of):
+                with cgutils.for_range(builder, full) as quad:
+                    first = builder.mul(quad.index, step)
+                    scale = scales_of(builder, row_scales, first, s, per_group)
+                    accumulate(builder, acc, builder.fmul(_nibble_step(builder, rows, activations, first, s), scale,
+                                                          flags=CONTRACT))
 
-            def scattered(scales, first):
-                two = ir.Constant(vec(F32, 2), ir.Undefined)
-                for k in range(2):
-                    group = builder.sdiv(builder.add(first, ir.Constant(I64, k)), per_group)
-                    two = builder.insert_element(two, at(builder, scales, group), ir.Constant(I32, k))
-                return two
+            def choose(cases):
+                (size, scales_of), *rest = cases
+                if not rest:
+                    steps(scales_of)
+                    return
+                with builder.if_else(builder.icmp_signed("==", per_group, ir.Constant(I64, size))) as (this, other):
+                    with this:
+                        steps(scales_of)
+                    with other:
+                        choose(rest)
 
-            def consecutive(scales, first):  # groups of 32: the scales stream like the codes, a quarter as fast
-                prefetch(builder, scales, builder.add(first, ir.Constant(I64, PREFETCH_AHEAD // 8)))
-                return load(builder, scales, first, vec(F32, 2))
-
-            with builder.if_else(one) as (by_block, other):
-                with by_block:
-                    by_pairs(consecutive)
-                with other:
-                    by_pairs(scattered)
-            odd = builder.icmp_signed("!=", builder.srem(blocks, ir.Constant(I64, 2)), ir.Constant(I64, 0))
-            with builder.if_then(odd):
-                _nibble_last(builder, rows, row_scales, activations, blocks, per_group, acc)
-    return [hsum(builder, builder.load(a)) for a in acc]
+            choose([(1, _consecutive), (2, _doubled), (s, _whole), (0, _scattered)])
+            tail = cgutils.alloca_once_value(builder, const(0.0, 4))
+            size = s // 2
+            while size:
+                left = builder.sub(blocks, builder.mul(builder.sdiv(blocks, ir.Constant(I64, 2 * size)),
+                                                       ir.Constant(I64, 2 * size)))  # blocks % (2 size)
+                with builder.if_then(builder.icmp_signed(">=", left, ir.Constant(I64, size))):
+                    first = builder.sub(blocks, left)
+                    scale = _scattered(builder, row_scales, first, size, per_group)
+                    product = builder.fmul(_nibble_step(builder, rows, activations, first, size), scale,
+                                           flags=CONTRACT)
+                    accumulate(builder, tail, _fold(builder, product))
+                size //= 2
+            widen = ir.Constant(vec(I32, 4 * s), [0, 1, 2, 3] + [4] * 4 * (s - 1))  # lane 4: a zero
+            accumulate(builder, acc, builder.shuffle_vector(builder.load(tail), const(0.0, 4), widen))
+    total = _fold(builder, builder.load(acc))
+    return [builder.extract_element(total, ir.Constant(I32, i)) for i in range(4)]
 
 
 def vnni_dots(builder, rows, row_scales, activations, blocks, groups, packed, unsigned):

@@ -14,11 +14,13 @@ from numba import njit
 from moedge.quant import quantize_activations
 from moedge.runtime import kernel_codes
 from moedge.runtime.kernel_q8 import dot4_q8
-from moedge.runtime.kernel_vnni import VNNI
+from moedge.runtime.kernel_vnni import NIBBLE_STEP, VNNI
 
 # (inputs, group): 5 blocks a row per channel (odd, > 1), 32 (one block a group, odd count), 64 (two), 96 (three);
-# one block alone (no pair), one pair
-SHAPES = [(160, 160), (160, 32), (128, 64), (192, 96), (256, 32), (32, 32), (64, 32)]
+# one block alone (no pair), one pair; int4 by steps of 4 blocks: groups of 4 and 8 blocks and 8 per channel (once
+# a group), 2 and 32 with the last step of 2 and/or 1 (7, 6, 3 blocks)
+SHAPES = [(160, 160), (160, 32), (128, 64), (192, 96), (256, 32), (32, 32), (64, 32), (256, 128), (512, 256),
+          (256, 256), (224, 32), (192, 64), (96, 32)]
 
 
 @njit(cache=False)
@@ -34,12 +36,23 @@ def portable_activations(codes: np.ndarray, scales: np.ndarray) -> tuple:
 
 
 def vnni_activations(codes: np.ndarray, scales: np.ndarray) -> tuple:
-    """codes int8, the codes by pairs of blocks [a 0-15, b 0-15, a 16-31, b 16-31] (an odd last block as it is),
-    scales, Σ codes int32 (`kernel_vnni`)."""
-    pairs = codes.shape[0] // 2
-    paired = codes[:2 * pairs].reshape(pairs, 2, 2, 16).transpose(0, 2, 1, 3).reshape(-1)
-    ordered = np.concatenate([paired, codes[2 * pairs:].ravel()])
-    return codes.ravel(), ordered, scales, codes.astype(np.int32).sum(-1, dtype=np.int32)
+    """codes int8, the int4 operand (by steps of NIBBLE_STEP blocks, then of 2 and 1: each step's inputs 0-15 of
+    its blocks, 16-31, −8·Σ codes and three zeros int32 a block, the blocks' scales four times float32), scales,
+    Σ codes int32 (`kernel_vnni`)."""
+    sums = codes.astype(np.int32).sum(-1, dtype=np.int32)
+    parts, first, size = [], 0, NIBBLE_STEP
+    while size:
+        while codes.shape[0] - first >= size:
+            step = codes[first:first + size]
+            offsets = np.zeros((size, 4), np.int32)
+            offsets[:, 0] = -8 * sums[first:first + size]
+            spread = np.repeat(scales[first:first + size], 4).astype(np.float32)
+            parts += [step[:, :16].ravel(), step[:, 16:].ravel(), offsets.view(np.int8).ravel(), spread.view(np.int8)]
+            first += size
+            if size < NIBBLE_STEP:
+                break
+        size //= 2
+    return codes.ravel(), np.concatenate(parts), scales, sums
 
 
 def rows(kind: str, n: int, group: int, rng) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
