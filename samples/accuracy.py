@@ -1,13 +1,14 @@
 """The README's accuracy table: each trained model exported with every expert quantization, scored
 on the held-out split against its own float32 PyTorch model.
 
-    python samples/accuracy.py samples/default-moe samples/default-dense [--max-tokens N]
+    python samples/accuracy.py samples/default-moe samples/default-dense [--max-tokens N] [--only LABEL ...]
 
 For each checkpoint: the float model's perplexity (PyTorch), then one bundle per scheme —
 float32 weights, int8 per output channel (the default: experts, head and the attention/dense-FFN
 matrices), the same with float32 attention/dense-FFN matrices (`--float-dense`), and int8 per group
 of 32/64/128, int4 per group of 32/64/128 (`--bits 4`), the same with 4-bit dense linears and LM head
-(`--dense-bits 4`), and mixed int4/int8 experts calibrated on training text (`--int8-budget 0.25` with groups
+(`--dense-bits 4`; and with the LM head kept int8, `--head-bits 8`), and mixed int4/int8 experts calibrated
+on training text (`--int8-budget 0.25` with groups
 of 32: 6 bits per weight on average; `0.15` with groups of 128: 4.85) — with its perplexity,
 relative change, top-1 next-token agreement with the float model and size on disk. Rows show
 what the exporter actually wrote, read back from each manifest (a dense model has no experts).
@@ -29,17 +30,24 @@ from moedge.runtime.bundle import Manifest
 from moedge.runtime.storage import storage
 from moedge.runtime.tools.evaluate import evaluate, windows
 
-# (label, group size, bits, float experts, float dense, share of experts kept int8 in a 4-bit bundle, dense bits)
-SCHEMES = [("float32", None, 8, True, False, 0.0, None), ("int8 per channel", None, 8, False, False, 0.0, None),
-           ("int8 per channel, float dense", None, 8, False, True, 0.0, None),
-           ("int8 group 32", 32, 8, False, False, 0.0, None), ("int8 group 64", 64, 8, False, False, 0.0, None),
-           ("int8 group 128", 128, 8, False, False, 0.0, None), ("int4 group 32", 32, 4, False, False, 0.0, None),
-           ("int4 group 64", 64, 4, False, False, 0.0, None), ("int4 group 128", 128, 4, False, False, 0.0, None),
-           ("int4 group 32, 4-bit dense", 32, 4, False, False, 0.0, 4),
-           ("int4 group 64, 4-bit dense", 64, 4, False, False, 0.0, 4),
-           ("int4 group 128, 4-bit dense", 128, 4, False, False, 0.0, 4),
-           ("int4 group 32, 25% int8", 32, 4, False, False, 0.25, None),
-           ("int4 group 128, 15% int8", 128, 4, False, False, 0.15, None)]
+# (label, group size, bits, float experts, float dense, share of experts kept int8 in a 4-bit bundle, dense bits,
+# head bits)
+SCHEMES = [("float32", None, 8, True, False, 0.0, None, None),
+           ("int8 per channel", None, 8, False, False, 0.0, None, None),
+           ("int8 per channel, float dense", None, 8, False, True, 0.0, None, None),
+           ("int8 group 32", 32, 8, False, False, 0.0, None, None),
+           ("int8 group 64", 64, 8, False, False, 0.0, None, None),
+           ("int8 group 128", 128, 8, False, False, 0.0, None, None),
+           ("int4 group 32", 32, 4, False, False, 0.0, None, None),
+           ("int4 group 64", 64, 4, False, False, 0.0, None, None),
+           ("int4 group 128", 128, 4, False, False, 0.0, None, None),
+           ("int4 group 32, 4-bit dense", 32, 4, False, False, 0.0, 4, None),
+           ("int4 group 64, 4-bit dense", 64, 4, False, False, 0.0, 4, None),
+           ("int4 group 128, 4-bit dense", 128, 4, False, False, 0.0, 4, None),
+           ("int4 group 32, 4-bit dense, int8 head", 32, 4, False, False, 0.0, 4, 8),
+           ("int4 group 128, 4-bit dense, int8 head", 128, 4, False, False, 0.0, 4, 8),
+           ("int4 group 32, 25% int8", 32, 4, False, False, 0.25, None, None),
+           ("int4 group 128, 15% int8", 128, 4, False, False, 0.15, None, None)]
 TARGETS = {8: (0.003, 0.98), 4: (0.03, 0.90)}  # bits -> (perplexity change under, top-1 agreement over)
 
 
@@ -53,18 +61,21 @@ def stored(manifest: Manifest) -> str:
 
 
 def rows_for(checkpoint: Path, texts: list[str], max_tokens: int | None, threads: int,
-             calibration: Path) -> list[str]:
-    """Markdown table rows for one checkpoint."""
+             calibration: Path, only: set[str] | None = None) -> list[str]:
+    """Markdown table rows for one checkpoint (the schemes labelled in `only`, else all)."""
     docs = [e.ids for e in reference_tokenizer(checkpoint).encode_batch(texts)]
     ref = None
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for label, group, bits, float_experts, float_dense, int8_fraction, dense_bits in SCHEMES:
+        for label, group, bits, float_experts, float_dense, int8_fraction, dense_bits, head_bits in SCHEMES:
+            if only is not None and label not in only:
+                continue
             bundle = Path(tmp) / f"{label.replace(' ', '-').replace('%', '')}.moedge"
             try:
                 manifest = export(checkpoint, bundle, group_size=group, bits=bits, show_progress=False,
                                   float_experts=float_experts, float_dense=float_dense, int8_fraction=int8_fraction,
-                                  calibration=calibration if int8_fraction else None, dense_bits=dense_bits)
+                                  calibration=calibration if int8_fraction else None, dense_bits=dense_bits,
+                                  head_bits=head_bits)
             except ExportError as exc:
                 rows.append(f"| {checkpoint.name} | {label}: not exportable ({exc}) | | | | | |")
                 continue
@@ -86,7 +97,8 @@ def rows_for(checkpoint: Path, texts: list[str], max_tokens: int | None, threads
     return rows
 
 
-def main(checkpoints: list[str], max_tokens: int | None = None, threads: int = 1) -> str:
+def main(checkpoints: list[str], max_tokens: int | None = None, threads: int = 1,
+         only: list[str] | None = None) -> str:
     """Print (and return) the markdown table for `checkpoints` on the held-out split."""
     train, held_out = split(documents())
     texts = [text for _, text in held_out]
@@ -95,7 +107,8 @@ def main(checkpoints: list[str], max_tokens: int | None = None, threads: int = 1
     header = ["| model | stored (from the manifest) | held-out perplexity | change vs float | top-1 agreement | size | "
               "target (8 bits: < 0.3%, > 98%; 4 bits: < 3%, > 90%) |",
               "|---|---|---|---|---|---|---|"]
-    rows = [row for c in checkpoints for row in rows_for(Path(c), texts, max_tokens, threads, calibration)]
+    chosen = set(only) if only else None
+    rows = [row for c in checkpoints for row in rows_for(Path(c), texts, max_tokens, threads, calibration, chosen)]
     table = "\n".join(header + rows)
     print(f"\nheld-out split: {len(texts)} documents\n\n{table}")
     return table
@@ -106,5 +119,7 @@ if __name__ == "__main__":
     parser.add_argument("checkpoints", nargs="+")
     parser.add_argument("--max-tokens", type=int, default=None, help="score only the first N held-out tokens")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--only", nargs="+", metavar="LABEL", choices=[label for label, *_ in SCHEMES],
+                        help="only these schemes (labels as in SCHEMES)")
     args = parser.parse_args()
-    main(args.checkpoints, args.max_tokens, args.threads)
+    main(args.checkpoints, args.max_tokens, args.threads, args.only)
