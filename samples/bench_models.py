@@ -1,7 +1,7 @@
 """Write the benchmark bundles from a fixed seed (nothing is downloaded).
 
     python samples/bench_models.py OUT_DIR [--only granite-1b-shape ...] [--group-size 32]
-        [--bits 4 [--int8-budget 0.25] [--dense-bits 4]] [--float-dense]
+        [--bits 4 [--int8-budget 0.25] [--dense-bits 4] [--head-bits 8]] [--float-dense]
 
 Weights are random (normal, scaled by 1/sqrt(fan-in)), generated tensor by tensor from a seed
 derived from each canonical name, so a bundle is reproducible and no float checkpoint of the
@@ -60,16 +60,17 @@ def random_source(spec: ModelSpec, seed: int = SEED) -> Source:
 
 
 def main(out: str, only: list[str] | None = None, group_size: int | None = None, float_dense: bool = False,
-         bits: int = 8, int8_budget: float = 0.0, dense_bits: int | None = None) -> None:
+         bits: int = 8, int8_budget: float = 0.0, dense_bits: int | None = None, head_bits: int | None = None) -> None:
     root = Path(out)
     for name in only or SHAPES:
         print(f"{name}:")
         suffix = ("-int4" if bits == 4 else "") + (f"-g{group_size}" if group_size else "")
         suffix += f"-mixed{round(100 * int8_budget)}" if int8_budget else ""
         suffix += "-float-dense" if float_dense else f"-dense{dense_bits}" if dense_bits else ""
+        suffix += f"-head{head_bits}" if head_bits else ""
         write_bundle(random_source(SHAPES[name]), root / f"{name}{suffix}.moedge",
                      ExportOptions(group_size=group_size, bits=bits, force=True, float_dense=float_dense,
-                                   int8_fraction=int8_budget, dense_bits=dense_bits))
+                                   int8_fraction=int8_budget, dense_bits=dense_bits, head_bits=head_bits))
 
 
 if __name__ == "__main__":
@@ -82,5 +83,8 @@ if __name__ == "__main__":
     parser.add_argument("--int8-budget", type=float, default=0.0, help="with --bits 4: share of experts kept int8")
     parser.add_argument("--dense-bits", type=int, choices=(4, 8), default=None,
                         help="with --bits 4: dense linears and LM head at 4 or 8 bits (see moedge export)")
+    parser.add_argument("--head-bits", type=int, choices=(4, 8), default=None,
+                        help="the LM head at 4 or 8 bits, apart from the dense linears (see moedge export)")
     args = parser.parse_args()
-    main(args.out, args.only, args.group_size, args.float_dense, args.bits, args.int8_budget, args.dense_bits)
+    main(args.out, args.only, args.group_size, args.float_dense, args.bits, args.int8_budget, args.dense_bits,
+         args.head_bits)
