@@ -193,7 +193,7 @@ def rows_dot4(wa, sa, ra, wb, sb, rb, wc, sc, rc, wd, sd, rd, x2):
 
 def rows4_tokens4(wa, sa, ra, wb, sb, rb, wc, sc, rc, wd, sd, rd, xs, tokens, out):
     """out [4 rows, 4 tokens] = `rows_dot4` of the four rows with the activations of each of the tokens `tokens`
-    [4] (rows of `token_activations`' result xs). Where the CPU's dots allow (int8 rows and activations on
+    [4] (rows of `token_activations`' result xs). Where the CPU's dots allow (int8 or int4 rows, int8 activations,
     VNNI: `kernel_q8.dot4x4_q8`), each row's bytes are read once for the four tokens."""
     for t in range(TOKENS):
         out[:, t] = rows_dot4(wa, sa, ra, wb, sb, rb, wc, sc, rc, wd, sd, rd, token_row(xs, tokens[t]))
@@ -365,10 +365,11 @@ def _rows_dot4(wa, sa, ra, wb, sb, rb, wc, sc, rc, wd, sd, rd, x2):
 
 @overload(rows4_tokens4, jit_options=KERNEL_OPTIONS, inline="always")
 def _rows4_tokens4(wa, sa, ra, wb, sb, rb, wc, sc, rc, wd, sd, rd, xs, tokens, out):
-    if isinstance(xs, types.BaseTuple) and wa.dtype == types.int8 and xs[0].dtype == types.int8:
+    int4 = wa.dtype == types.uint8 and wa.ndim == 4
+    if isinstance(xs, types.BaseTuple) and (wa.dtype == types.int8 or int4) and xs[0].dtype == types.int8:
         def together(wa, sa, ra, wb, sb, rb, wc, sc, rc, wd, sd, rd, xs, tokens, out):
-            dot4x4_q8(wa[ra], wb[rb], wc[rc], wd[rd], sa[ra], sb[rb], sc[rc], sd[rd], xs[0], xs[2], xs[3], tokens,
-                      out)
+            dot4x4_q8(wa[ra], wb[rb], wc[rc], wd[rd], sa[ra], sb[rb], sc[rc], sd[rd], xs[0], xs[1], xs[2], xs[3],
+                      tokens, out)
         return together
 
     def token_by_token(wa, sa, ra, wb, sb, rb, wc, sc, rc, wd, sd, rd, xs, tokens, out):

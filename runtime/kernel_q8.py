@@ -143,14 +143,16 @@ TOKENS = 4  # tokens per pass of `dot4x4_q8`
 
 
 @intrinsic
-def dot4x4_q8(typingctx, wa, wb, wc, wd, sa, sb, sc, sd, codes, scales, sums, tokens, out):
-    """Rows wa..wd (int8 codes [groups, group], C-contiguous) with their scales sa..sd [groups] dotted with the
-    quantized activations of four tokens: rows `tokens` [4] of the arrays `kernel_codes.token_activations`
-    makes (codes int8 [T, n], scales [T, n / 32], sums int32 [T, n / 32]; VNNI layout only) → out [4 rows, 4
-    tokens], each value what `dot4_q8` gives for that row and token. A row's bytes are loaded once for the four."""
-    arrays = (wa, wb, wc, wd, sa, sb, sc, sd, codes, scales, sums, tokens, out)
-    if (wa.dtype != types.int8 or codes.dtype != types.int8 or sums.dtype != types.int32
-            or any(a.layout != "C" for a in arrays)):
+def dot4x4_q8(typingctx, wa, wb, wc, wd, sa, sb, sc, sd, codes, int4_codes, scales, sums, tokens, out):
+    """Rows wa..wd (C-contiguous: int8 codes [groups, group], or uint8 int4 nibbles [groups, blocks, 16]) with their
+    scales sa..sd [groups] dotted with the quantized activations of four tokens: rows `tokens` [4] of the arrays
+    `kernel_codes.token_activations` makes (codes int8 [T, n], the int4 operand int8 [T, 2n], scales [T, n / 32],
+    sums int32 [T, n / 32]; VNNI layout only) → out [4 rows, 4 tokens], each value what `dot4_q8` gives for that
+    row and token. A row's bytes are loaded once for the four."""
+    arrays = (wa, wb, wc, wd, sa, sb, sc, sd, codes, int4_codes, scales, sums, tokens, out)
+    packed = wa.dtype == types.uint8 and wa.ndim == 3
+    if (not (wa.dtype == types.int8 or packed) or codes.dtype != types.int8 or int4_codes.dtype != types.int8
+            or sums.dtype != types.int32 or any(a.layout != "C" for a in arrays)):
         return None
     signature = types.void(*arrays)
 
@@ -158,18 +160,20 @@ def dot4x4_q8(typingctx, wa, wb, wc, wd, sa, sb, sc, sd, codes, scales, sums, to
         arrays = [array_of(context, builder, t, v) for t, v in zip(sig.args, args, strict=True)]
         data = [a.data for a in arrays]
         n = builder.extract_value(arrays[8].shape, 1)
-        blocks = builder.extract_value(arrays[9].shape, 1)
+        n2 = builder.extract_value(arrays[9].shape, 1)
+        blocks = builder.extract_value(arrays[10].shape, 1)
         groups = builder.extract_value(arrays[4].shape, 0)
         per_token = []
         for t in range(TOKENS):
-            token = at(builder, data[11], ir.Constant(I64, t))
-            per_token.append((builder.gep(data[8], [builder.mul(token, n)]), None,
-                              builder.gep(data[9], [builder.mul(token, blocks)]),
-                              builder.gep(data[10], [builder.mul(token, blocks)])))
-        dots = vnni_token_dots(builder, data[:4], data[4:8], per_token, blocks, groups)
+            token = at(builder, data[12], ir.Constant(I64, t))
+            per_token.append((builder.gep(data[8], [builder.mul(token, n)]),
+                              builder.gep(data[9], [builder.mul(token, n2)]),
+                              builder.gep(data[10], [builder.mul(token, blocks)]),
+                              builder.gep(data[11], [builder.mul(token, blocks)])))
+        dots = vnni_token_dots(builder, data[:4], data[4:8], per_token, blocks, groups, packed)
         for i, row in enumerate(dots):
             for t, value in enumerate(row):
-                builder.store(value, builder.gep(data[12], [ir.Constant(I64, TOKENS * i + t)]))
+                builder.store(value, builder.gep(data[13], [ir.Constant(I64, TOKENS * i + t)]))
         return context.get_dummy_value()
 
     return signature, codegen

@@ -15,6 +15,12 @@ together. The inputs in that order, the offsets and the activations' scales spre
 once per token (`nibble_operand`); the rows' scales, per step for groups of 32 (four loads and a
 transposition) or 64, else once per group.
 
+Prompts (`kernel_q8.dot4x4_q8`): four rows dotted with four tokens in one pass, each row's bytes loaded (int4:
+masked and shifted) once, then per token the same operations as one token's dots, so every value is the same bit
+for bit. int4: 16 accumulators and the four rows' nibbles fit the 32 vector registers (no spill in the step
+loops). 128-token prefill, one thread, time inside `kernels.expert_pairs`: int4 granite-1b-shape 0.55-0.58 s →
+0.40-0.41 (groups of 128: 0.53-0.58 → 0.39-0.40), olmoe-shape 0.19 → 0.144.
+
 Measured on one core (benchmarks/expert_kernels.py: four rows a pass, page-aligned matrices; GB/s of codes and
 scales; portable IR in brackets): streamed from memory (256 MB, read bandwidth 31 GB/s) int8 per channel 31
 (28-31), int4 groups of 32 27-29 (16), groups of 128 28-29 (16), i.e. int4 rows 1.45x (g32) and 1.75x (g128)
@@ -159,25 +165,28 @@ def _reduce4(builder: ir.IRBuilder, dots: list[ir.Value]) -> ir.Value:
     return builder.add(_lanes(builder, ab, cd, [0, 1, 4, 5]), _lanes(builder, ab, cd, [2, 3, 6, 7]))
 
 
-def _nibble_step(builder, rows, activations, first, s):
-    """Blocks first..first + s - 1 of four int4 rows dotted with the activations, times the activations' scales:
-    <4s x float>, lane 4k + i row i's block first + k."""
-    _, x, _, _ = activations
+def _nibble_step(builder, rows, operands, first, s):
+    """Blocks first..first + s - 1 of four int4 rows dotted with each token's activations (`operands`: the tokens'
+    `nibble_operand`s), times the activations' scales: per token <4s x float>, lane 4k + i row i's block first + k.
+    A row's line is loaded, masked and shifted once for all the tokens."""
     n = 4 * s
     base = builder.mul(first, ir.Constant(I64, 2 * BLOCK))  # the operand's 64 bytes a block: codes, offsets, scales
-    x_lo = load(builder, x, base, vec(I8, 16 * s))
-    x_hi = load(builder, x, builder.add(base, ir.Constant(I64, 16 * s)), vec(I8, 16 * s))
-    offsets = load(builder, x, builder.add(base, ir.Constant(I64, 32 * s)), vec(I32, n))
-    xs = load(builder, x, builder.add(base, ir.Constant(I64, 48 * s)), vec(F32, n))
     at_row = builder.mul(first, ir.Constant(I64, BLOCK // 2))
     ahead = builder.add(at_row, ir.Constant(I64, NIBBLE_AHEAD))
-    dots = []
+    nibbles = []
     for row in rows:
         if s == NIBBLE_STEP:
             prefetch(builder, row, ahead)
-        lo, hi = _nibbles(builder, load(builder, row, at_row, vec(I8, 16 * s)))
-        dots.append(_dpbusd(builder, _dpbusd(builder, offsets, lo, x_lo), hi, x_hi))
-    return builder.fmul(builder.sitofp(_reduce4(builder, dots), vec(F32, n)), xs, flags=CONTRACT)
+        nibbles.append(_nibbles(builder, load(builder, row, at_row, vec(I8, 16 * s))))
+    products = []
+    for x in operands:
+        x_lo = load(builder, x, base, vec(I8, 16 * s))
+        x_hi = load(builder, x, builder.add(base, ir.Constant(I64, 16 * s)), vec(I8, 16 * s))
+        offsets = load(builder, x, builder.add(base, ir.Constant(I64, 32 * s)), vec(I32, n))
+        xs = load(builder, x, builder.add(base, ir.Constant(I64, 48 * s)), vec(F32, n))
+        dots = [_dpbusd(builder, _dpbusd(builder, offsets, lo, x_lo), hi, x_hi) for lo, hi in nibbles]
+        products.append(builder.fmul(builder.sitofp(_reduce4(builder, dots), vec(F32, n)), xs, flags=CONTRACT))
+    return products
 
 
 def _transpose(builder, per_row: list[ir.Value]) -> ir.Value:
@@ -240,28 +249,33 @@ def _whole(builder, row_scales, first, s, per_group):
     return _repeat(builder, [at(builder, scales, group) for scales in row_scales], s)
 
 
-def _nibble_dots(builder, rows, row_scales, activations, blocks, groups):
-    """Four int4 rows, NIBBLE_STEP blocks a step: per row and step one load, two `vpdpbusd` (the activations'
-    offsets seeded), then the four rows' block sums gathered into one vector (four lanes a block: two shuffles and
-    an add per two vectors, twice), converted, times the activations' scales (`nibble_operand`) and the rows'.
-    Groups of a multiple of NIBBLE_STEP blocks: the rows' scales once per group; else per step (loaded by row and
-    transposed); the last blocks % NIBBLE_STEP by steps of 2 and 1 (their scales block by block)."""
+def _nibble_dots(builder, rows, row_scales, operands, blocks, groups):
+    """Four int4 rows, NIBBLE_STEP blocks a step, each dotted with every token's activations (`operands`: one or
+    more tokens' `nibble_operand`s) → [row][token] floats. Per row and step one load, a mask and a shift for all
+    the tokens, then per token two `vpdpbusd` (the activations' offsets seeded) and the four rows' block sums
+    gathered into one vector (four lanes a block: two shuffles and an add per two vectors, twice), converted,
+    times the activations' scales (`nibble_operand`) and the rows'. Groups of a multiple of NIBBLE_STEP blocks:
+    the rows' scales once per group; else per step (loaded by row and transposed); the last blocks % NIBBLE_STEP
+    by steps of 2 and 1 (their scales block by block)."""
     s = NIBBLE_STEP
     step = ir.Constant(I64, s)
     per_group = builder.sdiv(blocks, groups)
-    acc = cgutils.alloca_once_value(builder, const(0.0, 4 * s))
+    tokens = range(len(operands))
+    acc = [cgutils.alloca_once_value(builder, const(0.0, 4 * s)) for _ in tokens]
     grouped = builder.and_(builder.icmp_signed("==", builder.srem(per_group, step), ir.Constant(I64, 0)),
                            builder.icmp_signed("!=", per_group, step))
     with builder.if_else(grouped) as (by_group, by_step):
         with by_group:
             per_step = builder.sdiv(per_group, step)
             with cgutils.for_range(builder, groups) as group:
-                part = cgutils.alloca_once_value(builder, const(0.0, 4 * s))
+                part = [cgutils.alloca_once_value(builder, const(0.0, 4 * s)) for _ in tokens]
                 with cgutils.for_range(builder, per_step) as inner:
                     first = builder.mul(builder.add(builder.mul(group.index, per_step), inner.index), step)
-                    accumulate(builder, part, _nibble_step(builder, rows, activations, first, s))
+                    for t, product in enumerate(_nibble_step(builder, rows, operands, first, s)):
+                        accumulate(builder, part[t], product)
                 scale = _repeat(builder, [at(builder, scales, group.index) for scales in row_scales], s)
-                accumulate(builder, acc, builder.fmul(builder.load(part), scale, flags=CONTRACT))
+                for t in tokens:
+                    accumulate(builder, acc[t], builder.fmul(builder.load(part[t]), scale, flags=CONTRACT))
         with by_step:
             full = builder.sdiv(blocks, step)
 
@@ -269,8 +283,8 @@ def _nibble_dots(builder, rows, row_scales, activations, blocks, groups):
                 with cgutils.for_range(builder, full) as quad:
                     first = builder.mul(quad.index, step)
                     scale = scales_of(builder, row_scales, first, s, per_group)
-                    accumulate(builder, acc, builder.fmul(_nibble_step(builder, rows, activations, first, s), scale,
-                                                          flags=CONTRACT))
+                    for t, product in enumerate(_nibble_step(builder, rows, operands, first, s)):
+                        accumulate(builder, acc[t], builder.fmul(product, scale, flags=CONTRACT))
 
             def choose(cases):
                 (size, scales_of), *rest = cases
@@ -284,7 +298,7 @@ def _nibble_dots(builder, rows, row_scales, activations, blocks, groups):
                         choose(rest)
 
             choose([(1, _consecutive), (2, _doubled), (s, _whole), (0, _scattered)])
-            tail = cgutils.alloca_once_value(builder, const(0.0, 4))
+            tail = [cgutils.alloca_once_value(builder, const(0.0, 4)) for _ in tokens]
             size = s // 2
             while size:
                 left = builder.sub(blocks, builder.mul(builder.sdiv(blocks, ir.Constant(I64, 2 * size)),
@@ -292,24 +306,26 @@ def _nibble_dots(builder, rows, row_scales, activations, blocks, groups):
                 with builder.if_then(builder.icmp_signed(">=", left, ir.Constant(I64, size))):
                     first = builder.sub(blocks, left)
                     scale = _scattered(builder, row_scales, first, size, per_group)
-                    product = builder.fmul(_nibble_step(builder, rows, activations, first, size), scale,
-                                           flags=CONTRACT)
-                    accumulate(builder, tail, _fold(builder, product))
+                    for t, product in enumerate(_nibble_step(builder, rows, operands, first, size)):
+                        accumulate(builder, tail[t], _fold(builder, builder.fmul(product, scale, flags=CONTRACT)))
                 size //= 2
             widen = ir.Constant(vec(I32, 4 * s), [0, 1, 2, 3] + [4] * 4 * (s - 1))  # lane 4: a zero
-            accumulate(builder, acc, builder.shuffle_vector(builder.load(tail), const(0.0, 4), widen))
-    total = _fold(builder, builder.load(acc))
-    return [builder.extract_element(total, ir.Constant(I32, i)) for i in range(4)]
+            for t in tokens:
+                accumulate(builder, acc[t], builder.shuffle_vector(builder.load(tail[t]), const(0.0, 4), widen))
+    totals = [_fold(builder, builder.load(a)) for a in acc]
+    return [[builder.extract_element(total, ir.Constant(I32, i)) for total in totals] for i in range(4)]
 
 
 def vnni_dots(builder, rows, row_scales, activations, blocks, groups, packed, unsigned):
     """The four rows' dots (see the module doc) → four float32 values."""
     if packed:
-        return _nibble_dots(builder, rows, row_scales, activations, blocks, groups)
+        return [dots[0] for dots in _nibble_dots(builder, rows, row_scales, [activations[1]], blocks, groups)]
     return [dots[0] for dots in _byte_dots(builder, rows, row_scales, [activations], blocks, groups, not unsigned)]
 
 
-def vnni_token_dots(builder, rows, row_scales, tokens, blocks, groups):
-    """Four int8 rows dotted with several tokens' activations in one pass → [row][token] floats, each the value
-    `vnni_dots` gives for that row and token (the same operations in the same order)."""
+def vnni_token_dots(builder, rows, row_scales, tokens, blocks, groups, packed):
+    """Four int8 or int4 (`packed`) rows dotted with several tokens' activations in one pass → [row][token]
+    floats, each the value `vnni_dots` gives for that row and token (the same operations in the same order)."""
+    if packed:
+        return _nibble_dots(builder, rows, row_scales, [x for _, x, _, _ in tokens], blocks, groups)
     return _byte_dots(builder, rows, row_scales, tokens, blocks, groups, True)

@@ -16,8 +16,13 @@ DIM4, HID4 = 96, 64  # int4 needs multiples of 32
 # name: (schemes of the 5 experts, group, D, I); int8 activations need D, I and the group multiples of 32
 CASES = {"per-channel": (["int8"] * 5, None, DIM, HID), "group8": (["int8"] * 5, 8, DIM, HID),
          "int4": (["int4"] * 5, 32, DIM4, HID4), "mixed": (["int4", "int8", "int4", "int8", "int8"], 32, DIM4, HID4),
-         "per-channel-32": (["int8"] * 5, None, DIM4, HID4), "int4-g64": (["int4"] * 5, 64, 128, HID4)}
-QUANTIZABLE = ["int4", "mixed", "per-channel-32", "int4-g64"]
+         "per-channel-32": (["int8"] * 5, None, DIM4, HID4), "int4-g64": (["int4"] * 5, 64, 128, HID4),
+         # int4 by steps of 4 blocks (`kernel_vnni`): 7 and 5 blocks (a step, then 2 and 1 left), groups of 2 blocks
+         # (10 and 6), of 4 (12 and 8) and of 8 (the rows' scales once a group)
+         "int4-steps": (["int4"] * 5, 32, 224, 160), "int4-g64-steps": (["int4"] * 5, 64, 320, 192),
+         "int4-g128": (["int4"] * 5, 128, 384, 256), "int4-g256": (["int4"] * 5, 256, 512, 256)}
+INT4_STEPS = ["int4-steps", "int4-g64-steps", "int4-g128", "int4-g256"]
+QUANTIZABLE = ["int4", "mixed", "per-channel-32", "int4-g64", *INT4_STEPS]
 INT8 = kernels.INT8_ACTIVATIONS
 
 
@@ -57,7 +62,7 @@ def make_packed(name):
     return pack([[w.astype(np.float32) for w in e] for e in experts], schemes, group)
 
 
-@pytest.fixture(params=[name for name in CASES if name not in ("per-channel-32", "int4-g64")])
+@pytest.fixture(params=[name for name in CASES if name not in ("per-channel-32", "int4-g64", *INT4_STEPS)])
 def packed(request):
     return make_packed(request.param)
 
@@ -116,10 +121,10 @@ def test_expert_pairs_int8_activations_matches_reference(quantizable, n):
     check_tokens(quantizable, n, INT8)
 
 
-@pytest.mark.parametrize("name", ["per-channel-32", "mixed", "int4"])
+@pytest.mark.parametrize("name", ["per-channel-32", "mixed", "int4", *INT4_STEPS])
 def test_expert_pairs_four_at_a_time_equal_decode(name):
-    """Tokens taken four at a time (int8 rows: each row read once for the four) give the one-token decode
-    kernel's values exactly, for every token of the passes and the one left over."""
+    """Tokens taken four at a time (int8 and int4 rows: each row read once for the four) give the one-token
+    decode kernel's values exactly, for every token of the passes and the one left over."""
     experts, deq = make_packed(name)
     hid, dim = deq[1][0].shape
     x = np.random.default_rng(5).standard_normal((9, dim)).astype(np.float32)

@@ -13,7 +13,7 @@ from numba import njit
 
 from moedge.quant import quantize_activations
 from moedge.runtime import kernel_codes
-from moedge.runtime.kernel_q8 import dot4_q8
+from moedge.runtime.kernel_q8 import dot4_q8, dot4x4_q8
 from moedge.runtime.kernel_vnni import NIBBLE_STEP, VNNI
 
 # (inputs, group): 5 blocks a row per channel (odd, > 1), 32 (one block a group, odd count), 64 (two), 96 (three);
@@ -127,3 +127,27 @@ def test_forcing_the_portable_kernels_switches_the_layout_and_keeps_results(tmp_
     result = subprocess.run([sys.executable, "-c", PORTABLE_CHECK], env=env, capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
+
+
+@njit(cache=False)
+def _four_tokens(w, s, codes, int4_codes, scales, sums, tokens, out):
+    dot4x4_q8(w[0], w[1], w[2], w[3], s[0], s[1], s[2], s[3], codes, int4_codes, scales, sums, tokens, out)
+
+
+@pytest.mark.skipif(not VNNI, reason="this CPU has no AVX512-VNNI")
+@pytest.mark.parametrize("kind", ["int8", "int4"])
+@pytest.mark.parametrize(("n", "group"), SHAPES)
+def test_four_tokens_equal_one_token_dots(kind, n, group):
+    """`dot4x4_q8` (each row read once for four tokens, out of order and one twice) gives each row and token the
+    value `dot4_q8` gives, bit for bit."""
+    rng = np.random.default_rng(n + group)
+    codes, scales, _ = rows(kind, n, group, rng)
+    x = rng.standard_normal((6, n)).astype(np.float32)
+    xs = tuple(np.stack(parts) for parts in zip(*(vnni_activations(*quantize_activations(row)) for row in x),
+                                                  strict=True))
+    tokens = np.array([4, 1, 5, 1])
+    out = np.full((4, 4), np.nan, np.float32)
+    _four_tokens(codes, scales, *xs, tokens, out)
+    for t, token in enumerate(tokens):
+        one = np.array(_four(codes, scales, *(part[token] for part in xs)))
+        np.testing.assert_array_equal(out[:, t], one, err_msg=f"token {t}")
