@@ -150,6 +150,12 @@ def greedy_tokens(bundle, prompt: list[int], n: int = 32) -> list[int]:
     return tokens
 
 
+# The head of a `python -c` script that is sent Ctrl-C: SIGINT raises KeyboardInterrupt in it even when the tests
+# run as a background job, whose SIGINT is ignored and stays ignored in its children (Python then installs no handler).
+INTERRUPTIBLE = "import signal; signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+CLI_MAIN = "import sys; from moedge.cli.main import main; sys.exit(main(sys.argv[1:]))\n"
+
+
 def run_cli(*args, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
     """`moedge ARGS...` in a fresh process (as a user runs it); text output captured unless `stdout`/`stderr` say."""
     streams = {"stdout": kwargs.pop("stdout", subprocess.PIPE), "stderr": kwargs.pop("stderr", subprocess.PIPE)}

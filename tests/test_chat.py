@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from helpers import ROOT, run_cli
+from helpers import INTERRUPTIBLE, ROOT, run_cli
 from moedge.cli.chat_loop import COMMANDS
 from moedge.exporter import export
 from moedge.runtime import InputError, Model
@@ -159,7 +159,7 @@ def test_the_terminal_loop_through_piped_stdin(chat_bundle, model):
     assert err[-1] == f"moedge: unknown command /nonsense: {COMMANDS}"
 
 
-SLOW_CHAT = """
+SLOW_CHAT = INTERRUPTIBLE + """
 import sys, time
 from moedge.runtime.session import Session
 decode = Session.decode

@@ -27,7 +27,7 @@ import openai
 import pytest
 
 from fuzz_bundles import edit_manifest
-from helpers import ROOT, run_cli
+from helpers import CLI_MAIN, INTERRUPTIBLE, ROOT, run_cli
 from moedge.runtime import Model, Token
 from moedge.runtime.chat import chat_prompt
 from moedge.server.errors import ApiError
@@ -49,9 +49,9 @@ class ServerProcess:
     def __init__(self, bundle: Path, log: Path, *args: str):
         self.log = log
         with log.open("w") as stderr:
-            self.proc = subprocess.Popen([sys.executable, "-m", "moedge.cli.main", "serve", str(bundle), "--port",
-                                          "0", "--threads", "1", *args], stdout=subprocess.PIPE, stderr=stderr,
-                                         text=True)
+            self.proc = subprocess.Popen([sys.executable, "-c", INTERRUPTIBLE + CLI_MAIN, "serve", str(bundle),
+                                          "--port", "0", "--threads", "1", *args], stdout=subprocess.PIPE,
+                                         stderr=stderr, text=True)
         ready = select.select([self.proc.stdout], [], [], STARTUP_SECONDS)[0]  # it says where it serves, or exits
         line = self.proc.stdout.readline() if ready else ""
         found = re.search(r"on (http://\S+/v1)", line)
