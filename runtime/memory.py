@@ -4,23 +4,41 @@ The figure is the smaller of what the process's memory cgroup still allows (v2 `
 `memory.current`, v1 `memory.limit_in_bytes` − `memory.usage_in_bytes`) and the system's
 MemAvailable. When a bundle's experts do not fit beside the dense weights a step reads and the runtime's
 own memory, `Model.load` caps the mapped experts at what does (least recently used released; dense weights
-and the KV cache stay resident), and says so. The KV cache is not reserved ahead: such a budget shrinks by
-what the sessions' caches grow into (`ExpertStore.current_budget`).
+and the KV cache stay resident), and says so. The runtime's own memory is not reserved ahead: such a budget
+shrinks by what the process's anonymous memory grows into after load — the sessions' KV caches, numba's code,
+retained scratch (`ExpertStore.current_budget`, `Weights.held_bytes`).
 """
 
 from __future__ import annotations
 
+import mmap
+import os
 from pathlib import Path
 from typing import NamedTuple
 
+PAGE_SIZE = mmap.PAGESIZE
 NO_LIMIT = 1 << 60  # cgroup v1 writes "no limit" as a number near 2^63
-# What the runtime itself still takes after `Model.load`: numba loading the kernels' machine code, onnxruntime's
-# sessions at work, a prompt pass's scratch (passes of `session.PREFILL_CHUNK` tokens), allocator slack. Measured
-# 39-81 MB at one thread and 78-95 MB at two on the bench shapes (two sessions of 128 + 64 tokens, their KV rows
-# counted apart: the budget follows them). Before the KV cache left transparent huge pages (2 MB per layer
-# from its first row) this took 180-290 MB and 300 MB was reserved; under a 1 GiB cap on granite-1b-shape 64 MB
-# let the page cache thrash then (19x the uncapped latency).
-RESERVE = 128 << 20
+# Headroom beside the expert budget for what a step allocates and frees before the budget next looks (a prompt
+# pass's scratch, allocator slack). What the runtime keeps after `Model.load` (numba loading the kernels' machine
+# code: ~36 MB on olmoe-shape; the KV caches; retained scratch) is measured as it grows and taken off the budget
+# (`anonymous_bytes`, `Weights.held_bytes`). Until 2026-11-30 (session 5) a fixed 128 MB stood for all of it
+# (300 MB before the KV cache left transparent huge pages): olmoe-shape under 512 MiB then kept 250 MB of experts
+# and 30-75 MiB of the limit unused; with 32 MB and the growth measured, 290 MB and ~30 MiB.
+RESERVE = 32 << 20
+
+
+def anonymous_bytes(proc: Path = Path("/proc")) -> int:
+    """The process's resident anonymous memory (heap, numba's machine code, KV caches), from statm; 0 where
+    /proc has no statm."""
+    try:
+        fd = os.open(proc / "self" / "statm", os.O_RDONLY)  # os, not pathlib: 6 µs a call, once a layer
+    except OSError:
+        return 0
+    try:
+        fields = os.read(fd, 256).split()
+    finally:
+        os.close(fd)
+    return (int(fields[1]) - int(fields[2])) * PAGE_SIZE
 
 
 class Available(NamedTuple):

@@ -64,7 +64,7 @@ def _budget_for_machine(manifest: Manifest) -> tuple[int | None, str | None]:
     budget = max(budget, _smallest_budget(manifest))
     return budget, (f"the experts ({experts / 1e6:.0f} MB) do not fit in the {available.bytes / 1e6:.0f} MB "
                     f"available ({available.source}) beside the dense weights ({resident / 1e6:.0f} MB): keeping "
-                    f"at most {budget / 1e6:.1f} MB of experts mapped, less what the KV cache grows into "
+                    f"at most {budget / 1e6:.1f} MB of experts mapped, less what the runtime's own memory grows into "
                     "(--expert-budget-mb overrides)")
 
 
@@ -128,7 +128,7 @@ class Model:
             # reading ahead needs room for two layers' experts: it must not release those being computed
             read_ahead = read_ahead and expert_budget is not None and expert_budget >= 2 * _smallest_budget(manifest)
             weights = Weights(bundle, manifest, threads, expert_budget, verify, decode, read_ahead=read_ahead,
-                              activations=activations, budget_follows_kv=note is not None)
+                              activations=activations, budget_follows_growth=note is not None)
             return cls(weights, threads, note)
 
     def session(self, probe: Probe = SILENT) -> Session:

@@ -7,7 +7,7 @@ import pytest
 from helpers import PAGE, resident_bytes, tiny_moe_spec
 from moedge.runtime import Model
 from moedge.runtime.kv_cache import KVCache
-from moedge.runtime.memory import RESERVE, Available, automatic_budget, available_memory
+from moedge.runtime.memory import RESERVE, Available, anonymous_bytes, automatic_budget, available_memory
 from moedge.runtime.storage import step_bytes
 
 
@@ -63,7 +63,9 @@ def test_load_sets_a_budget_when_the_experts_do_not_fit(exported, monkeypatch):
 def test_an_automatic_budget_gives_the_kv_cache_its_room(exported, monkeypatch):
     """The budget set for the machine shrinks by the bytes the live sessions' KV caches have grown into (down
     to one layer's top-k experts); the mapped experts stay within it after every step, the logits unchanged.
-    A budget the user gave stays as given."""
+    A budget the user gave stays as given. (The process's anonymous memory is held still here: its growth
+    beyond the KV caches is the next test's.)"""
+    monkeypatch.setattr("moedge.runtime.weights.anonymous_bytes", lambda: 0)
     case = exported("budget", tiny_moe_spec(expert_intermediate_size=256))
     manifest = Model.load(case.bundle, threads=1).manifest
     experts = manifest.files[manifest.experts.file]["size"]
@@ -88,6 +90,42 @@ def test_an_automatic_budget_gives_the_kv_cache_its_room(exported, monkeypatch):
     given = Model.load(case.bundle, threads=1, expert_budget=budget)
     given.session().prefill(tokens)
     assert given.experts.current_budget == budget
+
+
+def test_an_automatic_budget_follows_the_runtimes_own_growth(exported, monkeypatch):
+    """Memory the process takes after load beyond its KV caches (numba's code, retained scratch) comes off the
+    budget set for the machine as it grows, and goes back to it when freed; the mapped experts stay within the
+    budget and the logits are unchanged."""
+    anonymous = [10**9]  # the process's anonymous bytes, as statm would say
+    monkeypatch.setattr("moedge.runtime.weights.anonymous_bytes", lambda: anonymous[0])
+    case = exported("budget", tiny_moe_spec(expert_intermediate_size=256))
+    manifest = Model.load(case.bundle, threads=1).manifest
+    budget = manifest.files[manifest.experts.file]["size"] // 2
+    room = RESERVE + step_bytes(manifest)["dense"] + budget
+    monkeypatch.setattr("moedge.runtime.model.available_memory", lambda: Available(room, "a test's limit"))
+    model = Model.load(case.bundle, threads=1)
+    store = model.experts
+    session, reference = model.session(), Model.load(case.bundle, threads=1, expert_budget=10**9).session()
+    grown = budget // 3
+    for step, t in enumerate(np.random.default_rng(2).integers(0, 200, 30)):
+        anonymous[0] = 10**9 + (grown if step < 20 else 0)  # grows, then is freed
+        np.testing.assert_array_equal(session.decode(int(t)), reference.decode(int(t)))
+        kv = model.weights.kv_bytes()
+        assert store.current_budget == max(budget - max(kv, anonymous[0] - 10**9), store.floor_bytes)
+        assert store.spans[store.mapped].sum() <= store.current_budget
+    assert grown > model.weights.kv_bytes()  # the growth, not the KV cache, set the budget while it lasted
+
+
+def test_anonymous_bytes_counts_what_the_process_allocates(tmp_path):
+    """statm's resident minus file-backed pages: grows by an array written, 0 without /proc."""
+    before = anonymous_bytes()
+    block = np.ones(64 << 20, dtype=np.uint8)  # 64 MB, every page written
+    assert anonymous_bytes() - before >= 60 << 20
+    del block
+    (tmp_path / "self").mkdir()
+    (tmp_path / "self" / "statm").write_text("1000 700 200 5 0 300 0\n")
+    assert anonymous_bytes(tmp_path) == 500 * PAGE
+    assert anonymous_bytes(tmp_path / "none") == 0
 
 
 def test_kv_cache_rows_hold_only_their_pages():
