@@ -158,7 +158,7 @@ def _report_run(model, load_s: float, stamps: list[float], stopped_at: str | Non
         total = store.touched.size - (store.offsets < 0).sum()
         released = f"; {store.releases} released under the budget" if store.budget_bytes is not None else ""
         print(f"experts touched: {store.first_touches} of {total} "
-              f"({store.bytes_touched / 1e6:.1f} MB of {store.size / 1e6:.1f} MB){released}", file=sys.stderr)
+              f"({store.bytes_touched / 1e6:.1f} MB of {store.file_bytes / 1e6:.1f} MB){released}", file=sys.stderr)
 
 
 def chat(bundle: str, system: str | None = None, n: int = 512, temperature: float = 0.8, top_k: int = 40,

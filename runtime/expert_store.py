@@ -1,22 +1,20 @@
-"""Lazy access to the quantized experts in a read-only memory map, with usage counters.
+"""Lazy access to the quantized experts, with usage counters.
 
-Opening the store maps the file and reads no expert byte. Readahead is switched off
-(MADV_RANDOM) so a page fault never pulls in a neighbouring expert; the first time an
-expert is routed to, exactly its span is read with MADV_WILLNEED and (unless verification
-is off) its checksum is checked before any kernel reads it. Without a memory
-budget, residency is left to the OS page cache. With one, experts are
-released (MADV_PAGEOUT; those whose layer comes round last first, `_release_order`) whenever the mapped
-experts would exceed it; a released expert that is
-routed to again is read again. `read_ahead` starts reading the experts a layer is guessed to route
-to before it does (runtime/prefetch.py).
+Opening the store maps the file and reads no expert byte. Without a memory budget the kernels read the
+map: readahead is switched off (MADV_RANDOM) so a page fault never pulls in a neighbouring expert, the
+first time an expert is routed to exactly its span is read with MADV_WILLNEED, and residency is left to
+the OS page cache. With a budget the experts live in slots of anonymous memory (`expert_slots`): an
+expert routed to takes a slot and is read into it, and when the slots are full the experts whose layer
+comes round last give theirs up (`_release_order`); a released expert routed to again is read again.
+Either way (unless verification is off) an expert's checksum is checked before any kernel reads it.
+`read_ahead` starts reading the experts a layer is guessed to route to before it does (runtime/prefetch.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import mmap
-import os
 import threading
-import weakref
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,13 +25,11 @@ from ..quant import SCHEMES
 from . import numba_cache  # noqa: F401  (first: it says where the kernels' cache lives)
 from .bundle import DTYPES, EXPERT_TENSORS, EXPERTS_HEADER, ExpertsIndex, check_experts_header
 from .errors import BundleError
+from .expert_slots import ALIGN, ExpertSlots
 from .kernels import ExpertBytes
 from .spec import ModelSpec
 from .verify import check_expert
 
-# Reclaim the pages, not only unmap them: unmapped but cached pages would be mapped back by the
-# kernel's fault-around when a neighbouring expert faults. Linux 5.4+; Python 3.11 lacks the name.
-MADV_PAGEOUT = getattr(mmap, "MADV_PAGEOUT", 21)
 # Spans are aligned to the format's 4 KiB; the kernel's pages may be larger (16 KiB on a Raspberry Pi 5 or
 # Apple silicon, 64 KiB on some arm64 kernels), and madvise refuses a start inside a page (EINVAL).
 PAGE_SIZE = mmap.PAGESIZE
@@ -46,24 +42,20 @@ def whole_pages(start: int, length: int, page: int) -> tuple[int, int]:
 
 
 @njit(cache=True)
-def _count(hits, touched, mapped, verified, guessed, last_use, clock, ids):
-    """Count uses of ids (one layer's rows). Returns the experts not mapped yet (to read), those not verified
-    yet (to check), and how many of ids had been guessed for this layer (the guesses are then cleared)."""
-    fresh = []
-    unchecked = []
+def _count(hits, touched, guessed, last_use, clock, ids):
+    """Count uses of ids (one layer's rows). Returns the distinct experts routed to and how many of ids had been
+    guessed for this layer (the guesses are then cleared)."""
+    routed = []
     right = 0
     for e in ids.ravel():
         hits[e] += 1
         touched[e] = True
         last_use[e] = clock
         right += guessed[e]
-        if not mapped[e]:
-            mapped[e] = True
-            fresh.append(e)
-        if not verified[e] and e not in unchecked:
-            unchecked.append(e)
+        if e not in routed:
+            routed.append(e)
     guessed[:] = False
-    return fresh, unchecked, right
+    return routed, right
 
 
 @njit(cache=True)
@@ -110,18 +102,26 @@ def _release_order(mapped, last_use, spans, budget, layer, n_experts, clock):
     return victims
 
 
+def _read_only(buffer, dtype) -> np.ndarray:
+    """`buffer` viewed as `dtype`, read-only whether or not the buffer is (the slots are written by reads, the
+    kernels never write): one numba type, so slots and the map share the kernels' compiled code."""
+    view = np.frombuffer(buffer, dtype=dtype)
+    view.setflags(write=False)
+    return view
+
+
 def layer_bytes(experts_map, index: ExpertsIndex, span_offsets: np.ndarray, layer: int, spec: ModelSpec) -> ExpertBytes:
     """The kernels' view of one layer's experts (`span_offsets`: [E] byte offset of each span)."""
     schemes = index.schemes[layer]
     wide = next((s for s in schemes if s != "int4"), "int4")  # int8 or float32 codes, one per element
-    views = {s: np.frombuffer(experts_map, dtype=DTYPES[SCHEMES[s].code_dtype]) for s in {wide, "int4"}}
+    views = {s: _read_only(experts_map, DTYPES[SCHEMES[s].code_dtype]) for s in {wide, "int4"}}
     offsets = np.zeros((2, len(EXPERT_TENSORS)), dtype=np.int64)  # [wide, int4] × tensors: bytes in a span
     for kind, s in enumerate((wide, "int4")):
         if s in index.layouts:
             offsets[kind] = [index.layouts[s].tensors[name].offset for name in EXPERT_TENSORS]
     group = index.group_size
     return ExpertBytes(weights=views[wide], packed=views["int4"] if "int4" in schemes else views[wide],
-                       scales=np.frombuffer(experts_map, dtype=np.float32),
+                       scales=_read_only(experts_map, np.float32),
                        kinds=np.array([s == "int4" for s in schemes], dtype=np.int64),
                        weight_start=span_offsets, scale_start=span_offsets // 4,
                        weight_offset=offsets[:, :3], scale_offset=offsets[:, 3:] // 4,
@@ -129,49 +129,64 @@ def layer_bytes(experts_map, index: ExpertsIndex, span_offsets: np.ndarray, laye
 
 
 class ExpertStore:
-    """Views over the mapped experts file plus counters: hits, first touches and bytes first touched.
+    """The experts file's views for the kernels (`layers`), where the experts are held, and counters: hits, first
+    touches and bytes first touched.
 
-    Safe to share between threads: routing decisions are counted under a lock.
+    Routing decisions are counted, and experts read and released, under a lock; under a budget, the experts of
+    one step at a time are held and computed (`using`), so sessions may run on several threads.
     """
 
     def __init__(self, experts_map: mmap.mmap, path: Path, index: ExpertsIndex, spec: ModelSpec,
                  budget_bytes: int | None = None, verify: bool = True, fd: int | None = None,
                  held_back: Callable[[], int] | None = None):
-        """`budget_bytes` caps the mapped experts (None: no cap); `held_back` (if given) returns bytes to take off
-        it before each release decision — the memory the KV caches have grown into since the budget was set —
-        down to one layer's top-k experts."""
+        """`budget_bytes` caps the experts held (None: no cap); under one, they are read into slots through `fd`,
+        the experts file's descriptor, which the slots then own. `held_back` (if given) returns bytes to take off
+        the budget before each release decision — the memory the runtime has grown into since the budget was
+        set — down to one layer's top-k experts."""
         n_layers, n_experts = spec.n_layers, spec.routing.n_experts
         self._map = experts_map
         self._map.madvise(mmap.MADV_RANDOM)
         check_experts_header(self._map[:EXPERTS_HEADER.size], path)  # faults in the header page only
         self.path = path
-        self._fd = fd  # of the experts file, owned by the store: releases drop the pages it caches
-        if fd is not None:
-            weakref.finalize(self, os.close, fd)
+        self.file_bytes = len(experts_map)
         self.checksums = index.checksums if verify else None
-        self._bytes = np.frombuffer(self._map, dtype=np.uint8)  # checksums hash the span in place
-        self.offsets = np.full((n_layers, n_experts), -1, dtype=np.int64)  # byte offset of each span
+        self.offsets = np.full((n_layers, n_experts), -1, dtype=np.int64)  # byte offset of each span in the file
         self.spans = np.zeros((n_layers, n_experts), dtype=np.int64)  # its size (0 outside MoE layers)
         for layer, offsets in index.layers.items():
             self.offsets[layer] = offsets
             self.spans[layer] = [index.span_bytes(layer, e) for e in range(n_experts)]
-        self.layers = {layer: layer_bytes(self._map, index, self.offsets[layer], layer, spec)
-                       for layer in index.layers}
-        self.hits = np.zeros((n_layers, n_experts), dtype=np.int64)
-        self.touched = np.zeros((n_layers, n_experts), dtype=bool)
-        self.mapped = np.zeros((n_layers, n_experts), dtype=bool)  # read (or being read), not released since
-        self.verified = np.zeros((n_layers, n_experts), dtype=bool)
-        self._lock = threading.Lock()
-        self.last_use = np.zeros((n_layers, n_experts), dtype=np.int64)
-        self._clock = 0
+        self.top_k = spec.routing.top_k
+        self.floor_bytes = int(self.spans.max(initial=0)) * self.top_k  # what one layer needs at once
         self.budget_bytes = budget_bytes
         self._held_back = held_back
-        self.floor_bytes = int(self.spans.max(initial=0)) * spec.routing.top_k  # what one layer needs at once
+        self._slots: ExpertSlots | None = None
+        if budget_bytes is None:
+            held = self._map
+            self._starts = self.offsets  # the kernels read each span where it is in the file
+            self._charged = self.spans
+        else:
+            if fd is None:
+                raise ValueError("an expert budget needs the experts file's descriptor")
+            slot = -(-int(self.spans.max()) // max(ALIGN, PAGE_SIZE)) * max(ALIGN, PAGE_SIZE)
+            self._slots = ExpertSlots(fd, path.name, max(budget_bytes // slot, self.top_k), slot)
+            held = self._slots.memory
+            self._starts = np.zeros_like(self.offsets)  # byte offset of each expert's slot, while it has one
+            self._charged = np.where(self.spans > 0, slot, 0)  # a slot each, whatever the span
+        self._bytes = np.frombuffer(held, dtype=np.uint8)  # checksums hash the span where the kernels read it
+        self.layers = {layer: layer_bytes(held, index, self._starts[layer], layer, spec) for layer in index.layers}
+        self.hits = np.zeros((n_layers, n_experts), dtype=np.int64)
+        self.touched = np.zeros((n_layers, n_experts), dtype=bool)
+        self.mapped = np.zeros((n_layers, n_experts), dtype=bool)  # held (or being read), not released since
+        self.verified = np.zeros((n_layers, n_experts), dtype=bool)
+        self._lock = threading.Lock()
+        self._step = threading.RLock()  # `using`
+        self.last_use = np.zeros((n_layers, n_experts), dtype=np.int64)
+        self._clock = 0
         self.releases = 0
-        self.fetches = 0  # experts read on demand because they were not mapped: first uses and uses after a release
+        self.fetches = 0  # experts read on demand because they were not held: first uses and uses after a release
         self.guessed = np.zeros((n_layers, n_experts), dtype=bool)  # read ahead for the layer's next routing
         self.guessed_layers: set[int] = set()
-        self.read_aheads = 0  # experts read ahead because they were guessed and not mapped
+        self.read_aheads = 0  # experts read ahead because they were guessed and not held
         self.guesses_right = 0  # routed experts that had been guessed
         self.guesses_routed = 0  # routed experts in routings that had a guess
 
@@ -190,77 +205,149 @@ class ExpertStore:
 
     @property
     def address(self) -> int:
-        """Start address of the mapping (for residency checks with mincore)."""
+        """Start address of the memory the experts are held in (the map, or the slots under a budget), for
+        residency checks."""
         return self._bytes.ctypes.data
 
     @property
     def size(self) -> int:
+        """Bytes of the memory at `address`."""
         return self._bytes.nbytes
 
-    def touch(self, layer: int, ids: np.ndarray) -> None:
-        """Count a routing decision `ids` [T, k] of `layer`; read the experts that are not mapped; with a
-        budget, release the least recently used others. An expert that fails its checksum raises
-        `BundleError` (and is checked again if routed to again)."""
-        with self._lock:
-            self._clock += 1
-            fresh, unchecked, right = _count(self.hits[layer], self.touched[layer], self.mapped[layer],
-                                             self.verified[layer], self.guessed[layer], self.last_use[layer],
-                                             self._clock, ids)
-            if layer in self.guessed_layers:
-                self.guesses_right += right
-                self.guesses_routed += ids.size
-                self.guessed_layers.discard(layer)
-            for e in fresh:
-                self._read(layer, e)
-                self.fetches += 1
-            if self.checksums is not None:
-                for e in unchecked:
-                    self._verify(layer, e)
-            self._hold_budget(layer)
+    @property
+    def slot_bytes_held(self) -> int:
+        """Bytes of anonymous memory the slots hold (0 without a budget)."""
+        return 0 if self._slots is None else self._slots.resident_bytes
 
-    def read_ahead(self, layer: int, ids: np.ndarray) -> None:
-        """Start reading the experts `ids` [T, k] that `layer` is guessed to route to next (MADV_WILLNEED
-        returns at once: the kernel reads them while this thread computes). They count as mapped, so the
-        budget holds; their checksums are checked when they are routed to."""
-        with self._lock:
-            self._clock += 1
-            self.guessed_layers.add(layer)
-            for e in _guess(self.mapped[layer], self.guessed[layer], self.last_use[layer], self._clock, ids):
-                self._read(layer, e)
-                self.read_aheads += 1
-            self._hold_budget(layer)
+    @property
+    def direct_reads(self) -> bool:
+        """Whether experts are read into their slots past the page cache (O_DIRECT)."""
+        return self._slots is not None and self._slots.direct
 
-    def _read(self, layer: int, e: int) -> None:
-        self._map.madvise(mmap.MADV_WILLNEED, *whole_pages(int(self.offsets[layer, e]), int(self.spans[layer, e]),
-                                                           PAGE_SIZE))
+    @property
+    def capacity(self) -> int | None:
+        """How many experts may be held at once now (None: no cap)."""
+        budget = self.current_budget
+        return None if budget is None else max(budget // self._slots.slot_bytes, self.top_k)
 
     @property
     def current_budget(self) -> int | None:
-        """The bytes of experts that may stay mapped now (None: no cap)."""
+        """The bytes of experts that may be held now (None: no cap)."""
         if self.budget_bytes is None or self._held_back is None:
             return self.budget_bytes
         return max(self.budget_bytes - self._held_back(), self.floor_bytes)
 
-    def _hold_budget(self, layer: int) -> None:
-        """Release experts (`_release_order`, `layer` just routed or guessed) while the mapped ones exceed the
-        budget."""
-        budget = self.current_budget
-        if budget is None:
+    def using(self) -> contextlib.AbstractContextManager:
+        """Hold this around `hold` and the kernels that read what it held: under a budget, one thread at a time
+        (another thread's `hold` or `read_ahead` could otherwise give the slots away mid-computation)."""
+        return self._step if self._slots is not None else contextlib.nullcontext()
+
+    def touch(self, layer: int, ids: np.ndarray) -> None:
+        """Count a routing decision `ids` [T, k] of `layer`. Without a budget, also read the experts not read yet
+        and check them; under one, `hold` does, for as many as fit at once."""
+        with self._lock:
+            self._clock += 1
+            routed, right = _count(self.hits[layer], self.touched[layer], self.guessed[layer], self.last_use[layer],
+                                   self._clock, ids)
+            if layer in self.guessed_layers:
+                self.guesses_right += right
+                self.guesses_routed += ids.size
+                self.guessed_layers.discard(layer)
+            if self._slots is None:
+                for e in routed:
+                    if not self.mapped[layer, e]:
+                        self.mapped[layer, e] = True
+                        self._map.madvise(mmap.MADV_WILLNEED, *whole_pages(int(self.offsets[layer, e]),
+                                                                           int(self.spans[layer, e]), PAGE_SIZE))
+                        self.fetches += 1
+                self._check(layer, routed)
+
+    def hold(self, layer: int, experts: np.ndarray, wait: bool = True) -> None:
+        """Under a budget, have `experts` (distinct ids of `layer`, at most `capacity`, routed to) held until the
+        next `hold`: release others to make room and start reading those not held; with `wait`, wait for them and
+        check them (else `ready` does, expert by expert). An expert that cannot be read or fails its checksum
+        raises `BundleError` (and is read again if routed to again)."""
+        if self._slots is None:
             return
-        for flat in _release_order(self.mapped.reshape(-1), self.last_use.reshape(-1), self.spans.reshape(-1),
-                                   budget, layer, self.mapped.shape[1], self._clock):
-            start, size = int(self.offsets.flat[flat]), int(self.spans.flat[flat])
-            self._map.madvise(MADV_PAGEOUT, *whole_pages(start, size, PAGE_SIZE))  # the pages this mapping holds
-            if self._fd is not None:  # and those read ahead but never used, which only the page cache holds
-                os.posix_fadvise(self._fd, start, size, os.POSIX_FADV_DONTNEED)
+        with self._lock:
+            need = self.mapped[layer, experts]
+            self.mapped[layer, experts] = False  # not released to make room for themselves
+            self._release(layer, self.current_budget - len(experts) * self._slots.slot_bytes)
+            self.mapped[layer, experts] = True
+            for e, held in zip(experts, need, strict=True):
+                if not held:
+                    self._fill(layer, int(e))
+                    self.fetches += 1
+            self._slots.shrink(self.capacity)
+        if wait:
+            for e in experts:
+                self.ready(layer, int(e))
+
+    def ready(self, layer: int, e: int, block: bool = True) -> bool:
+        """Whether expert e of `layer` (held) has its bytes in place, checked; with `block`, wait until it has."""
+        if self._slots is None:
+            return True
+        with self._lock:
+            start = int(self._starts[layer, e])
+            if not (block or self._slots.landed(start)):
+                return False
+            try:
+                self._slots.wait(start)
+            except BundleError:
+                self._give_back(layer, e)
+                raise
+            self._check(layer, (e,))
+        return True
+
+    def read_ahead(self, layer: int, ids: np.ndarray) -> None:
+        """Start reading the experts `ids` [T, k] that `layer` is guessed to route to next, into slots (the reads
+        run on I/O threads while this thread computes). They count as held, so the budget holds; `hold` waits
+        for them and checks them when they are routed to."""
+        with self.using(), self._lock:
+            self._clock += 1
+            self.guessed_layers.add(layer)
+            fresh = _guess(self.mapped[layer], self.guessed[layer], self.last_use[layer], self._clock, ids)
+            self._release(layer, self.current_budget)
+            for e in fresh:
+                self._fill(layer, e)
+                self.read_aheads += 1
+            self._slots.shrink(self.capacity)
+
+    def _fill(self, layer: int, e: int) -> None:
+        start = self._slots.fill(int(self.offsets[layer, e]), int(self.spans[layer, e]))
+        b = self.layers[layer]
+        b.weight_start[e], b.scale_start[e] = start, start // 4
+
+    def _give_back(self, layer: int, e: int) -> None:
+        """Give up expert e's slot: it is read again if routed to again."""
+        self._slots.free(int(self._starts[layer, e]))
+        self.mapped[layer, e] = False
+
+    def _release(self, layer: int, budget: int) -> None:
+        """Release experts (`_release_order`, `layer` just routed or guessed) while those held exceed `budget`."""
+        n_experts = self.mapped.shape[1]
+        for flat in _release_order(self.mapped.reshape(-1), self.last_use.reshape(-1), self._charged.reshape(-1),
+                                   max(budget, 0), layer, n_experts, self._clock):
+            self._give_back(*divmod(int(flat), n_experts))
             self.releases += 1
 
+    def _check(self, layer: int, experts) -> None:
+        """Check the checksums of `experts` of `layer` not checked yet."""
+        if self.checksums is None:
+            return
+        for e in experts:
+            if not self.verified[layer, e]:
+                self._verify(layer, int(e))
+
     def _verify(self, layer: int, e: int) -> None:
-        start = int(self.offsets[layer, e])
+        start = int(self._starts[layer, e])
         try:
             check_expert(self._bytes[start:start + self.spans[layer, e]], layer, e, self.checksums[layer][e],
                          self.path.name)
         except BundleError:
-            self.mapped[layer, e] = False  # read and checked again if routed to again
+            if self._slots is None:
+                self.mapped[layer, e] = False  # read and checked again if routed to again
+            else:
+                self._give_back(layer, e)
             raise
         self.verified[layer, e] = True

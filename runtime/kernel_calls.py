@@ -49,7 +49,7 @@ def routing_calls() -> list[KernelCall]:
     logits, ids, gates = array(F32, 2), array(INT, 2), array(F32, 2)
     flags, counts = array(BOOL, 1), array(INT, 1)
     return [KernelCall(routing._route, (logits, INT, BOOL, BOOL, types.float64, ids, gates)),
-            KernelCall(expert_store._count, (counts, flags, flags, flags, flags, counts, INT, ids))]
+            KernelCall(expert_store._count, (counts, flags, flags, counts, INT, ids))]
 
 
 def budget_calls(read_ahead: bool) -> list[KernelCall]:
@@ -64,10 +64,11 @@ def budget_calls(read_ahead: bool) -> list[KernelCall]:
 def expert_calls(layer_bytes: types.Type, quantized: types.Type, decode_kernel: Dispatcher,
                  long_prompts: bool = True) -> list[KernelCall]:
     """One MoE layer's expert kernels (`moe.MoELayer`) for its `ExpertBytes` type and `quantized` argument's:
-    decode, a few prompt tokens per expert, and (`long_prompts`) an expert that `PREFILL_GEMM_MIN_TOKENS` or
-    more prompt tokens share (dequantized)."""
+    decode (`decode_kernel`), a few prompt tokens per expert, and (`long_prompts`) an expert that
+    `PREFILL_GEMM_MIN_TOKENS` or more prompt tokens share (dequantized)."""
     vector, matrix, ints = array(F32, 1), array(F32, 2), array(INT, 1)
-    calls = [KernelCall(decode_kernel, (vector, layer_bytes, ints, vector, matrix, vector, quantized)),
+    first = (INT,) if decode_kernel is kernels.moe_decode_from else ()  # the expert it goes on from
+    calls = [KernelCall(decode_kernel, (vector, layer_bytes, ints, vector, matrix, vector, quantized, *first)),
              KernelCall(kernels.expert_pairs, (matrix, layer_bytes, ints, ints, ints, matrix, matrix, quantized))]
     return calls + [KernelCall(kernels.dequantize, (layer_bytes, INT, INT, matrix))] if long_prompts else calls
 
@@ -98,10 +99,17 @@ def model_calls(weights: Weights, long_prompts: bool = True) -> list[KernelCall]
         calls += routing_calls()
         if weights.experts.budget_bytes is not None:
             calls += budget_calls(weights.reading_ahead)
+        budget = weights.experts.budget_bytes is not None
         calls += [call for layer in weights.moe.values()
                   for call in expert_calls(argument_type(layer.bytes), argument_type(layer.quantized),
-                                           layer.decode_kernel, long_prompts)]
+                                           _decode_kernel(layer.decode_kernel, budget), long_prompts)]
     return unique(calls)
+
+
+def _decode_kernel(kernel: Dispatcher, budget: bool) -> Dispatcher:
+    """The kernel a layer decodes with: on one thread under an expert budget, `moe_decode_from` (`moe.MoELayer`
+    goes on expert by expert as their reads land)."""
+    return kernels.moe_decode_from if budget and kernel.py_func is kernels.moe_decode.py_func else kernel
 
 
 def unique(calls: list[KernelCall]) -> list[KernelCall]:

@@ -146,6 +146,18 @@ def moe_decode(x, b, experts, gates, hidden, out, quantized):
         _expert_into(x2, b, experts[j], gates[j], hidden[j], out, quantized)
 
 
+@njit(cache=True, error_model="numpy", fastmath=True)
+def moe_decode_from(x, b, experts, gates, hidden, out, quantized, first):
+    """`moe_decode` of experts[first:] added onto `out` as a call for experts[:first] left it (first = 0: from
+    zero), so that a call can stop at an expert whose bytes are still being read and the next go on from there,
+    with `moe_decode`'s result."""
+    if first == 0:
+        out[:] = _0
+    x2 = activations(x, b.group_hidden, quantized)
+    for j in range(first, experts.shape[0]):
+        _expert_into(x2, b, experts[j], gates[j], hidden[j], out, quantized)
+
+
 @njit(cache=True, error_model="numpy", fastmath=True, parallel=True)
 def moe_decode_parallel(x, b, experts, gates, hidden, out, quantized):
     """`moe_decode` with the k experts spread over the threads (one fork/join per layer)."""

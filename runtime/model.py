@@ -19,7 +19,9 @@ from .expert_store import ExpertStore
 from .forward import SILENT, Probe
 from .generate import Token, stream
 from .inputs import check_sampling, check_tokens
-from .memory import automatic_budget, available_memory
+from .jit_cache import compile_calls
+from .kernel_calls import model_calls
+from .memory import RUNTIME_GROWTH, automatic_budget, available_memory
 from .moe import ACTIVATIONS
 from .session import Session
 from .spec import ModelSpec
@@ -46,6 +48,15 @@ def _check_budget(manifest: Manifest, expert_budget: int | None) -> None:
                          f"top-{manifest.spec.routing.top_k} experts one layer needs at once")
 
 
+def _check_room(budget: int, needed: int, where: str) -> None:
+    """Refuse to run when what is left for experts is below what one layer needs at once: the experts' slots
+    and the runtime would not fit beside each other, and the out-of-memory killer would end the run."""
+    if budget < needed:
+        raise InputError(f"not enough memory for this model: {where} leave {max(budget, 0) / 1e6:.1f} MB for "
+                         f"experts, below the {needed / 1e6:.1f} MB one layer needs at once (free memory or raise "
+                         "the limit; --expert-budget-mb sets a budget by hand)")
+
+
 def _default_threads(manifest: Manifest) -> int:
     """The CPU count, or 1 when a decode step reads too little to pay for spreading it over threads."""
     return 1 if step_bytes(manifest)["total"] < SMALL_STEP_BYTES else os.cpu_count() or 1
@@ -61,7 +72,8 @@ def _budget_for_machine(manifest: Manifest) -> tuple[int | None, str | None]:
     budget = automatic_budget(experts, resident, available)
     if budget is None:
         return None, None
-    budget = max(budget, _smallest_budget(manifest))
+    _check_room(budget, _smallest_budget(manifest), f"the {available.bytes / 1e6:.0f} MB available "
+                f"({available.source}) beside the dense weights ({resident / 1e6:.0f} MB)")
     return budget, (f"the experts ({experts / 1e6:.0f} MB) do not fit in the {available.bytes / 1e6:.0f} MB "
                     f"available ({available.source}) beside the dense weights ({resident / 1e6:.0f} MB): keeping "
                     f"at most {budget / 1e6:.1f} MB of experts mapped, less what the runtime's own memory grows into "
@@ -129,6 +141,10 @@ class Model:
             read_ahead = read_ahead and expert_budget is not None and expert_budget >= 2 * _smallest_budget(manifest)
             weights = Weights(bundle, manifest, threads, expert_budget, verify, decode, read_ahead=read_ahead,
                               activations=activations, budget_follows_growth=note is not None)
+            if note is not None:  # the kernels' machine code now, before any expert takes memory: the budget
+                compile_calls(model_calls(weights))  # makes room for it, and the cap has no slack for both
+                _check_room(expert_budget - max(weights.held_bytes() - RUNTIME_GROWTH, 0), _smallest_budget(manifest),
+                            "the memory available, once the kernels are loaded,")
             return cls(weights, threads, note)
 
     def session(self, probe: Probe = SILENT) -> Session:

@@ -74,21 +74,53 @@ class MoELayer:
     def _weighted_sum(self, x: np.ndarray, ids: np.ndarray, weights: np.ndarray, scratch: ExpertScratch) -> np.ndarray:
         if x.shape[0] == 1:  # decode: the kernel writes every element
             out = np.empty_like(x)
-            self.decode_kernel(x[0], self.bytes, ids[0], weights[0], scratch.hidden, out[0], self.quantized)
+            with self.store.using():
+                if self.decode_kernel is kernels.moe_decode and self.store.capacity is not None:
+                    self._decode_as_read(x[0], ids[0], weights[0], scratch, out[0])
+                else:
+                    self.store.hold(self.index, ids[0])
+                    self.decode_kernel(x[0], self.bytes, ids[0], weights[0], scratch.hidden, out[0], self.quantized)
             return out
         t, k = ids.shape
         flat = ids.ravel()
         order = np.argsort(flat, kind="stable")  # the (token, slot) pairs p = token·k + slot, grouped by expert
         experts, starts, counts = np.unique(flat[order], return_index=True, return_counts=True)
         y = np.empty((t * k, self.d), dtype=np.float32)  # each pair's expert output
+        hidden = np.empty((t * k, self.i), dtype=np.float32)
+        with self.store.using():
+            batch = self.store.capacity or len(experts)  # under a budget, as many experts as may be held at once
+            for lo in range(0, len(experts), batch):
+                part = slice(lo, lo + batch)
+                self.store.hold(self.index, experts[part])
+                self._pairs(x, k, order, experts[part], starts[part], counts[part], hidden, y, scratch)
+        return np.einsum("tk,tkd->td", weights, y.reshape(t, k, self.d))
+
+    def _decode_as_read(self, x: np.ndarray, ids: np.ndarray, weights: np.ndarray, scratch: ExpertScratch,
+                        out: np.ndarray) -> None:
+        """One token's experts under a budget: those held first while the others are read, each then as soon as
+        its bytes are in (the same result as one `moe_decode` call)."""
+        self.store.hold(self.index, ids, wait=False)
+        first = 0
+        for j, e in enumerate(ids):
+            if not self.store.ready(self.index, int(e), block=False):
+                if j > first:
+                    kernels.moe_decode_from(x, self.bytes, ids[:j], weights[:j], scratch.hidden, out, self.quantized,
+                                            first)
+                    first = j
+                self.store.ready(self.index, int(e))
+        kernels.moe_decode_from(x, self.bytes, ids, weights, scratch.hidden, out, self.quantized, first)
+
+    def _pairs(self, x: np.ndarray, k: int, order: np.ndarray, experts: np.ndarray, starts: np.ndarray,
+               counts: np.ndarray, hidden: np.ndarray, y: np.ndarray, scratch: ExpertScratch) -> None:
+        """y[p] = the output of pair p's expert, for the pairs of `experts` (consecutive in `order`, expert g's
+        at order[starts[g]:starts[g] + counts[g]])."""
+        run = order[starts[0]:starts[-1] + counts[-1]]
         few = counts < PREFILL_GEMM_MIN_TOKENS  # in one kernel call, the experts spread over the threads
-        pairs = order[np.repeat(few, counts)]  # `order` runs expert by expert
-        kernels.expert_pairs(x, self.bytes, experts[few], np.concatenate([[0], np.cumsum(counts[few])]), pairs,
-                             np.empty((t * k, self.i), dtype=np.float32), y, self.quantized)
+        kernels.expert_pairs(x, self.bytes, experts[few], np.concatenate([[0], np.cumsum(counts[few])]),
+                             run[np.repeat(few, counts)], hidden, y, self.quantized)
         for expert, s, c in zip(experts[~few], starts[~few], counts[~few], strict=True):  # many tokens: BLAS
             rows = order[s:s + c]
             y[rows] = self._expert_gemm(int(expert), x[rows // k], scratch)
-        return np.einsum("tk,tkd->td", weights, y.reshape(t, k, self.d))
 
     def _expert_gemm(self, expert: int, x: np.ndarray, scratch: ExpertScratch) -> np.ndarray:
         """One expert on many tokens x [n, D] → [n, D]: its matrices dequantized, then multiplied with BLAS."""

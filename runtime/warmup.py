@@ -15,7 +15,7 @@ from .bundle import EXPERT_TENSORS, PAGE, ExpertLayout, ExpertsIndex, Manifest, 
 from .dense_decode import layer_config, layer_tensors
 from .expert_store import layer_bytes
 from .kernel_calls import KernelCall, argument_type
-from .kernels import INT8_ACTIVATIONS, moe_decode, moe_decode_parallel
+from .kernels import INT8_ACTIVATIONS, moe_decode, moe_decode_from, moe_decode_parallel
 from .spec import ModelSpec, RoutingSpec
 
 # The experts' schemes of each kind (quant.SCHEMES; "mixed": int4 with some int8) and whether the kernels
@@ -39,15 +39,19 @@ def _readonly(shape: tuple[int, ...], dtype) -> np.ndarray:
 
 
 def experts_kind(schemes: tuple[str, ...], quantized: bool, parallel: bool) -> list[KernelCall]:
-    """The expert kernels' calls for a layer whose experts have these schemes."""
+    """The expert kernels' calls for a layer whose experts have these schemes (at one thread, also the decode
+    kernel's under an expert budget)."""
     entry = TensorEntry(0, (1,), "float32")
     layouts = {s: ExpertLayout(PAGE, dict.fromkeys(EXPERT_TENSORS, entry)) for s in schemes}
     index = ExpertsIndex(file="", group_size=GROUP, layouts=layouts, schemes={0: schemes},
                          layers={0: (0,) * len(schemes)}, checksums={})
     layer = layer_bytes(bytes(PAGE), index, np.zeros(len(schemes), np.int64), 0, SPEC)
     activations = INT8_ACTIVATIONS if quantized else None
-    kernel = moe_decode_parallel if parallel else moe_decode
-    return kernel_calls.expert_calls(argument_type(layer), argument_type(activations), kernel)
+    layer, activations = argument_type(layer), argument_type(activations)
+    if parallel:
+        return kernel_calls.expert_calls(layer, activations, moe_decode_parallel)
+    budget = kernel_calls.expert_calls(layer, activations, moe_decode_from, long_prompts=False)[:1]
+    return kernel_calls.expert_calls(layer, activations, moe_decode) + budget
 
 
 def dense_kind(linears: str, threads: int) -> list[KernelCall]:

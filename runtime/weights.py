@@ -21,7 +21,7 @@ from .errors import BundleError
 from .expert_store import ExpertStore
 from .graphs import DenseGraph, GraphLayers, session_options, shared_initializers
 from .head import Head, tensor_view
-from .memory import anonymous_bytes
+from .memory import RUNTIME_GROWTH, anonymous_bytes
 from .moe import MoELayer
 from .prefetch import ExpertPredictor
 from .verify import read_tokenizer, verified_load_files
@@ -39,8 +39,8 @@ class Weights:
     def __init__(self, bundle: BundleDir, manifest: Manifest, threads: int, expert_budget: int | None = None,
                  verify: bool = True, decode: str = "numba", read_ahead: bool = False,
                  activations: str = "int8", budget_follows_growth: bool = False):
-        """`budget_follows_growth`: the expert budget shrinks by what the runtime comes to hold after load
-        (`held_bytes`; a budget set for the machine, which left that no room in advance)."""
+        """`budget_follows_growth`: the expert budget shrinks by what the runtime comes to hold after load beyond
+        the `memory.RUNTIME_GROWTH` a budget set for the machine left room for (`held_bytes`)."""
         self.root = bundle.path
         self._anonymous_at_load = anonymous_bytes()
         self._caches: weakref.WeakSet[KVCache] = weakref.WeakSet()
@@ -70,7 +70,7 @@ class Weights:
             name = manifest.experts.file
             fd = bundle.open(name)[0] if expert_budget is not None else None  # to drop released pages
             self.experts = ExpertStore(bundle.map(name), bundle.path / name, manifest.experts, spec, expert_budget,
-                                       verify, fd, self.held_bytes if budget_follows_growth else None)
+                                       verify, fd, self._growth_beyond_reserve if budget_follows_growth else None)
             self.moe = {i: MoELayer(i, spec, self.experts, threads, activations) for i in spec.moe_layers}
             self.predictor = ExpertPredictor(spec, manifest, dense)
         self.reading_ahead = read_ahead and self.predictor is not None  # Model.load: only under a budget
@@ -85,9 +85,15 @@ class Weights:
         return sum(cache.held_bytes for cache in list(self._caches))
 
     def held_bytes(self) -> int:
-        """Bytes the runtime has come to hold since load: the live KV caches, or the growth of the process's
-        anonymous memory (which holds them, numba's machine code, scratch, allocator slack) when larger."""
-        return max(self.kv_bytes(), anonymous_bytes() - self._anonymous_at_load)
+        """Bytes the runtime has come to hold since load beside the experts: the live KV caches, or the growth of
+        the process's anonymous memory (which holds them, numba's machine code, scratch, allocator slack), less
+        the experts' slots, when larger."""
+        grown = anonymous_bytes() - self._anonymous_at_load - self.experts.slot_bytes_held
+        return max(self.kv_bytes(), grown)
+
+    def _growth_beyond_reserve(self) -> int:
+        """What the runtime holds beyond the growth the automatic budget left room for at load."""
+        return max(self.held_bytes() - RUNTIME_GROWTH, 0)
 
     def read_ahead(self, layer: int, hidden: np.ndarray, probe: Probe) -> None:
         """While decoding with read-ahead on (or for a probe that watches guesses): guess from hidden [T, D] the

@@ -172,13 +172,11 @@ def sample_module(name: str) -> ModuleType:
 
 
 PAGE = 4096
-# MADV_PAGEOUT skips pages still in a CPU's batch of pages waiting to join the LRU lists (up to 15 per
-# CPU; 2 CPUs here), so a few pages of released experts may stay mapped: far below one more span each step.
-LRU_BATCH_SLACK = 2 * 15 * PAGE
 
 
 def mapped_bytes(store) -> int:
-    """Resident bytes of the store's own mapping of the experts file (from /proc/self/smaps)."""
+    """Resident bytes of the memory the store holds experts in: its map of the experts file, or its slots under a
+    budget (from /proc/self/smaps)."""
     return resident_bytes(store.address, store.size)
 
 

@@ -92,10 +92,13 @@ def test_bad_load_arguments(exported, kwargs, message):
         Model.load(None)
 
 
-@pytest.mark.parametrize("threads", [1, 2])
-def test_sessions_of_one_model_decode_in_parallel_bit_for_bit(exported, threads):
-    """Four threads, a session each, on one shared model: the same logits as one session after another."""
-    model = Model.load(exported("api", tiny_moe_spec()).bundle, threads=threads)
+@pytest.mark.parametrize(("threads", "budget"), [(1, None), (2, None), (1, 3)])
+def test_sessions_of_one_model_decode_in_parallel_bit_for_bit(exported, threads, budget):
+    """Four threads, a session each, on one shared model: the same logits as one session after another; also
+    under an expert budget (of `budget` experts), whose slots the sessions share."""
+    bundle = exported("api", tiny_moe_spec()).bundle
+    span = int(Model.load(bundle).experts.spans.max())
+    model = Model.load(bundle, threads=threads, expert_budget=budget and budget * span)
     rng = np.random.default_rng(0)
     # 80-token prompts: ~20 tokens per expert, so prefill takes the dequantize + BLAS path (which releases the GIL)
     prompts = [[rng.integers(0, 203, 80).tolist() for _ in range(3)] for _ in range(4)]

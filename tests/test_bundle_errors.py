@@ -135,7 +135,8 @@ def test_same_size_corruption_of_a_dense_file_is_caught_at_load(bundle, name):
         verify_bundle(bundle)
 
 
-def test_corrupt_expert_is_caught_on_first_touch_unless_verification_is_off(bundle):
+@pytest.mark.parametrize("budget", [None, 10**6])  # mapped, or read into slots under a budget
+def test_corrupt_expert_is_caught_on_first_touch_unless_verification_is_off(bundle, budget):
     manifest = read_manifest(bundle)
     offset = manifest.experts.layers[1][5]
     path = bundle / "experts.bin"
@@ -143,7 +144,7 @@ def test_corrupt_expert_is_caught_on_first_touch_unless_verification_is_off(bund
     data = bytearray(path.read_bytes())
     data[offset + 100] ^= 0x40
     path.write_bytes(bytes(data))
-    model = Model.load(bundle)  # lazy: no expert read at load
+    model = Model.load(bundle, expert_budget=budget)  # lazy: no expert read at load
     session = model.session()
     with pytest.raises(BundleError, match="expert 5 of layer 1 fails its checksum"):
         session.prefill(list(range(60)))
@@ -151,7 +152,7 @@ def test_corrupt_expert_is_caught_on_first_touch_unless_verification_is_off(bund
         session.prefill(list(range(60)))  # still refused: a failed expert is checked again, never used
     with pytest.raises(BundleError, match="expert 5 of layer 1"):
         verify_bundle(bundle)
-    unchecked = Model.load(bundle, verify=False).session().prefill(list(range(60)))  # the opt-out
+    unchecked = Model.load(bundle, verify=False, expert_budget=budget).session().prefill(list(range(60)))  # opt-out
     assert unchecked.shape == (60, 203) and good.shape[1] == 203
 
 

@@ -111,6 +111,26 @@ def test_moe_decode_int8_activations_matches_reference(quantizable, kernel):
     check_decode(quantizable, kernel, INT8)
 
 
+@pytest.mark.parametrize("quantized", [None, INT8], ids=["float", "int8"])
+def test_moe_decode_in_pieces_equals_one_call(quantized):
+    """Stopped before any expert (whose bytes are still being read) and gone on from there, `moe_decode_from`
+    gives `moe_decode`'s values exactly."""
+    experts, deq = make_packed("mixed")
+    hid, dim = deq[0][0].shape
+    x = np.random.default_rng(3).standard_normal(dim).astype(np.float32)
+    chosen, w = np.array([3, 0, 4, 1]), np.array([0.4, 0.3, 0.2, 0.1], np.float32)
+    hidden = np.empty((4, hid), np.float32)
+    whole = np.empty(dim, np.float32)
+    kernels.moe_decode(x, experts, chosen, w, hidden, whole, quantized)
+    for cuts in ([], [1], [2], [1, 3], [1, 2, 3]):
+        out = np.full(dim, np.nan, np.float32)
+        first = 0
+        for stop in [*cuts, 4]:
+            kernels.moe_decode_from(x, experts, chosen[:stop], w[:stop], hidden, out, quantized, first)
+            first = stop
+        np.testing.assert_array_equal(out, whole)
+
+
 @pytest.mark.parametrize("n", [1, 3, 17])
 def test_expert_pairs_matches_reference(packed, n):
     check_tokens(packed, n, None)

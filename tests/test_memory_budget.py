@@ -4,8 +4,8 @@ expert budget (and saying so) only when the experts do not fit."""
 import numpy as np
 import pytest
 
-from helpers import PAGE, resident_bytes, tiny_moe_spec
-from moedge.runtime import Model
+from helpers import PAGE, mapped_bytes, resident_bytes, tiny_moe_spec
+from moedge.runtime import InputError, Model
 from moedge.runtime.kv_cache import KVCache
 from moedge.runtime.memory import RESERVE, Available, anonymous_bytes, automatic_budget, available_memory
 from moedge.runtime.storage import step_bytes
@@ -66,6 +66,7 @@ def test_an_automatic_budget_gives_the_kv_cache_its_room(exported, monkeypatch):
     A budget the user gave stays as given. (The process's anonymous memory is held still here: its growth
     beyond the KV caches is the next test's.)"""
     monkeypatch.setattr("moedge.runtime.weights.anonymous_bytes", lambda: 0)
+    monkeypatch.setattr("moedge.runtime.weights.RUNTIME_GROWTH", 0)  # no growth left room for: the KV cache's counts
     case = exported("budget", tiny_moe_spec(expert_intermediate_size=256))
     manifest = Model.load(case.bundle, threads=1).manifest
     experts = manifest.files[manifest.experts.file]["size"]
@@ -93,27 +94,47 @@ def test_an_automatic_budget_gives_the_kv_cache_its_room(exported, monkeypatch):
 
 
 def test_an_automatic_budget_follows_the_runtimes_own_growth(exported, monkeypatch):
-    """Memory the process takes after load beyond its KV caches (numba's code, retained scratch) comes off the
-    budget set for the machine as it grows, and goes back to it when freed; the mapped experts stay within the
-    budget and the logits are unchanged."""
-    anonymous = [10**9]  # the process's anonymous bytes, as statm would say
-    monkeypatch.setattr("moedge.runtime.weights.anonymous_bytes", lambda: anonymous[0])
+    """Memory the process takes after load beyond its KV caches and the experts' slots (numba's code, retained
+    scratch) comes off the budget set for the machine as it grows, and goes back to it when freed; the experts
+    held, and the slots' resident pages, stay within the budget, and the logits are unchanged."""
+    grown, stores = [0], []  # the runtime's growth; the store, whose slots statm counts as anonymous too
+    monkeypatch.setattr("moedge.runtime.weights.anonymous_bytes",
+                        lambda: 10**9 + grown[0] + (stores[0].slot_bytes_held if stores else 0))
     case = exported("budget", tiny_moe_spec(expert_intermediate_size=256))
     manifest = Model.load(case.bundle, threads=1).manifest
     budget = manifest.files[manifest.experts.file]["size"] // 2
+    prepaid = budget // 6  # the growth the budget left room for at load (`memory.RUNTIME_GROWTH`)
+    monkeypatch.setattr("moedge.runtime.weights.RUNTIME_GROWTH", prepaid)
     room = RESERVE + step_bytes(manifest)["dense"] + budget
     monkeypatch.setattr("moedge.runtime.model.available_memory", lambda: Available(room, "a test's limit"))
     model = Model.load(case.bundle, threads=1)
     store = model.experts
+    stores.append(store)
     session, reference = model.session(), Model.load(case.bundle, threads=1, expert_budget=10**9).session()
-    grown = budget // 3
-    for step, t in enumerate(np.random.default_rng(2).integers(0, 200, 30)):
-        anonymous[0] = 10**9 + (grown if step < 20 else 0)  # grows, then is freed
+    for step, t in enumerate(np.random.default_rng(2).integers(0, 200, 45)):
+        grown[0] = budget // 3 if 15 <= step < 30 else 0  # the experts fill the budget; it grows, is freed
         np.testing.assert_array_equal(session.decode(int(t)), reference.decode(int(t)))
         kv = model.weights.kv_bytes()
-        assert store.current_budget == max(budget - max(kv, anonymous[0] - 10**9), store.floor_bytes)
+        assert store.current_budget == max(budget - max(max(kv, grown[0]) - prepaid, 0), store.floor_bytes)
         assert store.spans[store.mapped].sum() <= store.current_budget
-    assert grown > model.weights.kv_bytes()  # the growth, not the KV cache, set the budget while it lasted
+        assert mapped_bytes(store) <= store.current_budget  # the slots given up leave memory too
+    assert budget // 3 > model.weights.kv_bytes()  # the growth, not the KV cache, set the budget while it lasted
+
+
+def test_too_little_memory_for_one_layers_experts_is_refused(exported, monkeypatch):
+    """Where the room left beside the dense weights and the runtime is below the experts one layer needs at once,
+    loading says so instead of running into the out-of-memory killer; a budget given by hand still loads."""
+    monkeypatch.setattr("moedge.runtime.weights.anonymous_bytes", lambda: 0)  # whatever this test process compiles
+    case = exported("budget", tiny_moe_spec(expert_intermediate_size=256))
+    model = Model.load(case.bundle, threads=1)
+    floor = model.experts.floor_bytes
+    room = RESERVE + step_bytes(model.manifest)["dense"] + floor - 1
+    monkeypatch.setattr("moedge.runtime.model.available_memory", lambda: Available(room, "a test's limit"))
+    with pytest.raises(InputError, match=r"not enough memory for this model: .* below the .* MB one layer needs"):
+        Model.load(case.bundle, threads=1)
+    assert Model.load(case.bundle, threads=1, expert_budget=floor).experts.budget_bytes == floor
+    monkeypatch.setattr("moedge.runtime.model.available_memory", lambda: Available(room + 1, "a test's limit"))
+    assert Model.load(case.bundle, threads=1).experts.budget_bytes == floor
 
 
 def test_anonymous_bytes_counts_what_the_process_allocates(tmp_path):

@@ -21,6 +21,7 @@ KINDS = {"int8": ("moe", {}), "int4": ("moe", {"bits": 4}), "mixed": ("moe", {"b
          "dense": ("dense", {}), "dense-float": ("dense", {"float_dense": True})}
 ENTRY_POINTS = [(routing, "_route"), (expert_store, "_count"), (expert_store, "_guess"),
                 (expert_store, "_release_order"), (kernels, "moe_decode"), (kernels, "moe_decode_parallel"),
+                (kernels, "moe_decode_from"),
                 (kernels, "expert_pairs"), (kernels, "dequantize"), (kernels, "norm_linear"),
                 (dense_decode, "decode_layer")]
 
@@ -79,12 +80,14 @@ def test_model_calls_are_the_calls_a_run_makes_and_warmup_compiles_them(bundles,
     assert listed <= named(install_calls()), f"{kind} at {threads} threads: moedge warmup leaves these out"
 
 
-def test_budget_and_parallel_calls_are_listed_too(bundles, monkeypatch):
-    """Under an expert budget with reading ahead, and with the k experts spread over the threads."""
+@pytest.mark.parametrize(("threads", "decode"), [(1, "moe_decode_from"), (2, "moe_decode_parallel")])
+def test_budget_and_parallel_calls_are_listed_too(bundles, monkeypatch, threads, decode):
+    """Under an expert budget with reading ahead: one thread goes on expert by expert as reads land, more
+    spread the k experts over the threads."""
     monkeypatch.setattr("moedge.runtime.moe.PARALLEL_MIN_BYTES", 0)
-    model, calls = recorded_run(bundles["int8"], monkeypatch, threads=2, expert_budget=10**9, read_ahead=True)
+    model, calls = recorded_run(bundles["int8"], monkeypatch, threads=threads, expert_budget=10**9, read_ahead=True)
     listed = named(model_calls(model.weights))
-    assert {"_release_order", "_guess", "moe_decode_parallel"} <= {name for name, _ in calls}
+    assert {"_release_order", "_guess", decode} <= {name for name, _ in calls}
     assert calls == listed and listed <= named(install_calls())
 
 
