@@ -16,7 +16,8 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
-from numba import njit, prange, types
+from numba import njit, prange, typeof, types
+from numba.core.typing.typeof import Purpose
 from numba.extending import overload
 
 from ..quant import UNSIGNED_ZERO
@@ -367,6 +368,7 @@ class DecodeLayers:
         self.configs = [layer_config(spec, i, threads) for i in range(spec.n_layers)]
         self.n_experts = spec.routing.n_experts if spec.routing else 0
         self.quantized = INT8_ACTIVATIONS if activations == "int8" and _blocks_fit(self.tensors) else None
+        self.kernels = [None] * spec.n_layers  # each layer's compiled `decode_layer`, found at its first call
 
     def tables(self, start: int, count: int) -> tuple[np.ndarray, np.ndarray]:
         """cos and sin [Hd/2] of the token's position."""
@@ -379,8 +381,11 @@ class DecodeLayers:
         hidden_out, ffn_in = np.empty((1, d), np.float32), np.empty((1, d), np.float32)
         moe = self.configs[i].moe
         logits = np.empty((1, self.n_experts if moe else 0), np.float32)
-        decode_layer(hidden[0], self.tensors[i], self.configs[i], cache.k[i], cache.v[i], cache.length, *tables,
-                     hidden_out[0], ffn_in[0], logits[0], self.quantized)
+        args = (hidden[0], self.tensors[i], self.configs[i], cache.k[i], cache.v[i], cache.length, *tables,
+                hidden_out[0], ffn_in[0], logits[0], self.quantized)
+        if self.kernels[i] is None:  # numba's dispatcher types a layer's tuples of arrays anew each call: ~10 µs
+            self.kernels[i] = decode_layer.compile(tuple(typeof(a, Purpose.argument) for a in args))
+        self.kernels[i](*args)
         return LayerOutputs(hidden_out, ffn_in if moe else None, logits if moe else None)
 
 

@@ -47,6 +47,11 @@ class Recorder:
         self.calls.add((self.py_func.__name__, tuple(argument_type(a) for a in args)))
         return self.kernel(*args)
 
+    def compile(self, args):
+        """The kernel's specialisation for argument types `args`, recorded as a call (what `DecodeLayers` calls)."""
+        self.calls.add((self.py_func.__name__, args))
+        return self.kernel.compile(args)
+
 
 def recorded_run(bundle, monkeypatch, **load) -> tuple[Model, set]:
     """A model whose every kernel call from Python is recorded as (name, argument types), after a run of every
