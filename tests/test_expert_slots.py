@@ -40,10 +40,10 @@ def test_slots_are_read_past_the_page_cache_where_they_can_be(exported, monkeypa
     if not direct:
         monkeypatch.setattr("moedge.runtime.expert_slots.direct_io", lambda fd: False)
     else:
-        try:  # can this file system do it at all?
+        try:  # can this system and file system do it at all?
             os.close(os.open(case.bundle / "experts.bin", os.O_RDONLY | os.O_DIRECT))
-        except OSError:
-            pytest.skip("the test folder's file system does not take O_DIRECT")
+        except (AttributeError, OSError):
+            pytest.skip("no O_DIRECT here (the platform or the test folder's file system)")
     model = Model.load(case.bundle, threads=1, expert_budget=3 * _span(case.bundle))
     assert model.experts.direct_reads == direct
     session = model.session()
