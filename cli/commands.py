@@ -48,7 +48,7 @@ def _compile_kernels(model, quiet: bool, long_prompts: bool = True) -> None:
     """Compile the kernel calls of this model's runs that numba's cache lacks (`long_prompts`: also the one of
     prompts of `PREFILL_GEMM_MIN_TOKENS` tokens or more), all before the first token, saying so on one line
     unless `quiet`."""
-    from moedge.runtime.jit_cache import compile_calls, missing
+    from moedge.runtime.jit_cache import compile_apart, missing
     from moedge.runtime.kernel_calls import model_calls
 
     uncompiled = missing(model_calls(model.weights, long_prompts))
@@ -58,7 +58,7 @@ def _compile_kernels(model, quiet: bool, long_prompts: bool = True) -> None:
         print("moedge: compiling the kernels for this CPU (first run after an install or update; `moedge warmup` "
               "compiles them ahead) ...", end="", file=sys.stderr, flush=True)
     start = time.perf_counter()
-    compile_calls(uncompiled)
+    compile_apart(uncompiled)
     if not quiet:
         print(f" {time.perf_counter() - start:.1f} s", file=sys.stderr)
 

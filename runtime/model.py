@@ -19,7 +19,7 @@ from .expert_store import ExpertStore
 from .forward import SILENT, Probe
 from .generate import Token, stream
 from .inputs import check_sampling, check_tokens
-from .jit_cache import compile_calls
+from .jit_cache import compile_apart, compile_calls, missing
 from .kernel_calls import model_calls
 from .memory import RUNTIME_GROWTH, automatic_budget, available_memory
 from .moe import ACTIVATIONS
@@ -142,7 +142,9 @@ class Model:
             weights = Weights(bundle, manifest, threads, expert_budget, verify, decode, read_ahead=read_ahead,
                               activations=activations, budget_follows_growth=note is not None)
             if note is not None:  # the kernels' machine code now, before any expert takes memory: the budget
-                compile_calls(model_calls(weights))  # makes room for it, and the cap has no slack for both
+                calls = model_calls(weights)  # makes room for it, and the cap has no slack for both
+                compile_apart(missing(calls))  # (LLVM's memory, if it compiles, leaves with the child)
+                compile_calls(calls)  # loads them from the cache
                 _check_room(expert_budget - max(weights.held_bytes() - RUNTIME_GROWTH, 0), _smallest_budget(manifest),
                             "the memory available, once the kernels are loaded,")
             return cls(weights, threads, note)

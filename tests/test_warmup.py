@@ -121,6 +121,29 @@ def test_a_run_after_warmup_compiles_nothing(bundles, tmp_path):
     assert "compiled 0 kernel specialisations" in again.stdout and "(7 of 7 were cached)" in again.stdout
 
 
+def test_a_first_run_compiles_apart_and_loads_from_the_cache(bundles, tmp_path):
+    """With an empty cache, `moedge run` compiles in a child process and then loads the machine code from the
+    cache, as every later run does (a kernel compiled in the process that runs it can round differently): this
+    process saves nothing to the cache, only loads."""
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cache"), "NUMBA_DEBUG_CACHE": "1"}
+    ran = run_cli("run", bundles["int8"], "--ids", "1,2,3", "-n", "4", "--threads", "1", env=env)
+    assert ran.returncode == 0, ran.stderr
+    assert "compiling the kernels" in ran.stderr
+    assert "[cache] data loaded" in ran.stdout and "[cache] data saved" not in ran.stdout
+
+
+def test_compiling_apart_falls_back_to_this_process(bundles, monkeypatch):
+    """If the child cannot compile, the calls compile here."""
+    from moedge.runtime import jit_cache
+
+    compiled = []
+    monkeypatch.setattr(jit_cache.sys, "executable", "false")
+    monkeypatch.setattr(jit_cache, "compile_calls", compiled.append)
+    calls = model_calls(Model.load(bundles["int8"], threads=1).weights)
+    jit_cache.compile_apart(calls)
+    assert compiled == [calls]
+
+
 def test_a_first_run_says_it_compiles_what_it_calls_before_the_first_token(bundles, monkeypatch, capsys):
     from moedge.cli.main import main
     from moedge.runtime import jit_cache
@@ -131,7 +154,7 @@ def test_a_first_run_says_it_compiles_what_it_calls_before_the_first_token(bundl
     prefill = Session.prefill
     monkeypatch.setattr(Session, "prefill", lambda self, *a, **k: events.append("prefill") or prefill(self, *a, **k))
     monkeypatch.setattr(jit_cache, "missing", list)  # as if numba's cache were empty
-    monkeypatch.setattr(jit_cache, "compile_calls", lambda calls: events.append({c.name for c in calls}))
+    monkeypatch.setattr(jit_cache, "compile_apart", lambda calls: events.append({c.name for c in calls}))
     bundle = str(bundles["int8"])
     assert main(["run", bundle, "--ids", "1,2", "-n", "2", "--threads", "1"]) == 0
     assert main(["run", bundle, "--ids", ",".join(["3"] * 16), "-n", "2", "--threads", "1"]) == 0
