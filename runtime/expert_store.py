@@ -228,7 +228,11 @@ class ExpertStore:
     def capacity(self) -> int | None:
         """How many experts may be held at once now (None: no cap)."""
         budget = self.current_budget
-        return None if budget is None else max(budget // self._slots.slot_bytes, self.top_k)
+        return None if budget is None else self._slots_for(budget)
+
+    def _slots_for(self, budget: int) -> int:
+        """How many experts `budget` bytes hold (one layer's top-k at least)."""
+        return max(budget // self._slots.slot_bytes, self.top_k)
 
     @property
     def current_budget(self) -> int | None:
@@ -270,15 +274,16 @@ class ExpertStore:
         if self._slots is None:
             return
         with self._lock:
+            budget = self.current_budget
             need = self.mapped[layer, experts]
             self.mapped[layer, experts] = False  # not released to make room for themselves
-            self._release(layer, self.current_budget - len(experts) * self._slots.slot_bytes)
+            self._release(layer, budget - len(experts) * self._slots.slot_bytes)
             self.mapped[layer, experts] = True
             for e, held in zip(experts, need, strict=True):
                 if not held:
                     self._fill(layer, int(e))
                     self.fetches += 1
-            self._slots.shrink(self.capacity)
+            self._slots.shrink(self._slots_for(budget))
         if wait:
             for e in experts:
                 self.ready(layer, int(e))
@@ -307,11 +312,12 @@ class ExpertStore:
             self._clock += 1
             self.guessed_layers.add(layer)
             fresh = _guess(self.mapped[layer], self.guessed[layer], self.last_use[layer], self._clock, ids)
-            self._release(layer, self.current_budget)
+            budget = self.current_budget
+            self._release(layer, budget)
             for e in fresh:
                 self._fill(layer, e)
                 self.read_aheads += 1
-            self._slots.shrink(self.capacity)
+            self._slots.shrink(self._slots_for(budget))
 
     def _fill(self, layer: int, e: int) -> None:
         start = self._slots.fill(int(self.offsets[layer, e]), int(self.spans[layer, e]))

@@ -75,7 +75,7 @@ class MoELayer:
         if x.shape[0] == 1:  # decode: the kernel writes every element
             out = np.empty_like(x)
             with self.store.using():
-                if self.decode_kernel is kernels.moe_decode and self.store.capacity is not None:
+                if self.decode_kernel is kernels.moe_decode and self.store.budget_bytes is not None:
                     self._decode_as_read(x[0], ids[0], weights[0], scratch, out[0])
                 else:
                     self.store.hold(self.index, ids[0])
