@@ -19,6 +19,7 @@ from moedge.exporter.checkpoint import save_checkpoint
 from moedge.exporter.model import Attention, Experts, SwiGLU, Transformer
 from moedge.quant import SCHEMES, dequantize, fake_quantize_activations
 from moedge.runtime.spec import ModelSpec, RoutingSpec
+from moedge.runtime.tools.residency import resident_pages
 
 VOCAB = 203  # not a multiple of 8 on purpose
 
@@ -176,8 +177,9 @@ PAGE = 4096
 
 def mapped_bytes(store) -> int:
     """Resident bytes of the memory the store holds experts in: its map of the experts file, or its slots under a
-    budget (from /proc/self/smaps)."""
-    return resident_bytes(store.address, store.size)
+    budget (mincore over exactly that range: /proc/self/smaps would also count a neighbouring mapping merged into
+    the slots' one)."""
+    return int(resident_pages(store.address, store.size).sum()) * PAGE
 
 
 def resident_bytes(start: int, size: int) -> int:
