@@ -49,7 +49,7 @@ def _generation_options(p: argparse.ArgumentParser, temperature: float, top_k: i
     p.add_argument("--threads", type=integer(1, 1024), default=None,
                    help="default: the CPU count (1 for a model whose decode step reads under 16 MB)")
     p.add_argument("--expert-budget-mb", type=number(0.0), default=None,
-                   help="keep at most this many MB of experts mapped (least recently used are released)")
+                   help="keep at most this many MB of experts in memory (read again when released)")
     p.add_argument("--no-verify", dest="verify", action="store_false",
                    help="skip the checksums (dense files at load, each expert on first use)")
 
@@ -115,7 +115,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=integer(1, 1024), default=None,
                    help="default: the CPU count (1 for a model whose decode step reads under 16 MB)")
     p.add_argument("--expert-budget-mb", type=number(0.0), default=None,
-                   help="keep at most this many MB of experts mapped (least recently used are released)")
+                   help="keep at most this many MB of experts in memory (read again when released)")
     p.add_argument("--no-verify", dest="verify", action="store_false", help="skip the checksums")
 
     p = sub.add_parser("bench", help="measure decode latency, prefill, cold start, memory and the roofline",

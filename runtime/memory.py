@@ -2,11 +2,12 @@
 
 The figure is the smaller of what the process's memory cgroup still allows (v2 `memory.max` −
 `memory.current`, v1 `memory.limit_in_bytes` − `memory.usage_in_bytes`) and the system's
-MemAvailable. When a bundle's experts do not fit beside the dense weights a step reads and the runtime's
-own memory, `Model.load` caps the mapped experts at what does (least recently used released; dense weights
-and the KV cache stay resident), and says so. The runtime's own memory is not reserved ahead: such a budget
-shrinks by what the process's anonymous memory grows into after load — the sessions' KV caches, numba's code,
-retained scratch (`ExpertStore.current_budget`, `Weights.held_bytes`).
+MemAvailable. When a bundle's experts do not fit beside the dense weights a step reads and `RESERVE`,
+`Model.load` caps the experts held in memory at what does (those whose layer comes round last released; dense
+weights and the KV cache stay resident), and says so. Beyond the `RUNTIME_GROWTH` reserved for it, what the
+runtime comes to hold after load — the sessions' KV caches, numba's code, retained scratch, as the process's
+anonymous memory grows — comes off such a budget as it happens (`ExpertStore.current_budget`,
+`Weights.held_bytes`).
 """
 
 from __future__ import annotations

@@ -76,8 +76,8 @@ def _budget_for_machine(manifest: Manifest) -> tuple[int | None, str | None]:
                 f"({available.source}) beside the dense weights ({resident / 1e6:.0f} MB)")
     return budget, (f"the experts ({experts / 1e6:.0f} MB) do not fit in the {available.bytes / 1e6:.0f} MB "
                     f"available ({available.source}) beside the dense weights ({resident / 1e6:.0f} MB): keeping "
-                    f"at most {budget / 1e6:.1f} MB of experts mapped, less what the runtime's own memory grows into "
-                    "(--expert-budget-mb overrides)")
+                    f"at most {budget / 1e6:.1f} MB of experts in memory, less what the runtime's own memory grows "
+                    "into (--expert-budget-mb overrides)")
 
 
 

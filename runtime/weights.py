@@ -68,7 +68,7 @@ class Weights:
         self.predictor: ExpertPredictor | None = None
         if manifest.experts is not None:
             name = manifest.experts.file
-            fd = bundle.open(name)[0] if expert_budget is not None else None  # to drop released pages
+            fd = bundle.open(name)[0] if expert_budget is not None else None  # to read experts into slots
             self.experts = ExpertStore(bundle.map(name), bundle.path / name, manifest.experts, spec, expert_budget,
                                        verify, fd, self._growth_beyond_reserve if budget_follows_growth else None)
             self.moe = {i: MoELayer(i, spec, self.experts, threads, activations) for i in spec.moe_layers}
