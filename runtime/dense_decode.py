@@ -155,11 +155,23 @@ def _rmsnorm(x, weight, eps, out):
         out[j] = x[j] * inv * weight[j]
 
 
+@njit(cache=True, error_model="numpy", fastmath=True)
+def _rows4(lin, xa, out, r, q):
+    """Rows r, r + q, r + 2q and r + 3q of `lin` (a page apart: four memory streams, `kernels.dot_rows4`)."""
+    out[r], out[r + q], out[r + 2 * q], out[r + 3 * q] = dot_rows4(lin.w, lin.scale, xa, r, r + q, r + 2 * q, r + 3 * q)
+
+
 @njit(cache=True, error_model="numpy", fastmath=True, parallel=True)
-def _rows4_parallel(w, scale, xa, out, q):
-    """The four-row passes of `_apply` spread over the threads (one fork/join)."""
-    for r in prange(q):
-        out[r], out[r + q], out[r + 2 * q], out[r + 3 * q] = dot_rows4(w, scale, xa, r, r + q, r + 2 * q, r + 3 * q)
+def _rows4_parallel(a, b, c, xa, out_a, out_b, out_c, qa, qb, qc):
+    """The four-row passes of up to three matrices on one input spread over the threads in one fork/join
+    (a fork/join costs ~9 µs: q, k and v take one, not three)."""
+    for i in prange(qa + qb + qc):
+        if i < qa:
+            _rows4(a, xa, out_a, i, qa)
+        elif i < qa + qb:
+            _rows4(b, xa, out_b, i - qa, qb)
+        else:
+            _rows4(c, xa, out_c, i - qa - qb, qc)
 
 
 def _subtract_zero(lin, xa, out):
@@ -211,25 +223,47 @@ def _linear_input(lin, x, quantized):
 
 
 @njit(cache=True, error_model="numpy", fastmath=True)
-def _apply(lin, xa, out, parallel_min):
-    """out[out] = W x (+ b) for x as the row dots take it (`linear_input`: float32 [groups, group] or int8
-    blocks), four rows a page apart per pass (`kernels.dot_rows4`); a matrix of `parallel_min` weights or more
-    is split over the threads."""
-    w, scale, bias = lin.w, lin.scale, lin.bias
-    rows = w.shape[0]
-    q = rows // 4
-    if parallel_min is not None and w.size * (2 if w.ndim == 4 else 1) >= parallel_min:
-        _rows4_parallel(w, scale, xa, out, q)
-    else:
-        for r in range(q):
-            out[r], out[r + q], out[r + 2 * q], out[r + 3 * q] = dot_rows4(w, scale, xa, r, r + q, r + 2 * q,
-                                                                           r + 3 * q)
-    for r in range(4 * q, rows):
-        out[r] = dot_row(w, scale, xa, r)
+def _finish(lin, xa, out):
+    """The rows past `lin`'s four-row passes, then its zero-point correction and bias."""
+    rows = lin.w.shape[0]
+    for r in range(rows // 4 * 4, rows):
+        out[r] = dot_row(lin.w, lin.scale, xa, r)
     _subtract_zero(lin, xa, out)
-    if bias.shape[0]:
+    if lin.bias.shape[0]:
         for r in range(rows):
-            out[r] += bias[r]
+            out[r] += lin.bias[r]
+
+
+@njit(cache=True, error_model="numpy", fastmath=True)
+def _apply_each(a, b, c, count, xa, out_a, out_b, out_c, parallel_min):
+    """out_a = A x (+ bias), then as many of out_b = B x and out_c = C x as `count` (1-3) says, for one input x
+    as the row dots take it (`linear_input`: float32 [groups, group] or int8 blocks), four rows a page apart
+    per pass; when the matrices hold `parallel_min` weights or more together, their passes are split over the
+    threads in one fork/join."""
+    qa = a.w.shape[0] // 4
+    qb = b.w.shape[0] // 4 if count > 1 else 0
+    qc = c.w.shape[0] // 4 if count > 2 else 0
+    weights = a.w.size + (b.w.size if count > 1 else 0) + (c.w.size if count > 2 else 0)
+    if parallel_min is not None and weights * (2 if a.w.ndim == 4 else 1) >= parallel_min:
+        _rows4_parallel(a, b, c, xa, out_a, out_b, out_c, qa, qb, qc)
+    else:
+        for r in range(qa):
+            _rows4(a, xa, out_a, r, qa)
+        for r in range(qb):
+            _rows4(b, xa, out_b, r, qb)
+        for r in range(qc):
+            _rows4(c, xa, out_c, r, qc)
+    _finish(a, xa, out_a)
+    if count > 1:
+        _finish(b, xa, out_b)
+    if count > 2:
+        _finish(c, xa, out_c)
+
+
+@njit(cache=True, error_model="numpy", fastmath=True)
+def _apply(lin, xa, out, parallel_min):
+    """out = W x (+ b): `_apply_each` of one matrix."""
+    _apply_each(lin, lin, lin, 1, xa, out, out, out, parallel_min)
 
 
 @njit(cache=True, error_model="numpy", fastmath=True)
@@ -244,8 +278,7 @@ def _swiglu(t, x, out, parallel_min, quantized):
     g = np.empty(inner, dtype=np.float32)
     u = np.empty(inner, dtype=np.float32)
     xa = linear_input(t.gate, x, quantized)  # once for gate and up
-    _apply(t.gate, xa, g, parallel_min)
-    _apply(t.up, xa, u, parallel_min)
+    _apply_each(t.gate, t.up, t.up, 2, xa, g, u, u, parallel_min)
     for r in range(inner):
         g[r] = g[r] / (_1 + fast_exp(-g[r])) * u[r]
     _linear_of(t.down, g, out, parallel_min, quantized)
@@ -318,9 +351,7 @@ def decode_layer(x, t, cfg, k_cache, v_cache, pos, cos, sin, hidden_out, ffn_in,
     q = np.empty(heads * hd, dtype=np.float32)
     k = np.empty(kvh * hd, dtype=np.float32)
     xa = linear_input(t.wq, xn, quantized)  # once for q, k and v
-    _apply(t.wq, xa, q, cfg.parallel_min)
-    _apply(t.wk, xa, k, cfg.parallel_min)
-    _apply(t.wv, xa, v_cache[pos].reshape(kvh * hd), cfg.parallel_min)
+    _apply_each(t.wq, t.wk, t.wv, 3, xa, q, k, v_cache[pos].reshape(kvh * hd), cfg.parallel_min)
     if cfg.qk_norm == 2:
         _rmsnorm(q.copy(), t.q_norm, cfg.eps, q)
         _rmsnorm(k.copy(), t.k_norm, cfg.eps, k)

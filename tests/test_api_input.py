@@ -175,10 +175,16 @@ def test_default_threads_follow_the_model_size(exported, monkeypatch):
     assert big.weights.moe[0].decode_kernel is (kernels.moe_decode_parallel if big.threads > 1 else kernels.moe_decode)
 
 
-def test_parallel_dense_gemvs_equal_one_thread_bit_for_bit(exported):
-    """The decode path's GEMVs split over two threads (forced down to every matrix here) give the very
-    numbers of one thread: each row is computed the same way, only on another core."""
-    bundle = exported("api", tiny_moe_spec()).bundle
+@pytest.mark.parametrize("name, spec", [
+    ("api", tiny_moe_spec()),
+    ("api-dense-shared", tiny_moe_spec(layer_kinds=("dense", "moe", "moe", "dense"),
+                                       routing={"shared_expert_size": 32, "shared_expert_gate": True})),
+], ids=["moe", "dense-and-shared-expert"])
+def test_parallel_dense_gemvs_equal_one_thread_bit_for_bit(exported, name, spec):
+    """The decode path's GEMVs split over two threads (forced down to every matrix here; q, k and v in one
+    fork/join, gate and up in another) give the very numbers of one thread: each row is computed the same
+    way, only on another core."""
+    bundle = exported(name, spec).bundle
     one, two = Model.load(bundle, threads=1), Model.load(bundle, threads=2)
     layers = two.weights.decode_layers
     assert all(c.parallel_min > 1 << 16 for c in layers.configs)  # tiny matrices stay on one thread
