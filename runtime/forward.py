@@ -13,6 +13,8 @@ counts the experts each layer chose.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from .errors import NumericalError
@@ -62,6 +64,7 @@ class RoutingTrace(Probe):
 def forward(weights: Weights, cache: KVCache, scratch: ExpertScratch | None, tokens: np.ndarray, last_only: bool,
             probe: Probe = SILENT) -> np.ndarray:
     """Logits [T, V] (or [1, V] with `last_only`) for checked token ids [T] after the cached ones."""
+    started = time.perf_counter()
     start, count = cache.length, len(tokens)
     cache.reserve(count)  # an expert budget that follows the KV cache makes room for these rows first
     layers = weights.decode_layers if count == 1 else weights.graph_layers  # numba for a token, else ORT
@@ -86,4 +89,6 @@ def forward(weights: Weights, cache: KVCache, scratch: ExpertScratch | None, tok
         raise NumericalError(f"the logits at positions {start}..{start + count - 1} are not finite: the activations "
                              "overflowed float32 (the model's weights are out of range)")
     cache.commit(count)
+    if count == 1:
+        weights.decoded(time.perf_counter() - started)  # how long a step takes decides whether to read ahead
     return logits

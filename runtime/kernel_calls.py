@@ -98,7 +98,7 @@ def model_calls(weights: Weights, long_prompts: bool = True) -> list[KernelCall]
     if weights.experts is not None:
         calls += routing_calls()
         if weights.experts.budget_bytes is not None:
-            calls += budget_calls(weights.reading_ahead)
+            calls += budget_calls(weights.may_read_ahead)
         budget = weights.experts.budget_bytes is not None
         calls += [call for layer in weights.moe.values()
                   for call in expert_calls(argument_type(layer.bytes), argument_type(layer.quantized),

@@ -96,7 +96,7 @@ class Model:
 
     @classmethod
     def load(cls, path: str | os.PathLike, threads: int | None = None, expert_budget: int | None = None,
-             verify: bool = True, decode: str = "numba", read_ahead: bool = False,
+             verify: bool = True, decode: str = "numba", read_ahead: bool | str = "auto",
              activations: str = "int8") -> Model:
         """Validate and open the bundle at `path` with `threads` threads (default: the CPU count, or one for a
         model whose decode step reads under 16 MB, which fork/joins would only slow down).
@@ -109,7 +109,9 @@ class Model:
         `decode` runs one-token steps' dense parts in "numba" (fast) or in the layer graphs ("onnx", the
         reference; prompts always run in the graphs). `read_ahead`: under an expert budget that holds two
         layers' experts, guess each next MoE layer's experts from the current hidden state and start reading
-        them early (`runtime/prefetch.py`; off by default: on a disk-bound run it read more than it hid).
+        them early (`runtime/prefetch.py`): True always, False never, "auto" (the default) while one-token steps
+        measure faster with it than without (`runtime/read_ahead_governor.py`: on a disk-bound run its wrong
+        guesses' reads cost more than it hides).
         `activations` "int8" quantizes the inputs of int8 and int4 experts, and of the int8 dense linears in
         one-token steps, to int8 blocks of 32 (fast integer kernels); "float" keeps them float32 (a float model
         with the dequantized weights up to rounding: the exact reference). numba has one thread pool per
@@ -123,8 +125,8 @@ class Model:
             raise InputError(f"expert_budget must be a whole number of bytes >= 0, got {expert_budget!r}")
         if type(verify) is not bool:
             raise InputError(f"verify must be True or False, got {verify!r}")
-        if type(read_ahead) is not bool:
-            raise InputError(f"read_ahead must be True or False, got {read_ahead!r}")
+        if type(read_ahead) is not bool and read_ahead != "auto":
+            raise InputError(f"read_ahead must be True, False or 'auto', got {read_ahead!r}")
         if decode not in ("numba", "onnx"):
             raise InputError(f"decode must be 'numba' or 'onnx', got {decode!r}")
         if activations not in ACTIVATIONS:
@@ -138,7 +140,8 @@ class Model:
             if expert_budget is None:
                 expert_budget, note = _budget_for_machine(manifest)
             # reading ahead needs room for two layers' experts: it must not release those being computed
-            read_ahead = read_ahead and expert_budget is not None and expert_budget >= 2 * _smallest_budget(manifest)
+            if expert_budget is None or expert_budget < 2 * _smallest_budget(manifest):
+                read_ahead = False
             weights = Weights(bundle, manifest, threads, expert_budget, verify, decode, read_ahead=read_ahead,
                               activations=activations, budget_follows_growth=note is not None)
             if note is not None:  # the kernels' machine code now, before any expert takes memory: the budget

@@ -3,11 +3,11 @@
 A layer's router sees its post-attention RMS-normed hidden state; the residual stream changes little from
 one layer to the next, so the next MoE layer's norm and router applied to this layer's output pick most of
 the experts the next layer will choose (the "next layer's router" predictor of pre-gated MoE /
-MoE-Infinity). With reading ahead on (`Model.load(read_ahead=True)`, under an expert budget), `forward`
-hands the guess to the expert store, which asks the kernel to read the missing ones in the background
-(MADV_WILLNEED) while the next layer's attention computes. It is off by default: measured under a 1 GiB
-cap on granite-1b-shape, the wrong guesses' reads (a sixth more bytes per token) cost more than the overlap
-hid (README, "Running with less memory than the model").
+MoE-Infinity). While reading ahead (under an expert budget that holds two layers' experts), `forward` hands
+the guess to the expert store, which starts reading the missing ones into slots on its I/O threads while the
+next layer's attention computes. By default it reads ahead only while one-token steps measure faster with it
+(`read_ahead_governor`): on this VM's disk the wrong guesses' reads usually cost more than the overlap hides
+(README, "Running with less memory than the model").
 Guessing from the state before this layer's experts are added would start the reads one expert pass
 earlier, but names fewer of them (the trained sample, first 30,000 held-out tokens: 78.9% against 89.9%), and under a
 memory cap the reads, not the compute, are the bottleneck. A wrong guess costs a read, never a result:

@@ -24,6 +24,7 @@ from .head import Head, tensor_view
 from .memory import RUNTIME_GROWTH, anonymous_bytes
 from .moe import MoELayer
 from .prefetch import ExpertPredictor
+from .read_ahead_governor import ReadAheadGovernor
 from .verify import read_tokenizer, verified_load_files
 
 if TYPE_CHECKING:
@@ -37,7 +38,7 @@ class Weights:
     `tokenizer` (or None)."""
 
     def __init__(self, bundle: BundleDir, manifest: Manifest, threads: int, expert_budget: int | None = None,
-                 verify: bool = True, decode: str = "numba", read_ahead: bool = False,
+                 verify: bool = True, decode: str = "numba", read_ahead: bool | str = False,
                  activations: str = "int8", budget_follows_growth: bool = False):
         """`budget_follows_growth`: the expert budget shrinks by what the runtime comes to hold after load beyond
         the `memory.RUNTIME_GROWTH` a budget set for the machine left room for (`held_bytes`)."""
@@ -73,8 +74,26 @@ class Weights:
                                        verify, fd, self._growth_beyond_reserve if budget_follows_growth else None)
             self.moe = {i: MoELayer(i, spec, self.experts, threads, activations) for i in spec.moe_layers}
             self.predictor = ExpertPredictor(spec, manifest, dense)
-        self.reading_ahead = read_ahead and self.predictor is not None  # Model.load: only under a budget
+        # Model.load: only under a budget; "auto": while it measures faster (`read_ahead_governor`)
+        reading = read_ahead is not False and self.predictor is not None
+        self.governor = ReadAheadGovernor() if reading and read_ahead == "auto" else None
+        self._always_read_ahead = reading and read_ahead is True
         self.tokenizer = _tokenizer(tokenizer_json, manifest.tokenizer)
+
+    @property
+    def reading_ahead(self) -> bool:
+        """Whether the next one-token step reads ahead: always, never, or as the governor measured."""
+        return self._always_read_ahead or (self.governor is not None and self.governor.on)
+
+    @property
+    def may_read_ahead(self) -> bool:
+        """Whether a one-token step may read ahead (always, or when the governor finds it faster)."""
+        return self._always_read_ahead or self.governor is not None
+
+    def decoded(self, seconds: float) -> None:
+        """A one-token step took `seconds` (the governor, if any, weighs reading ahead by it)."""
+        if self.governor is not None:
+            self.governor.record(seconds)
 
     def track(self, cache: KVCache) -> None:
         """Count a new session's KV cache in `kv_bytes` while it lives."""

@@ -84,6 +84,7 @@ def test_bad_generate_arguments(model, kwargs, message):
     ({"threads": -1}, "threads must be an integer"), ({"threads": "2"}, "threads must be an integer"),
     ({"threads": 2.5}, "threads must be an integer"), ({"threads": True}, "threads must be an integer"),
     ({"expert_budget": -5}, "expert_budget must be"), ({"verify": "yes"}, "verify must be True or False"),
+    ({"read_ahead": "yes"}, "read_ahead must be True, False or 'auto'"), ({"read_ahead": 1}, "read_ahead must be"),
 ])
 def test_bad_load_arguments(exported, kwargs, message):
     with pytest.raises(InputError, match=message):

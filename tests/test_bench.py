@@ -78,10 +78,14 @@ def test_bench_under_a_memory_cap(exported, tmp_path):
     runs = json.loads((tmp_path / "tight.json").read_text())["memory_cap"]
     capped = runs["capped"]
     assert capped["budget_note"] and "memory cgroup" in capped["budget_note"]
-    # reading ahead is off by default; the run beside it turns it on (the budget holds two layers' experts)
-    assert capped["guess_recall"] is None and capped["read_aheads_per_token"] == 0
-    ahead = runs["capped_read_ahead"]
+    # by default reading ahead is tried (the budget holds two layers' experts): 8 steps without, 8 with, then the
+    # faster; the runs beside it turn it off and on
+    assert capped["read_ahead_decisions"] in ([True], [False]) and capped["read_aheads_per_token"] > 0
+    never, ahead = runs["capped_no_read_ahead"], runs["capped_read_ahead"]
+    assert never["guess_recall"] is None and never["read_aheads_per_token"] == 0
+    assert never["read_ahead_decisions"] is None is ahead["read_ahead_decisions"]
     assert 0.0 <= ahead["guess_recall"] <= 1.0 and ahead["read_aheads_per_token"] > 0
+    assert "chose it" in tight.stdout and "capped no read ahead" in tight.stdout
     assert 0 < capped["expert_budget_bytes"] < experts
     assert capped["expert_hit_rate"] < free["expert_hit_rate"] and capped["read_bytes_per_token"] > 0
     assert "memory cgroup" in tight.stdout

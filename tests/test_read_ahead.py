@@ -9,6 +9,7 @@ from helpers import drop_page_cache, mapped_bytes, tiny_moe_spec
 from moedge.runtime import Model
 from moedge.runtime.forward import RoutingTrace
 from moedge.runtime.kv_cache import KVCache
+from moedge.runtime.read_ahead_governor import ReadAheadGovernor
 from moedge.runtime.routing import route
 from moedge.runtime.tensor_names import layer_names
 
@@ -41,22 +42,26 @@ def test_read_ahead_keeps_logits_and_the_budget(exported):
     del free, session
     gc.collect()
     budget = 5 * span  # two layers' top-2 experts and one more
-    for read_ahead in (True, False):
+    for read_ahead in (True, False, "auto"):
         drop_page_cache(case.bundle / "experts.bin")
         capped = Model.load(case.bundle, threads=1, expert_budget=budget, read_ahead=read_ahead)
-        assert capped.weights.reading_ahead == read_ahead
+        if read_ahead == "auto":  # trials of 4 steps each way: the tokens' steps 5-8 read ahead, whatever wins
+            capped.weights.governor = ReadAheadGovernor(trial_steps=4, first_keep=4)
         session = capped.session()
+        modes = []
         for token, want in zip(TOKENS, reference, strict=True):
+            modes.append(capped.weights.reading_ahead)
             np.testing.assert_array_equal(session.decode(token), want)
             assert capped.experts.mapped.sum() <= 5
             assert mapped_bytes(capped.experts) <= budget
         store = capped.experts
-        if read_ahead:
-            assert store.read_aheads > 0 and 0.0 <= store.guess_recall <= 1.0
-            # every routing after the first MoE layer had a guess
-            assert store.guesses_routed == len(TOKENS) * (SPEC.n_layers - 1) * SPEC.routing.top_k
-        else:
-            assert store.read_aheads == 0 and store.guess_recall is None
+        if read_ahead is False:
+            assert not any(modes) and store.read_aheads == 0 and store.guess_recall is None
+            continue
+        assert all(modes) if read_ahead is True else modes[:8] == [False] * 4 + [True] * 4
+        assert store.read_aheads > 0 and 0.0 <= store.guess_recall <= 1.0
+        # every routing after the first MoE layer of a step that read ahead had a guess
+        assert store.guesses_routed == sum(modes) * (SPEC.n_layers - 1) * SPEC.routing.top_k
         del capped, session, store  # unmapped: its pages must not stay mapped beside the next model's
         gc.collect()
 
@@ -66,7 +71,10 @@ def test_no_read_ahead_when_the_budget_holds_one_layer_only(exported):
     span = int(Model.load(case.bundle, threads=1).experts.spans.max())
     assert not Model.load(case.bundle, threads=1, expert_budget=3 * span, read_ahead=True).weights.reading_ahead
     assert Model.load(case.bundle, threads=1, expert_budget=4 * span, read_ahead=True).weights.reading_ahead
-    assert not Model.load(case.bundle, threads=1, expert_budget=4 * span).weights.reading_ahead  # off by default
+    measured = Model.load(case.bundle, threads=1, expert_budget=4 * span).weights  # by default: while it pays
+    assert measured.governor is not None and measured.may_read_ahead and not measured.reading_ahead  # trial: off first
+    assert Model.load(case.bundle, threads=1, expert_budget=3 * span).weights.governor is None
+    assert not Model.load(case.bundle, threads=1, expert_budget=4 * span, read_ahead=False).weights.may_read_ahead
 
 
 def test_a_probe_sees_guesses_of_prompts_without_reading_ahead(exported):

@@ -33,6 +33,9 @@ from .memory_cap import drop_cached_pages, memory_cgroup
 WARMUP_TOKENS = 4
 PEERS = ("onnxruntime-full-graph", "pytorch-eager", "llama.cpp")  # `moedge bench --peers` (exporter/peers.py)
 PARTS = ("dense", "routing", "experts", "head")
+# the runs under a memory cap, by `bench_child --read-ahead`: the default (reading ahead while it measures faster),
+# then never and always
+CAPPED_RUNS = {"capped": "auto", "capped_no_read_ahead": "off", "capped_read_ahead": "on"}
 
 
 @dataclass
@@ -101,9 +104,9 @@ def measure_decode(model: Model, prompt_tokens: int, new_tokens: int, repeat: in
 
 
 def cold_start(bundle: Path, threads: int, prompt_tokens: int, seed: int, numba_cache: str | None,
-               decode_tokens: int | None = None, cgroup_procs: Path | None = None, read_ahead: bool = False) -> dict:
+               decode_tokens: int | None = None, cgroup_procs: Path | None = None, read_ahead: str = "auto") -> dict:
     """Run `bench_child` in a fresh process; `numba_cache` = a folder for a cold numba cache; `cgroup_procs`:
-    the cgroup to run it in (see `memory_cap`); `read_ahead`: `Model.load(read_ahead=True)`."""
+    the cgroup to run it in (see `memory_cap`); `read_ahead`: "off", "on" or "auto" (`Model.load`'s default)."""
     env = dict(os.environ)
     if numba_cache is not None:
         env["NUMBA_CACHE_DIR"] = numba_cache
@@ -111,8 +114,7 @@ def cold_start(bundle: Path, threads: int, prompt_tokens: int, seed: int, numba_
            "--prompt-tokens", str(prompt_tokens), "--seed", str(seed), "--spawned-at", repr(time.time())]
     if decode_tokens is not None:
         cmd += ["--decode-tokens", str(decode_tokens)]
-    if read_ahead:
-        cmd.append("--read-ahead")
+    cmd += ["--read-ahead", read_ahead]
     join = None if cgroup_procs is None else lambda: cgroup_procs.write_text(str(os.getpid()))
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=3600, preexec_fn=join)
     if result.returncode == -signal.SIGKILL and cgroup_procs is not None:
@@ -125,11 +127,12 @@ def cold_start(bundle: Path, threads: int, prompt_tokens: int, seed: int, numba_
 def capped_runs(bundle: Path, threads: int, prompt_tokens: int, new_tokens: int, seed: int,
                 memory_limit: int) -> dict:
     """Decode in fresh processes with the bundle's pages dropped first: uncapped, then inside a memory
-    cgroup of `memory_limit` bytes with reading ahead off (the default) and on."""
+    cgroup of `memory_limit` bytes with reading ahead off, on, and as `Model.load` does by default (while it
+    measures faster)."""
     runs = {"limit_bytes": memory_limit}
     drop_cached_pages(bundle)
     runs["uncapped"] = cold_start(bundle, threads, prompt_tokens, seed, None, new_tokens)
-    for label, read_ahead in (("capped", False), ("capped_read_ahead", True)):
+    for label, read_ahead in CAPPED_RUNS.items():
         with memory_cgroup(memory_limit) as procs:
             drop_cached_pages(bundle)
             runs[label] = cold_start(bundle, threads, prompt_tokens, seed, None, new_tokens, procs, read_ahead)

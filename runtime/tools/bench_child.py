@@ -22,6 +22,7 @@ from moedge.runtime.memory import available_memory
 from moedge.runtime.tools.residency import resident_pages
 
 DECODE_TOKENS = 32
+READ_AHEAD = {"off": False, "on": True, "auto": "auto"}  # --read-ahead → Model.load(read_ahead=...)
 
 
 def _read_bytes() -> int:
@@ -40,11 +41,11 @@ def _status_bytes(field: str) -> int:
 
 
 def main(bundle: str, threads: int, prompt_tokens: int, seed: int, spawned_at: float,
-         decode_tokens: int = DECODE_TOKENS, read_ahead: bool = False) -> dict:
+         decode_tokens: int = DECODE_TOKENS, read_ahead: str = "auto") -> dict:
     imported = time.time()
     rss_before = _status_bytes("VmRSS")
     available = available_memory()  # what Model.load sees when it decides on an expert budget
-    model = Model.load(bundle, threads=threads, read_ahead=read_ahead)
+    model = Model.load(bundle, threads=threads, read_ahead=READ_AHEAD[read_ahead])
     loaded = time.time()
     rng = np.random.default_rng(seed)
     session = model.session()
@@ -67,6 +68,7 @@ def main(bundle: str, threads: int, prompt_tokens: int, seed: int, spawned_at: f
     hit_rate = 1.0 - (store.fetches - fetched_before) / routed if routed else 1.0
     guessed = store.guesses_routed - guessed_before if store else 0
     recall = (store.guesses_right - right_before) / guessed if guessed else None
+    governor = model.weights.governor  # "auto": whether each trial chose to read ahead
     peak = _status_bytes("VmHWM")  # not ru_maxrss: that one starts from the parent's size at fork
     resident = int(resident_pages(store.address, store.size).sum()) * mmap.PAGESIZE if store else 0
     dense = (model.root / model.manifest.dense_file).stat().st_size
@@ -78,6 +80,7 @@ def main(bundle: str, threads: int, prompt_tokens: int, seed: int, spawned_at: f
             "decode_tokens": decode_tokens + 1, "decode_ms_median": float(np.median(latencies)) * 1e3,
             "read_bytes_per_token": read_per_token, "expert_hit_rate": hit_rate, "guess_recall": recall,
             "read_aheads_per_token": (store.read_aheads - ahead_before) / decode_tokens if store else 0.0,
+            "read_ahead_decisions": governor.decisions if governor else None,
             "expert_budget_bytes": store.budget_bytes if store else None, "budget_note": model.budget_note,
             "memory_available_at_load": available._asdict()}
 
@@ -90,5 +93,5 @@ if __name__ == "__main__":
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--spawned-at", type=float, required=True)
     parser.add_argument("--decode-tokens", type=int, default=DECODE_TOKENS)
-    parser.add_argument("--read-ahead", action="store_true")
+    parser.add_argument("--read-ahead", choices=READ_AHEAD, default="auto")
     print(json.dumps(main(**vars(parser.parse_args()))))

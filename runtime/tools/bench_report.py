@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .bench import CAPPED_RUNS
+
 MB = 1e6
 
 
@@ -48,7 +50,7 @@ def format_report(report: dict) -> str:
     if cap:
         lines.append(f"  under a {cap['limit_bytes'] / 2**20:.0f} MiB memory cgroup (page cache of the bundle dropped "
                      "first; fresh processes, first thread count):")
-        for label in ("uncapped", "capped", "capped_read_ahead"):
+        for label in ("uncapped", *CAPPED_RUNS):
             run = cap.get(label)
             if run is None:
                 continue
@@ -63,7 +65,8 @@ def format_report(report: dict) -> str:
                          f"hit rate {100 * run['expert_hit_rate']:.1f}%, peak RSS {run['rss_peak'] / MB:.0f} MB"
                          + (f", read-ahead recall {100 * recall:.1f}% ({run['read_aheads_per_token']:.1f} experts "
                             "read ahead per token)" if recall is not None else "")
-                         + (f"; {run['budget_note']}" if run.get("budget_note") else ""))
+                         + _trials(run.get("read_ahead_decisions"))
+                         + (f"; {run['budget_note']}" if run.get("budget_note") and label == "capped" else ""))
     for peer in report.get("peers", []):
         lines.append(f"  peer {peer['name']} ({peer['threads']} thread(s)): "
                      + (f"{peer['decode_ms_median']:.2f} ms/token, {peer['ratio_to_ours']:.2f}x ours"
@@ -71,6 +74,15 @@ def format_report(report: dict) -> str:
                      + (f"; prefill {peer['prefill_tokens_per_s']:.0f} tokens/s, "
                         f"{peer['prefill_ratio_to_ours']:.2f}x ours" if "prefill_tokens_per_s" in peer else ""))
     return "\n".join([*lines, "", summary_table(report)])
+
+
+def _trials(decisions: list[bool] | None) -> str:
+    """What the read-ahead governor's trials chose (a run with reading ahead on by default under a budget)."""
+    if decisions is None:
+        return ""
+    if not decisions:
+        return "; reading ahead: no trial finished"
+    return f"; reading ahead: {sum(decisions)} of {len(decisions)} trial(s) chose it"
 
 
 def _rate(value: float, runs: list[float]) -> str:
