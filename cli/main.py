@@ -7,6 +7,7 @@ import signal
 import sys
 
 from moedge.runtime.errors import MoedgeError
+from moedge.runtime.read_ahead_governor import READ_AHEAD_MODES
 from moedge.runtime.tools.bench import PEERS, WARMUP_TOKENS
 from moedge.runtime.tools.estimate import BOARDS
 
@@ -46,10 +47,19 @@ def _generation_options(p: argparse.ArgumentParser, temperature: float, top_k: i
     p.add_argument("--top-p", type=number(0.0, 1.0, lo_open=True), default=top_p,
                    help=f"nucleus sampling (default {top_p:g})")
     p.add_argument("--seed", type=integer(0), default=None, help="seed of the sampler (default: random)")
+    _loading_options(p)
+
+
+def _loading_options(p: argparse.ArgumentParser) -> None:
+    """How `run`, `chat` and `serve` load the model."""
     p.add_argument("--threads", type=integer(1, 1024), default=None,
                    help="default: the CPU count (1 for a model whose decode step reads under 16 MB)")
     p.add_argument("--expert-budget-mb", type=number(0.0), default=None,
-                   help="keep at most this many MB of experts in memory (read again when released)")
+                   help="keep at most this many MB of experts in memory (read again when released; default: as "
+                        "the memory available allows)")
+    p.add_argument("--read-ahead", choices=READ_AHEAD_MODES, default="auto",
+                   help="under an expert budget, read the experts the next layer is guessed to route to ahead: "
+                        "auto (default: while it measures faster), on, off")
     p.add_argument("--no-verify", dest="verify", action="store_false",
                    help="skip the checksums (dense files at load, each expert on first use)")
 
@@ -112,11 +122,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--queue", type=integer(0, 10000), default=8,
                    help="requests that may wait while one runs; more are answered 503 (default 8)")
     p.add_argument("--name", default=None, help="the model's name in the API (default: the bundle folder's name)")
-    p.add_argument("--threads", type=integer(1, 1024), default=None,
-                   help="default: the CPU count (1 for a model whose decode step reads under 16 MB)")
-    p.add_argument("--expert-budget-mb", type=number(0.0), default=None,
-                   help="keep at most this many MB of experts in memory (read again when released)")
-    p.add_argument("--no-verify", dest="verify", action="store_false", help="skip the checksums")
+    _loading_options(p)
 
     p = sub.add_parser("bench", help="measure decode latency, prefill, cold start, memory and the roofline",
                        description=commands.bench.__doc__)

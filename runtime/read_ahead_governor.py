@@ -18,6 +18,7 @@ TRIAL_STEPS = 8  # one-token steps each way per trial (medians: one slow step do
 FIRST_KEEP = 64  # steps the faster mode runs after a trial that changed the decision
 MAX_KEEP = 1024
 MARGIN = 0.05  # reading ahead wins only when its median step is this much shorter
+READ_AHEAD_MODES = {"auto": "auto", "on": True, "off": False}  # the CLI's --read-ahead → Model.load(read_ahead=...)
 
 
 class ReadAheadGovernor:

@@ -92,6 +92,23 @@ def test_token_ids_in_and_out_without_a_tokenizer(exported):
     assert too_long.returncode == 2 and too_long.stderr.startswith("moedge: error: -n 94: the prompt's 3 tokens")
 
 
+@pytest.mark.parametrize("read_ahead", ["on", "off", "auto"])
+def test_run_under_an_expert_budget_reading_ahead_or_not(exported, read_ahead):
+    """Under a budget of a few experts, with reading ahead always, never or while it pays, `run` prints the
+    tokens of an unbudgeted run."""
+    from helpers import tiny_moe_spec
+    from moedge.runtime import Model
+
+    bundle = exported("cli-compile", tiny_moe_spec()).bundle
+    want = [t.id for t in Model.load(bundle).generate([5, 7, 9], max_new_tokens=12)]
+    ran = moedge("run", bundle, "--ids", "5,7,9", "-n", "12", "--expert-budget-mb", "0.05", "--read-ahead",
+                 read_ahead)
+    assert [int(i) for i in ran.stdout.split()] == want
+    assert "released" in ran.stderr  # the budget held fewer experts than the run routed to
+    # always, or in the governor's first trial (steps 9-12 read ahead), never
+    assert ("read ahead (" in ran.stderr) == (read_ahead != "off"), ran.stderr
+
+
 def test_sampling_flags_at_temperature_zero_are_named_as_unused(exported):
     from helpers import tiny_moe_spec
 
@@ -160,6 +177,8 @@ def test_terminated_export_leaves_nothing(tmp_path):
     (["run", "B", "--prompt", "x", "--top-p", "0"], "argument --top-p: must be a finite number (0, 1]"),
     (["run", "B", "--prompt", "x", "-n", "2.5"], "argument -n: must be a whole number"),
     (["run", "B", "--prompt", "x", "--expert-budget-mb", "-3"], "argument --expert-budget-mb"),
+    (["run", "B", "--prompt", "x", "--read-ahead", "always"], "argument --read-ahead: invalid choice: 'always'"),
+    (["serve", "B", "--read-ahead", "yes"], "argument --read-ahead: invalid choice: 'yes'"),
     (["run", "B"], "one of the arguments --prompt -f/--file --ids is required"),
     (["run", "B", "--prompt", "x", "--ids", "1"], "argument --ids: not allowed with argument --prompt"),
     (["run", "B", "--ids", "1,x"], "argument --ids: must be token ids like 1,2,3, got '1,x'"),

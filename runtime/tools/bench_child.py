@@ -19,10 +19,10 @@ import numpy as np
 
 from moedge.runtime import Model
 from moedge.runtime.memory import available_memory
+from moedge.runtime.read_ahead_governor import READ_AHEAD_MODES
 from moedge.runtime.tools.residency import resident_pages
 
 DECODE_TOKENS = 32
-READ_AHEAD = {"off": False, "on": True, "auto": "auto"}  # --read-ahead → Model.load(read_ahead=...)
 
 
 def _read_bytes() -> int:
@@ -45,7 +45,7 @@ def main(bundle: str, threads: int, prompt_tokens: int, seed: int, spawned_at: f
     imported = time.time()
     rss_before = _status_bytes("VmRSS")
     available = available_memory()  # what Model.load sees when it decides on an expert budget
-    model = Model.load(bundle, threads=threads, read_ahead=READ_AHEAD[read_ahead])
+    model = Model.load(bundle, threads=threads, read_ahead=READ_AHEAD_MODES[read_ahead])
     loaded = time.time()
     rng = np.random.default_rng(seed)
     session = model.session()
@@ -93,5 +93,5 @@ if __name__ == "__main__":
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--spawned-at", type=float, required=True)
     parser.add_argument("--decode-tokens", type=int, default=DECODE_TOKENS)
-    parser.add_argument("--read-ahead", choices=READ_AHEAD, default="auto")
+    parser.add_argument("--read-ahead", choices=READ_AHEAD_MODES, default="auto")
     print(json.dumps(main(**vars(parser.parse_args()))))
