@@ -6,8 +6,10 @@ with it (its wrong guesses' reads queue before the routed experts' own), olmoe-s
 faster with it; a fast disk with idle time between a layer's reads is where it hides the most. So by default
 (`Model.load(read_ahead="auto")`) the runtime measures: a trial of `TRIAL_STEPS` one-token steps without
 reading ahead, then as many with it, and the mode whose median step was faster — reading ahead only when
-faster by `MARGIN` — runs for `keep` steps before the next trial. Each trial that agrees with the one before
-doubles `keep` (from `FIRST_KEEP` up to `MAX_KEEP`), so once settled the trials cost ~1-2% of the steps.
+faster by `MARGIN` — runs for `keep` steps before the next trial. A trial with reading ahead stops at half its
+steps when their lower median was slower than the median without it by `CLEAR_LOSS` (a disk-bound run: the
+common case here). Each trial that agrees with the one before doubles `keep` (from `FIRST_KEEP` up to
+`MAX_KEEP`), so once settled the trials cost ~1-2% of the steps.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ TRIAL_STEPS = 8  # one-token steps each way per trial (medians: one slow step do
 FIRST_KEEP = 64  # steps the faster mode runs after a trial that changed the decision
 MAX_KEEP = 1024
 MARGIN = 0.05  # reading ahead wins only when its median step is this much shorter
+CLEAR_LOSS = 0.25  # half a trial with every step this much slower ends it
 READ_AHEAD_MODES = {"auto": "auto", "on": True, "off": False}  # the CLI's --read-ahead → Model.load(read_ahead=...)
 
 
@@ -25,8 +28,9 @@ class ReadAheadGovernor:
     """`on`: whether the next one-token step reads ahead; `record(seconds)` reports how long it took."""
 
     def __init__(self, trial_steps: int = TRIAL_STEPS, first_keep: int = FIRST_KEEP, max_keep: int = MAX_KEEP,
-                 margin: float = MARGIN):
+                 margin: float = MARGIN, clear_loss: float = CLEAR_LOSS):
         self._trial_steps, self._first_keep, self._max_keep, self._margin = trial_steps, first_keep, max_keep, margin
+        self._clear_loss = clear_loss
         self._lock = threading.Lock()
         self._times: dict[bool, list[float]] = {False: [], True: []}  # the current trial's steps, by mode
         self._kept = 0  # steps left in the mode chosen by the last trial (0: in a trial)
@@ -44,15 +48,20 @@ class ReadAheadGovernor:
                 return
             times = self._times[self.on]
             times.append(seconds)
-            if len(times) < self._trial_steps:
-                return
-            if not self.on:
-                self.on = True
-                return
-            off, on = (sorted(self._times[mode])[self._trial_steps // 2] for mode in (False, True))
-            choice = on < off * (1.0 - self._margin)
-            agreed = bool(self.decisions) and self.decisions[-1] == choice
-            self._keep = min(2 * self._keep, self._max_keep) if agreed else self._first_keep
-            self.decisions.append(choice)
-            self._times = {False: [], True: []}
-            self.on, self._kept = choice, self._keep
+            off = sorted(self._times[False])[self._trial_steps // 2] if self.on else None
+            half = self._trial_steps // 2
+            if self.on and len(times) == half and sorted(times)[(half - 1) // 2] > off * (1.0 + self._clear_loss):
+                self._decide(False)
+            elif len(times) == self._trial_steps:
+                if self.on:
+                    self._decide(sorted(times)[self._trial_steps // 2] < off * (1.0 - self._margin))
+                else:
+                    self.on = True
+
+    def _decide(self, choice: bool) -> None:
+        """End the trial: `choice` (read ahead or not) for the next `keep` steps."""
+        agreed = bool(self.decisions) and self.decisions[-1] == choice
+        self._keep = min(2 * self._keep, self._max_keep) if agreed else self._first_keep
+        self.decisions.append(choice)
+        self._times = {False: [], True: []}
+        self.on, self._kept = choice, self._keep

@@ -15,10 +15,30 @@ def run(governor: ReadAheadGovernor, off: float, on: float, steps: int) -> list[
 
 def test_reading_ahead_that_is_slower_runs_only_in_trials():
     governor = ReadAheadGovernor(trial_steps=4, first_keep=10, max_keep=40)
-    modes = run(governor, off=1.0, on=1.6, steps=4 + 4 + 10 + 4 + 4 + 20 + 4 + 4 + 40)
+    modes = run(governor, off=1.0, on=1.1, steps=4 + 4 + 10 + 4 + 4 + 20 + 4 + 4 + 40 + 4 + 4 + 40)
     assert modes == [False] * 4 + [True] * 4 + [False] * 10 + [False] * 4 + [True] * 4 + [False] * 20 \
-        + [False] * 4 + [True] * 4 + [False] * 40  # keep doubles while the trials agree, up to max_keep
-    assert governor.decisions == [False, False, False]
+        + [False] * 4 + [True] * 4 + [False] * 40 + [False] * 4 + [True] * 4 + [False] * 40  # keep doubles
+    assert governor.decisions == [False] * 4  # while the trials agree, up to max_keep
+
+
+def test_a_clear_loss_ends_the_trial_at_half():
+    """The first half of the trial with reading ahead 25% slower or more (its lower median): off without the
+    rest."""
+    governor = ReadAheadGovernor(trial_steps=4, first_keep=10, clear_loss=0.25)
+    assert run(governor, off=1.0, on=1.3, steps=4 + 2 + 10) == [False] * 4 + [True] * 2 + [False] * 10
+    assert governor.decisions == [False]
+    governor = ReadAheadGovernor(trial_steps=4, first_keep=10, clear_loss=0.25)
+    times = iter([1.0] * 4 + [1.2, 1.3, 1.3, 1.3])  # the first half's lower median within 25%: the trial goes on
+    modes = []
+    for _ in range(8):
+        modes.append(governor.on)
+        governor.record(next(times))
+    assert modes == [False] * 4 + [True] * 4 and governor.decisions == [False]
+    governor = ReadAheadGovernor(trial_steps=8, first_keep=10, clear_loss=0.25)
+    times = iter([1.0] * 8 + [1.5, 1.0, 1.5, 1.5])  # one lucky step of four does not keep a clear loss going
+    for _ in range(12):
+        governor.record(next(times))
+    assert governor.decisions == [False] and not governor.on
 
 
 def test_reading_ahead_that_is_faster_is_kept():
@@ -37,7 +57,7 @@ def test_a_gain_within_the_margin_does_not_turn_it_on():
 def test_a_changed_decision_starts_the_keep_over():
     governor = ReadAheadGovernor(trial_steps=4, first_keep=10)
     run(governor, off=1.0, on=0.8, steps=4 + 4 + 10)  # on wins
-    modes = run(governor, off=1.0, on=1.5, steps=4 + 4 + 10)  # then the disk slows: off wins, kept 10 steps again
+    modes = run(governor, off=1.0, on=1.1, steps=4 + 4 + 10)  # then the disk slows: off wins, kept 10 steps again
     assert modes == [False] * 4 + [True] * 4 + [False] * 10
     assert governor.decisions == [True, False]
 
