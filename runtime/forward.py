@@ -91,4 +91,6 @@ def forward(weights: Weights, cache: KVCache, scratch: ExpertScratch | None, tok
     cache.commit(count)
     if count == 1:
         weights.decoded(time.perf_counter() - started)  # how long a step takes decides whether to read ahead
+    else:
+        weights.prompted()
     return logits

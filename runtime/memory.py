@@ -12,6 +12,7 @@ anonymous memory grows — comes off such a budget as it happens (`ExpertStore.c
 
 from __future__ import annotations
 
+import ctypes
 import mmap
 import os
 from pathlib import Path
@@ -29,6 +30,28 @@ NO_LIMIT = 1 << 60  # cgroup v1 writes "no limit" as a number near 2^63
 RUNTIME_GROWTH = 64 << 20
 HEADROOM = 32 << 20
 RESERVE = RUNTIME_GROWTH + HEADROOM
+
+
+def _malloc_trim():
+    """glibc's malloc_trim, or None (another C library)."""
+    try:
+        return getattr(ctypes.CDLL(None), "malloc_trim", None)
+    except OSError:
+        return None
+
+
+_MALLOC_TRIM = _malloc_trim()
+
+
+def release_free_heap() -> None:
+    """Give the C heap's free pages back to the system (glibc's `malloc_trim`; elsewhere nothing). A prompt's
+    freed scratch otherwise stays resident in the heap (olmoe-shape: 24 MB after a 128-token prompt), where it
+    counts against an expert budget that follows the process's memory. Under a cap (capped decode, 64 steps after a
+    128-token prompt): granite-1b-shape under 1 GiB held 78 MB beside its experts instead of 93, kept 773 MB of
+    experts instead of 756 and read 11.8 of them a token instead of 14.0; olmoe-shape under 512 MiB 53 instead of
+    73, 296 MB instead of 284-286, four alternating rounds 36.4-38.5 ms a token instead of 37.3-43.8."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 def anonymous_bytes(proc: Path = Path("/proc")) -> int:

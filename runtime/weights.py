@@ -21,7 +21,7 @@ from .errors import BundleError
 from .expert_store import ExpertStore
 from .graphs import DenseGraph, GraphLayers, session_options, shared_initializers
 from .head import Head, tensor_view
-from .memory import RUNTIME_GROWTH, anonymous_bytes
+from .memory import RUNTIME_GROWTH, anonymous_bytes, release_free_heap
 from .moe import MoELayer
 from .prefetch import ExpertPredictor
 from .read_ahead_governor import ReadAheadGovernor
@@ -94,6 +94,11 @@ class Weights:
         """A one-token step took `seconds` (the governor, if any, weighs reading ahead by it)."""
         if self.governor is not None:
             self.governor.record(seconds)
+
+    def prompted(self) -> None:
+        """A prompt pass has run: under an expert budget, its freed scratch goes back to the system."""
+        if self.experts is not None and self.experts.budget_bytes is not None:
+            release_free_heap()
 
     def track(self, cache: KVCache) -> None:
         """Count a new session's KV cache in `kv_bytes` while it lives."""

@@ -149,6 +149,40 @@ def test_anonymous_bytes_counts_what_the_process_allocates(tmp_path):
     assert anonymous_bytes(tmp_path / "none") == 0
 
 
+def test_under_a_budget_a_prompts_freed_heap_goes_back(exported, monkeypatch):
+    """After each prompt pass under an expert budget (not after one-token steps, not without a budget) the C
+    heap's free pages go back to the system; glibc has the call, and it gives back what was freed."""
+    import ctypes
+
+    from moedge.runtime import memory
+
+    calls = []
+    monkeypatch.setattr(memory, "_MALLOC_TRIM", lambda pad: calls.append(pad) or 1)
+    bundle = exported("api", tiny_moe_spec()).bundle
+    capped = Model.load(bundle, threads=1, expert_budget=10**6).session()
+    capped.prefill(list(range(40)))
+    assert calls == [0]
+    capped.decode(3)
+    assert calls == [0]
+    Model.load(bundle, threads=1).session().prefill(list(range(40)))
+    assert calls == [0]
+    monkeypatch.undo()
+    assert memory._MALLOC_TRIM is not None  # glibc
+    libc = ctypes.CDLL(None)
+    libc.malloc.restype = ctypes.c_void_p
+    blocks = [libc.malloc(100_000) for _ in range(300)]  # 30 MB under glibc's mmap threshold: on the heap
+    for block in blocks:
+        ctypes.memset(block, 1, 100_000)
+    top = max(blocks)  # kept: the others' free space is then not the heap's top, which free() trims itself
+    for block in blocks:
+        if block != top:
+            libc.free(ctypes.c_void_p(block))
+    held = anonymous_bytes()
+    memory.release_free_heap()
+    assert held - anonymous_bytes() >= 20 << 20
+    libc.free(ctypes.c_void_p(top))
+
+
 def test_kv_cache_rows_hold_only_their_pages():
     """A long context's cache holds the pages of the rows written, not 2 MB per layer: numpy would have asked for
     transparent huge pages for arrays this large (196 MB for one granite-1b-shape session after 128 tokens)."""
