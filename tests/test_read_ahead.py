@@ -46,7 +46,8 @@ def test_read_ahead_keeps_logits_and_the_budget(exported):
         drop_page_cache(case.bundle / "experts.bin")
         capped = Model.load(case.bundle, threads=1, expert_budget=budget, read_ahead=read_ahead)
         if read_ahead == "auto":  # trials of 4 steps each way: the tokens' steps 5-8 read ahead, whatever wins
-            capped.weights.governor = ReadAheadGovernor(trial_steps=4, first_keep=4, clear_loss=float("inf"))
+            capped.weights.governor = ReadAheadGovernor(trial_steps=4, first_keep=4, clear_loss=float("inf"),
+                                                         first_trial_after=0)
         session = capped.session()
         modes = []
         for token, want in zip(TOKENS, reference, strict=True):
