@@ -33,10 +33,10 @@ RESERVE = RUNTIME_GROWTH + HEADROOM
 
 
 def _malloc_trim():
-    """glibc's malloc_trim, or None (another C library)."""
+    """glibc's malloc_trim, or None (another C library, or no process-wide symbol table to look it up in)."""
     try:
         return getattr(ctypes.CDLL(None), "malloc_trim", None)
-    except OSError:
+    except (OSError, TypeError):  # TypeError: Windows' ctypes takes no None
         return None
 
 
