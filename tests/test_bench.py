@@ -85,7 +85,7 @@ def test_bench_under_a_memory_cap(exported, tmp_path):
     assert never["guess_recall"] is None and never["read_aheads_per_token"] == 0
     assert never["read_ahead_decisions"] is None is ahead["read_ahead_decisions"]
     assert 0.0 <= ahead["guess_recall"] <= 1.0 and ahead["read_aheads_per_token"] > 0
-    assert "reading ahead: no trial finished" in tight.stdout and "capped no read ahead" in tight.stdout
+    assert "reading ahead: not tried" in tight.stdout and "capped no read ahead" in tight.stdout
     assert 0 < capped["expert_budget_bytes"] < experts
     assert capped["expert_hit_rate"] < free["expert_hit_rate"] and capped["read_bytes_per_token"] > 0
     assert "memory cgroup" in tight.stdout
@@ -169,5 +169,5 @@ def test_the_report_says_what_the_read_ahead_trials_chose():
     from moedge.runtime.tools.bench_report import _trials
 
     assert _trials(None) == ""  # reading ahead fixed on or off
-    assert _trials([]) == "; reading ahead: no trial finished"
+    assert _trials([]) == "; reading ahead: not tried (the first trial comes after 64 steps)"
     assert _trials([False, True, True]) == "; reading ahead: 2 of 3 trial(s) chose it"

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..read_ahead_governor import FIRST_TRIAL_AFTER
 from .bench import CAPPED_RUNS
 
 MB = 1e6
@@ -81,7 +82,7 @@ def _trials(decisions: list[bool] | None) -> str:
     if decisions is None:
         return ""
     if not decisions:
-        return "; reading ahead: no trial finished"
+        return f"; reading ahead: not tried (the first trial comes after {FIRST_TRIAL_AFTER} steps)"
     return f"; reading ahead: {sum(decisions)} of {len(decisions)} trial(s) chose it"
 
 
