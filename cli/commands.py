@@ -42,6 +42,10 @@ def _load(bundle: str, threads: int | None, expert_budget_mb: float | None, veri
                        read_ahead=READ_AHEAD_MODES[read_ahead])
     if model.budget_note and not quiet:
         print(f"moedge: {model.budget_note}", file=sys.stderr)
+    if read_ahead == "on" and not model.weights.may_read_ahead and not quiet:
+        why = ("the experts fit in memory: every one stays once read" if model.experts is None or
+               model.experts.budget_bytes is None else "the expert budget holds fewer than two layers' experts")
+        print(f"moedge: warning: --read-ahead on has no effect: {why}", file=sys.stderr)
     if compile_now:
         _compile_kernels(model, quiet)
     return model

@@ -107,6 +107,18 @@ def test_run_under_an_expert_budget_reading_ahead_or_not(exported, read_ahead):
     assert "released" in ran.stderr  # the budget held fewer experts than the run routed to
     # always; never, nor by default in a run this short (the governor's first trial comes after 64 steps)
     assert ("read ahead (" in ran.stderr) == (read_ahead == "on"), ran.stderr
+    assert "warning" not in ran.stderr
+
+
+def test_read_ahead_without_a_budget_is_named_as_without_effect(exported):
+    from helpers import tiny_moe_spec
+
+    bundle = exported("cli-compile", tiny_moe_spec()).bundle
+    free = moedge("run", bundle, "--ids", "5,7", "-n", "2", "--read-ahead", "on")
+    assert "moedge: warning: --read-ahead on has no effect: the experts fit in memory" in free.stderr
+    tight = moedge("run", bundle, "--ids", "5,7", "-n", "2", "--read-ahead", "on", "--expert-budget-mb", "0.02")
+    assert "has no effect: the expert budget holds fewer than two layers' experts" in tight.stderr
+    assert "warning" not in moedge("run", bundle, "--ids", "5,7", "-n", "2").stderr  # the default: auto
 
 
 def test_sampling_flags_at_temperature_zero_are_named_as_unused(exported):
