@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import mmap
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -187,6 +188,7 @@ class ExpertStore:
         self.guessed = np.zeros((n_layers, n_experts), dtype=bool)  # read ahead for the layer's next routing
         self.guessed_layers: set[int] = set()
         self.read_aheads = 0  # experts read ahead because they were guessed and not held
+        self.read_wait = 0.0  # seconds the kernels' thread waited for experts' reads to land
         self.guesses_right = 0  # routed experts that had been guessed
         self.guesses_routed = 0  # routed experts in routings that had a guess
 
@@ -294,13 +296,18 @@ class ExpertStore:
             return True
         with self._lock:
             start = int(self._starts[layer, e])
-            if not (block or self._slots.landed(start)):
+            landed = self._slots.landed(start)
+            if not (block or landed):
                 return False
+            began = time.perf_counter()
             try:
                 self._slots.wait(start)
             except BundleError:
                 self._give_back(layer, e)
                 raise
+            finally:
+                if not landed:
+                    self.read_wait += time.perf_counter() - began
             self._check(layer, (e,))
         return True
 

@@ -86,6 +86,8 @@ def test_bench_under_a_memory_cap(exported, tmp_path):
     assert never["read_ahead_decisions"] is None is ahead["read_ahead_decisions"]
     assert 0.0 <= ahead["guess_recall"] <= 1.0 and ahead["read_aheads_per_token"] > 0
     assert "reading ahead: not tried" in tight.stdout and "capped no read ahead" in tight.stdout
+    assert runs["uncapped"]["read_wait_ms_per_token"] == 0 <= never["read_wait_ms_per_token"]
+    assert "waiting for storage" in tight.stdout and "reading ahead always hid" in tight.stdout
     assert 0 < capped["expert_budget_bytes"] < experts
     assert capped["expert_hit_rate"] < free["expert_hit_rate"] and capped["read_bytes_per_token"] > 0
     assert "memory cgroup" in tight.stdout
@@ -171,3 +173,13 @@ def test_the_report_says_what_the_read_ahead_trials_chose():
     assert _trials(None) == ""  # reading ahead fixed on or off
     assert _trials([]) == "; reading ahead: not tried (the first trial comes after 64 steps)"
     assert _trials([False, True, True]) == "; reading ahead: 2 of 3 trial(s) chose it"
+
+
+def test_the_report_says_what_reading_ahead_hid():
+    from moedge.runtime.tools.bench_report import _hidden
+
+    never = {"read_wait_ms_per_token": 30.0, "read_bytes_per_token": 40e6}
+    always = {"read_wait_ms_per_token": 34.5, "read_bytes_per_token": 60e6}
+    assert _hidden(never, always) == ["    reading ahead always hid -4.50 ms/token of waiting for storage and read "
+                                      "20.00 MB/token more"]
+    assert _hidden(never, {"killed": "..."}) == [] and _hidden(None, always) == []

@@ -81,3 +81,23 @@ def test_hold_keeps_the_experts_it_is_given(exported):
             start, span = store.layers[0].weight_start[e], store.spans[0, e]
             offset = store.offsets[0, e]
             assert store.layers[0].weights[start:start + span].tobytes() == data[offset:offset + span]
+
+
+def test_the_time_spent_waiting_for_reads_is_counted(exported, monkeypatch):
+    """`read_wait` adds up what the kernels' thread blocked on reads still in flight; an expert already in its
+    slot adds nothing."""
+    import time
+
+    from moedge.runtime.expert_slots import ExpertSlots
+
+    read = ExpertSlots._read
+    monkeypatch.setattr(ExpertSlots, "_read", lambda self, *a: (time.sleep(0.05), read(self, *a)))  # a slow disk
+    case = exported("slots", SPEC)
+    store = Model.load(case.bundle, threads=1, expert_budget=2 * _span(case.bundle)).experts
+    experts = np.array([0, 1])
+    store.touch(0, experts[None])
+    store.hold(0, experts)  # two reads on four I/O threads: waited for together
+    assert 0.04 < store.read_wait < 1.0
+    waited = store.read_wait
+    store.hold(0, experts)  # held already: nothing read, nothing waited for
+    assert store.read_wait == waited

@@ -56,6 +56,7 @@ def main(bundle: str, threads: int, prompt_tokens: int, seed: int, spawned_at: f
     store = model.experts
     read_before, fetched_before = _read_bytes(), store.fetches if store else 0
     ahead_before = store.read_aheads if store else 0
+    wait_before = store.read_wait if store else 0.0
     right_before, guessed_before = (store.guesses_right, store.guesses_routed) if store else (0, 0)
     routed_before = int(store.hits.sum()) if store else 0
     latencies = []
@@ -81,6 +82,7 @@ def main(bundle: str, threads: int, prompt_tokens: int, seed: int, spawned_at: f
             "read_bytes_per_token": read_per_token, "expert_hit_rate": hit_rate, "guess_recall": recall,
             "read_aheads_per_token": (store.read_aheads - ahead_before) / decode_tokens if store else 0.0,
             "read_ahead_decisions": governor.decisions if governor else None,
+            "read_wait_ms_per_token": 1e3 * (store.read_wait - wait_before) / decode_tokens if store else 0.0,
             "expert_budget_bytes": store.budget_bytes if store else None, "budget_note": model.budget_note,
             "memory_available_at_load": available._asdict()}
 

@@ -63,11 +63,14 @@ def format_report(report: dict) -> str:
             lines.append(f"    {name}: decode {run['decode_ms_median']:.2f} ms/token median "
                          f"({run['decode_ms_median'] / cap['uncapped'].get('decode_ms_median', float('nan')):.1f}x "
                          f"uncapped), {run['read_bytes_per_token'] / MB:.2f} MB read from storage per token, expert "
-                         f"hit rate {100 * run['expert_hit_rate']:.1f}%, peak RSS {run['rss_peak'] / MB:.0f} MB"
+                         f"hit rate {100 * run['expert_hit_rate']:.1f}%, waiting for storage "
+                         f"{run.get('read_wait_ms_per_token', 0.0):.2f} ms/token, peak RSS {run['rss_peak'] / MB:.0f} "
+                         "MB"
                          + (f", read-ahead recall {100 * recall:.1f}% ({run['read_aheads_per_token']:.1f} experts "
                             "read ahead per token)" if recall is not None else "")
                          + _trials(run.get("read_ahead_decisions"))
                          + (f"; {run['budget_note']}" if run.get("budget_note") and label == "capped" else ""))
+        lines += _hidden(cap.get("capped_no_read_ahead"), cap.get("capped_read_ahead"))
     for peer in report.get("peers", []):
         lines.append(f"  peer {peer['name']} ({peer['threads']} thread(s)): "
                      + (f"{peer['decode_ms_median']:.2f} ms/token, {peer['ratio_to_ours']:.2f}x ours"
@@ -75,6 +78,15 @@ def format_report(report: dict) -> str:
                      + (f"; prefill {peer['prefill_tokens_per_s']:.0f} tokens/s, "
                         f"{peer['prefill_ratio_to_ours']:.2f}x ours" if "prefill_tokens_per_s" in peer else ""))
     return "\n".join([*lines, "", summary_table(report)])
+
+
+def _hidden(never: dict | None, always: dict | None) -> list[str]:
+    """How much waiting for storage reading ahead always hid per token, and what it read to do it."""
+    if not never or not always or "killed" in never or "killed" in always:
+        return []
+    hid = never["read_wait_ms_per_token"] - always["read_wait_ms_per_token"]
+    more = (always["read_bytes_per_token"] - never["read_bytes_per_token"]) / MB
+    return [f"    reading ahead always hid {hid:.2f} ms/token of waiting for storage and read {more:.2f} MB/token more"]
 
 
 def _trials(decisions: list[bool] | None) -> str:
