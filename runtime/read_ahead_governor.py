@@ -22,7 +22,7 @@ TRIAL_STEPS = 8  # one-token steps each way per trial (medians: one slow step do
 FIRST_KEEP = 64  # steps the faster mode runs after a trial that changed the decision
 MAX_KEEP = 1024
 MARGIN = 0.05  # reading ahead wins only when its median step is this much shorter
-CLEAR_LOSS = 0.25  # half a trial with every step this much slower ends it
+CLEAR_LOSS = 0.25  # half a trial with reading ahead whose lower median is this much slower ends it
 READ_AHEAD_MODES = {"auto": "auto", "on": True, "off": False}  # the CLI's --read-ahead → Model.load(read_ahead=...)
 
 
@@ -50,15 +50,15 @@ class ReadAheadGovernor:
                 return
             times = self._times[self.on]
             times.append(seconds)
-            off = sorted(self._times[False])[self._trial_steps // 2] if self.on else None
+            if not self.on:
+                self.on = len(times) == self._trial_steps  # the off half of the trial is over
+                return
             half = self._trial_steps // 2
-            if self.on and len(times) == half and sorted(times)[(half - 1) // 2] > off * (1.0 + self._clear_loss):
+            off = sorted(self._times[False])[half]
+            if len(times) == half and sorted(times)[(half - 1) // 2] > off * (1.0 + self._clear_loss):
                 self._decide(False)
             elif len(times) == self._trial_steps:
-                if self.on:
-                    self._decide(sorted(times)[self._trial_steps // 2] < off * (1.0 - self._margin))
-                else:
-                    self.on = True
+                self._decide(sorted(times)[half] < off * (1.0 - self._margin))
 
     def _decide(self, choice: bool) -> None:
         """End the trial: `choice` (read ahead or not) for the next `keep` steps."""
