@@ -182,7 +182,7 @@ class ExpertStore:
         self._lock = threading.Lock()
         self._step = threading.RLock()  # `using`
         self.last_use = np.zeros((n_layers, n_experts), dtype=np.int64)
-        self._clock = 0
+        self.clock = 0  # counts routing decisions: `last_use` holds each expert's latest
         self.releases = 0
         self.fetches = 0  # experts read on demand because they were not held: first uses and uses after a release
         self.guessed = np.zeros((n_layers, n_experts), dtype=bool)  # read ahead for the layer's next routing
@@ -248,13 +248,18 @@ class ExpertStore:
         (another thread's `hold` or `read_ahead` could otherwise give the slots away mid-computation)."""
         return self._step if self._slots is not None else contextlib.nullcontext()
 
+    def counting(self) -> contextlib.AbstractContextManager:
+        """Hold this while a kernel counts routing decisions itself (`decode_step`: `hits`, `touched`, `last_use`,
+        `clock`, as `touch` does)."""
+        return self._lock
+
     def touch(self, layer: int, ids: np.ndarray) -> None:
         """Count a routing decision `ids` [T, k] of `layer`. Without a budget, also read the experts not read yet
         and check them; under one, `hold` does, for as many as fit at once."""
         with self._lock:
-            self._clock += 1
+            self.clock += 1
             routed, right = _count(self.hits[layer], self.touched[layer], self.guessed[layer], self.last_use[layer],
-                                   self._clock, ids)
+                                   self.clock, ids)
             if layer in self.guessed_layers:
                 self.guesses_right += right
                 self.guesses_routed += ids.size
@@ -316,9 +321,9 @@ class ExpertStore:
         run on I/O threads while this thread computes). They count as held, so the budget holds; `hold` waits
         for them and checks them when they are routed to."""
         with self.using(), self._lock:
-            self._clock += 1
+            self.clock += 1
             self.guessed_layers.add(layer)
-            fresh = _guess(self.mapped[layer], self.guessed[layer], self.last_use[layer], self._clock, ids)
+            fresh = _guess(self.mapped[layer], self.guessed[layer], self.last_use[layer], self.clock, ids)
             budget = self.current_budget
             self._release(layer, budget)
             for e in fresh:
@@ -340,7 +345,7 @@ class ExpertStore:
         """Release experts (`_release_order`, `layer` just routed or guessed) while those held exceed `budget`."""
         n_experts = self.mapped.shape[1]
         for flat in _release_order(self.mapped.reshape(-1), self.last_use.reshape(-1), self._charged.reshape(-1),
-                                   max(budget, 0), layer, n_experts, self._clock):
+                                   max(budget, 0), layer, n_experts, self.clock):
             self._give_back(*divmod(int(flat), n_experts))
             self.releases += 1
 

@@ -7,6 +7,9 @@
           when reading ahead, guess the next MoE layer's experts and start reading them
     → head (final norm + logits, numba) → refuse non-finite logits → commit the cache rows
 
+A one-token step with every expert in the mapped file and no probe runs the layers in one numba call
+(`decode_step`: the same kernels in the same order, without the Python between them).
+
 A `Probe` watches a step without changing it: `moedge bench` times the parts, `moedge eval`
 counts the experts each layer chose.
 """
@@ -71,6 +74,26 @@ def forward(weights: Weights, cache: KVCache, scratch: ExpertScratch | None, tok
     hidden = weights.embed(tokens)  # [T, D]
     tables = layers.tables(start, count)  # RoPE (and the causal mask) of this step
     probe.lap("other")
+    if count == 1 and probe is SILENT and weights.decode_step is not None:  # every layer in one numba call
+        weights.decode_step(hidden, tables, cache, scratch.hidden)
+    else:
+        hidden = _layers(weights, layers, hidden, tables, cache, scratch, probe)
+    logits = weights.head.run(hidden[-1:] if last_only else hidden)  # [T or 1, V]
+    probe.lap("head")
+    if not np.isfinite(logits).all():
+        raise NumericalError(f"the logits at positions {start}..{start + count - 1} are not finite: the activations "
+                             "overflowed float32 (the model's weights are out of range)")
+    cache.commit(count)
+    if count == 1:
+        weights.decoded(time.perf_counter() - started)  # how long a step takes decides whether to read ahead
+    else:
+        weights.prompted()
+    return logits
+
+
+def _layers(weights: Weights, layers, hidden: np.ndarray, tables, cache: KVCache, scratch: ExpertScratch | None,
+            probe: Probe) -> np.ndarray:
+    """hidden [T, D] through every layer, part by part, each part's end shown to the probe."""
     for i in range(weights.spec.n_layers):
         out = layers(i, hidden, tables, cache)  # the new k/v rows go into the cache
         hidden = out.hidden  # attention (and a dense FFN or the shared expert) added
@@ -83,14 +106,4 @@ def forward(weights: Weights, cache: KVCache, scratch: ExpertScratch | None, tok
             hidden += moe.experts(out.ffn_in, ids, gates, scratch)  # the routed experts' residual branch
             weights.read_ahead(i, hidden, probe)  # guess the next MoE layer's experts; start reading them
             probe.lap("experts")
-    logits = weights.head.run(hidden[-1:] if last_only else hidden)  # [T or 1, V]
-    probe.lap("head")
-    if not np.isfinite(logits).all():
-        raise NumericalError(f"the logits at positions {start}..{start + count - 1} are not finite: the activations "
-                             "overflowed float32 (the model's weights are out of range)")
-    cache.commit(count)
-    if count == 1:
-        weights.decoded(time.perf_counter() - started)  # how long a step takes decides whether to read ahead
-    else:
-        weights.prompted()
-    return logits
+    return hidden

@@ -15,7 +15,7 @@ from numba import typeof, types
 from numba.core.dispatcher import Dispatcher
 from numba.core.typing.typeof import Purpose
 
-from . import dense_decode, expert_store, kernels, routing
+from . import decode_step, dense_decode, expert_store, kernels, routing
 from .weights import Weights
 
 F32 = types.float32
@@ -80,6 +80,21 @@ def decode_calls(tensors: types.Type, config: types.Type, quantized: types.Type)
                                                    vector, vector, vector, quantized))]
 
 
+def step_calls(tensors: types.Type, config: types.Type, layer_bytes: types.Type, parallel: bool,
+               dense_quantized: types.Type, expert_quantized: types.Type) -> list[KernelCall]:
+    """Every layer for one token in one call (`decode_step.DecodeStep`), and the typed lists it takes."""
+    vector, matrix, cache = array(F32, 1), array(F32, 2), array(F32, 4)
+    ids, counts, flags = array(INT, 2), array(INT, 2), array(BOOL, 2)
+    lists = [types.ListType(t) for t in (tensors, config, layer_bytes)]
+    step = KernelCall(decode_step.decode_layers, (
+        vector, INT, BOOL, *lists[:2], cache, cache, INT, vector, vector, lists[2],
+        array(BOOL, 1) if parallel else types.none, INT, BOOL, BOOL, types.float64, F32, counts, flags, flags, counts,
+        flags, flags, BOOL, INT, vector, vector, matrix, ids, matrix, matrix, vector, dense_quantized,
+        expert_quantized))
+    return [step] + [call for t, typed in zip((tensors, config, layer_bytes), lists, strict=True)
+                     for call in (KernelCall(decode_step._list_of, (t,)), KernelCall(decode_step._append, (typed, t)))]
+
+
 def head_calls(norm: types.Type, weight: types.Type, scale: types.Type, quantized: types.Type) -> list[KernelCall]:
     """The LM head (`head.Head.run`)."""
     return [KernelCall(kernels.norm_linear, (array(F32, 2), norm, F32, weight, scale, array(F32, 2), quantized))]
@@ -95,6 +110,11 @@ def model_calls(weights: Weights, long_prompts: bool = True) -> list[KernelCall]
         layers = weights.decode_layers
         calls += [call for t, c in zip(layers.tensors, layers.configs, strict=True)
                   for call in decode_calls(argument_type(t), argument_type(c), argument_type(layers.quantized))]
+    if weights.decode_step is not None:
+        step, layers = weights.decode_step, weights.decode_layers
+        calls += step_calls(argument_type(layers.tensors[0]), argument_type(layers.configs[0]),
+                            argument_type(step.views[0]), step.parallel is not None,
+                            argument_type(layers.quantized), argument_type(step.expert_quantized))
     if weights.experts is not None:
         calls += routing_calls()
         if weights.experts.budget_bytes is not None:

@@ -9,6 +9,7 @@ them to the calls real bundles of each kind make.
 from __future__ import annotations
 
 import numpy as np
+from numba import types
 
 from . import kernel_calls
 from .bundle import EXPERT_TENSORS, PAGE, ExpertLayout, ExpertsIndex, Manifest, TensorEntry
@@ -24,6 +25,9 @@ EXPERT_KINDS = {"int8": (("int8",), True), "int4": (("int4",), True), "mixed": (
                 "float32": (("float32",), False)}
 DENSE_LINEARS = ("int8", "int4", "float32")  # the attention/dense-FFN matrices: int8 codes (default), 4-bit
 # ones (--dense-bits 4) or --float-dense
+# The dense linears beside each kind of experts in what `moedge export` writes (--float-experts: all float32; int8
+# experts: --float-dense or not; int4: also --dense-bits 4)
+DENSE_BESIDE = {"int8": ("int8", "float32"), "int4": DENSE_LINEARS, "mixed": DENSE_LINEARS, "float32": ("float32",)}
 HEADS = (np.int8, np.uint8, np.float32)  # the LM head: int8, int4 (--dense-bits 4) or float32 (--float-experts)
 GROUP = 32
 SPEC = ModelSpec(vocab_size=GROUP, hidden_size=GROUP, n_layers=1, n_heads=1, n_kv_heads=1, head_dim=GROUP,
@@ -38,32 +42,47 @@ def _readonly(shape: tuple[int, ...], dtype) -> np.ndarray:
     return array
 
 
-def experts_kind(schemes: tuple[str, ...], quantized: bool, parallel: bool) -> list[KernelCall]:
-    """The expert kernels' calls for a layer whose experts have these schemes (at one thread, also the decode
-    kernel's under an expert budget)."""
+def _expert_types(schemes: tuple[str, ...], quantized: bool) -> tuple[types.Type, types.Type]:
+    """The types of a layer's `ExpertBytes` with experts of these schemes and of the kernels' `quantized`."""
     entry = TensorEntry(0, (1,), "float32")
     layouts = {s: ExpertLayout(PAGE, dict.fromkeys(EXPERT_TENSORS, entry)) for s in schemes}
     index = ExpertsIndex(file="", group_size=GROUP, layouts=layouts, schemes={0: schemes},
                          layers={0: (0,) * len(schemes)}, checksums={})
     layer = layer_bytes(bytes(PAGE), index, np.zeros(len(schemes), np.int64), 0, SPEC)
-    activations = INT8_ACTIVATIONS if quantized else None
-    layer, activations = argument_type(layer), argument_type(activations)
+    return argument_type(layer), argument_type(INT8_ACTIVATIONS if quantized else None)
+
+
+def experts_kind(schemes: tuple[str, ...], quantized: bool, parallel: bool) -> list[KernelCall]:
+    """The expert kernels' calls for a layer whose experts have these schemes (at one thread, also the decode
+    kernel's under an expert budget)."""
+    layer, activations = _expert_types(schemes, quantized)
     if parallel:
         return kernel_calls.expert_calls(layer, activations, moe_decode_parallel)
     budget = kernel_calls.expert_calls(layer, activations, moe_decode_from, long_prompts=False)[:1]
     return kernel_calls.expert_calls(layer, activations, moe_decode) + budget
 
 
-def dense_kind(linears: str, threads: int) -> list[KernelCall]:
-    """The dense decode kernel's call for int8, int4 or float32 dense linears, at one thread or more (one thread
-    is a type of its own: its kernel leaves the parallel GEMV out); quantized linears take int8 activation
-    blocks."""
+def _dense_types(linears: str, threads: int) -> tuple[types.Type, types.Type, types.Type]:
+    """The types of a layer's `LayerTensors` with int8, int4 or float32 dense linears, of its `LayerConfig` at one
+    thread or more (one thread is a type of its own: its kernel leaves the parallel GEMV out) and of the kernel's
+    `quantized` (quantized linears take int8 activation blocks)."""
     manifest = Manifest(spec=SPEC, quant_scheme="", group_size=GROUP, dense_linears=linears, layer_graphs=(),
                         head={}, dense_file="", dense_tensors={}, experts=None, tokenizer=None, files={})
-    config = layer_config(SPEC, 0, threads)
     quantized = INT8_ACTIVATIONS if linears != "float32" else None
-    return kernel_calls.decode_calls(argument_type(layer_tensors(None, manifest, 0)), argument_type(config),
-                                     argument_type(quantized))
+    return (argument_type(layer_tensors(None, manifest, 0)), argument_type(layer_config(SPEC, 0, threads)),
+            argument_type(quantized))
+
+
+def dense_kind(linears: str, threads: int) -> list[KernelCall]:
+    """The dense decode kernel's call for int8, int4 or float32 dense linears, at one thread or more."""
+    return kernel_calls.decode_calls(*_dense_types(linears, threads))
+
+
+def step_kind(schemes: tuple[str, ...], quantized: bool, linears: str, threads: int) -> list[KernelCall]:
+    """The one-call decode step's (`decode_step`) for experts of these schemes beside these dense linears."""
+    tensors, config, dense_quantized = _dense_types(linears, threads)
+    layer, expert_quantized = _expert_types(schemes, quantized)
+    return kernel_calls.step_calls(tensors, config, layer, threads > 1, dense_quantized, expert_quantized)
 
 
 def head_kind(dtype) -> list[KernelCall]:
@@ -84,6 +103,9 @@ def install_calls() -> list[KernelCall]:
         calls += experts_kind(schemes, quantized, parallel=False) + experts_kind(schemes, quantized, parallel=True)
     for linears in DENSE_LINEARS:
         calls += dense_kind(linears, threads=1) + dense_kind(linears, threads=2)
+    for kind, (schemes, quantized) in EXPERT_KINDS.items():
+        for linears in DENSE_BESIDE[kind]:
+            calls += step_kind(schemes, quantized, linears, threads=1) + step_kind(schemes, quantized, linears, 2)
     for dtype in HEADS:
         calls += head_kind(dtype)
     return kernel_calls.unique(calls)

@@ -16,6 +16,7 @@ from tokenizers import Tokenizer
 
 from .bundle import EMBEDDING, Manifest, graph_contract
 from .bundle_dir import BundleDir
+from .decode_step import decode_step_for
 from .dense_decode import DecodeLayers
 from .errors import BundleError
 from .expert_store import ExpertStore
@@ -34,8 +35,8 @@ if TYPE_CHECKING:
 
 class Weights:
     """A loaded bundle: the layers' dense parts (`graph_layers` in onnxruntime, `decode_layers` for one
-    token), `moe[i]` (layer i's routed experts), `embedding`, `head`, the `experts` store and the
-    `tokenizer` (or None)."""
+    token), `moe[i]` (layer i's routed experts), `decode_step` (all the layers for one token in one call; None
+    under an expert budget), `embedding`, `head`, the `experts` store and the `tokenizer` (or None)."""
 
     def __init__(self, bundle: BundleDir, manifest: Manifest, threads: int, expert_budget: int | None = None,
                  verify: bool = True, decode: str = "numba", read_ahead: bool | str = False,
@@ -74,6 +75,7 @@ class Weights:
                                        verify, fd, self._growth_beyond_reserve if budget_follows_growth else None)
             self.moe = {i: MoELayer(i, spec, self.experts, threads, activations) for i in spec.moe_layers}
             self.predictor = ExpertPredictor(spec, manifest, dense)
+        self.decode_step = decode_step_for(self.decode_layers, self.moe, self.experts, threads)
         # Model.load: only under a budget; "auto": while it measures faster (`read_ahead_governor`)
         reading = read_ahead is not False and self.predictor is not None
         self.governor = ReadAheadGovernor() if reading and read_ahead == "auto" else None

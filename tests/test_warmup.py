@@ -9,7 +9,8 @@ import pytest
 from helpers import build_model, run_cli, tiny_dense_spec, tiny_moe_spec
 from moedge.exporter import export
 from moedge.exporter.checkpoint import save_checkpoint
-from moedge.runtime import Model, dense_decode, expert_store, kernels, moe, routing
+from moedge.runtime import Model, decode_step, dense_decode, expert_store, kernels, moe, routing
+from moedge.runtime.forward import Probe
 from moedge.runtime.jit_cache import missing
 from moedge.runtime.kernel_calls import argument_type, model_calls
 from moedge.runtime.warmup import install_calls
@@ -23,7 +24,8 @@ ENTRY_POINTS = [(routing, "_route"), (expert_store, "_count"), (expert_store, "_
                 (expert_store, "_release_order"), (kernels, "moe_decode"), (kernels, "moe_decode_parallel"),
                 (kernels, "moe_decode_from"),
                 (kernels, "expert_pairs"), (kernels, "dequantize"), (kernels, "norm_linear"),
-                (dense_decode, "decode_layer")]
+                (dense_decode, "decode_layer"), (decode_step, "decode_layers"), (decode_step, "_list_of"),
+                (decode_step, "_append")]
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +58,7 @@ class Recorder:
 def recorded_run(bundle, monkeypatch, **load) -> tuple[Model, set]:
     """A model whose every kernel call from Python is recorded as (name, argument types), after a run of every
     path: a long prompt (experts shared by 16 tokens or more, the GEMM threshold lowered to that: a tiny model's
-    context is shorter than the default), a short one, decode steps."""
+    context is shorter than the default), a short one, decode steps (in one call; part by part, as under a probe)."""
     calls: set = set()
     monkeypatch.setattr(moe, "PREFILL_GEMM_MIN_TOKENS", 16)
     for module, name in ENTRY_POINTS:
@@ -68,6 +70,7 @@ def recorded_run(bundle, monkeypatch, **load) -> tuple[Model, set]:
     session.prefill([3, 1, 4])
     for token in (1, 5, 9):
         session.decode(token)
+    model.session(probe=Probe()).decode(2)
     monkeypatch.undo()
     return model, calls
 
@@ -112,13 +115,13 @@ def test_a_run_after_warmup_compiles_nothing(bundles, tmp_path):
     bundle = bundles["int8"]
     warmed = run_cli("warmup", bundle, "--threads", "1", env=env)
     assert warmed.returncode == 0, warmed.stderr
-    assert "compiled 7 kernel specialisations" in warmed.stdout and "(0 of 7 were cached)" in warmed.stdout
+    assert "compiled 14 kernel specialisations" in warmed.stdout and "(0 of 14 were cached)" in warmed.stdout
     ran = run_cli("run", bundle, "--ids", "1,2,3", "-n", "4", "--threads", "1", env=env)
     assert ran.returncode == 0, ran.stderr
     assert "[cache] data loaded" in ran.stdout and "[cache] data saved" not in ran.stdout
     assert "compiling the kernels" not in ran.stderr
     again = run_cli("warmup", bundle, "--threads", "1", env=env)
-    assert "compiled 0 kernel specialisations" in again.stdout and "(7 of 7 were cached)" in again.stdout
+    assert "compiled 0 kernel specialisations" in again.stdout and "(14 of 14 were cached)" in again.stdout
 
 
 def test_a_first_run_compiles_apart_and_loads_from_the_cache(bundles, tmp_path):
@@ -161,7 +164,8 @@ def test_a_first_run_says_it_compiles_what_it_calls_before_the_first_token(bundl
     notes = [line for line in capsys.readouterr().err.splitlines() if "compil" in line]
     assert len(notes) == 2 and all(n.startswith("moedge: compiling the kernels for this CPU") for n in notes)
     assert all(n.endswith(" s") for n in notes)  # how long it took, on the same line
-    short = {"norm_linear", "decode_layer", "_route", "_count", "moe_decode", "expert_pairs"}
+    short = {"norm_linear", "decode_layer", "_route", "_count", "moe_decode", "expert_pairs", "decode_layers",
+             "_list_of", "_append"}
     assert events == [short, "prefill", short | {"dequantize"}, "prefill"]  # a long prompt's kernel only for one
     monkeypatch.setattr(jit_cache, "missing", lambda calls: [])
     assert main(["run", bundle, "--ids", "1,2", "-n", "2"]) == 0

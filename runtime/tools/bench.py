@@ -77,25 +77,29 @@ class PartTimer(Probe):
 
 def measure_decode(model: Model, prompt_tokens: int, new_tokens: int, repeat: int, seed: int,
                    progress: tqdm) -> tuple[list[float], list[float], dict[str, float]]:
-    """Per-token decode latencies (s), prefill tokens/s of each run and the median time per part per token (s);
-    "other" is the median of what the parts leave of each token."""
+    """Per-token decode latencies (s) and prefill tokens/s of each of `repeat` runs, and, from one more run part by
+    part under a probe (`forward`'s layer-by-layer path: a probe sees each part end), the median time per part per
+    token (s); "other" is the median of what the parts leave of each token."""
     rng = np.random.default_rng(seed)
     vocab = model.spec.vocab_size
     timer = PartTimer()
     latencies, prefill_rates, parts = [], [], defaultdict(list)
-    for _ in range(repeat):
-        session = model.session(probe=timer)
+    for run in range(repeat + 1):
+        parted = run == repeat
+        session = model.session(probe=timer) if parted else model.session()
         prompt = rng.integers(0, vocab, prompt_tokens)
         start = time.perf_counter()
         session.prefill(prompt, last_only=True)
-        prefill_rates.append(prompt_tokens / (time.perf_counter() - start))
+        if not parted:
+            prefill_rates.append(prompt_tokens / (time.perf_counter() - start))
         for i, token in enumerate(rng.integers(0, vocab, new_tokens)):
             timer.start()
             start = time.perf_counter()
             session.decode(int(token))
             elapsed = time.perf_counter() - start
-            if i >= WARMUP_TOKENS:
+            if i >= WARMUP_TOKENS and not parted:
                 latencies.append(elapsed)
+            elif i >= WARMUP_TOKENS:
                 for part in PARTS:
                     parts[part].append(timer.totals.get(part, 0.0))
                 parts["other"].append(elapsed - sum(timer.totals.get(part, 0.0) for part in PARTS))
@@ -153,7 +157,7 @@ def bench(bundle: str | Path, threads: list[int], prompt_tokens: int = 128, new_
     capped = {} if memory_limit is None else {  # first: a cgroup that cannot be made fails before the long part
         "memory_cap": capped_runs(bundle, threads[0], prompt_tokens, new_tokens, seed, memory_limit)}
     results = []
-    total = len(threads) * repeat * new_tokens
+    total = len(threads) * (repeat + 1) * new_tokens  # + the part-by-part run
     with tqdm(total=total, desc="bench", unit="tok", disable=not show_progress) as progress:
         for n in threads:
             model = Model.load(bundle, threads=n)

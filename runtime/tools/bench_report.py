@@ -43,8 +43,9 @@ def format_report(report: dict) -> str:
             f"prefill {r['prefill_tokens_per_s']:.0f} tokens/s",
             f"    roofline {r['roofline_ms']:.2f} ms at {r['bandwidth_gb_s']:.1f} GB/s -> ratio to roofline "
             f"{r['ratio_to_roofline']:.2f}",
-            "    breakdown (median ms/token): " + ", ".join(f"{k} {v:.2f}" for k, v in b.items())
-            + f"; python overhead {100 * r['python_overhead_fraction']:.1f}%",
+            "    breakdown (one more run, part by part; median ms/token): "
+            + ", ".join(f"{k} {v:.2f}" for k, v in b.items())
+            + f"; Python between the kernels {100 * r['python_overhead_fraction']:.1f}% of that run",
             *_cold_lines(r.get("cold_start", {})),
         ]
     cap = report.get("memory_cap")
