@@ -331,8 +331,10 @@ def eval(bundle: str, text: str, reference: str | None = None, context: int | No
               f"top-1 agreement {100 * result.agreement(ref):.2f}%")
     if result.usage is not None:
         _report_usage(model, result.usage, usage, f"{Path(bundle).name} on {Path(text).name}")
-        rates = ", ".join(f"{100 * f:.0f}% cached: {100 * r:.1f}%" for f, r in result.cache_hit_rates.items())
-        print(f"expert cache on this text (LRU, that share of each layer's experts cached), hit rate: {rates}")
+        rates = ", ".join(f"{100 * f:.0f}% cached: {100 * r:.1f}% (at most {100 * result.optimal_hit_rates[f]:.1f}%)"
+                          for f, r in result.cache_hit_rates.items())
+        print(f"expert cache on this text (LRU, that share of each layer's experts cached), hit rate: {rates}; "
+              "at most: a cache that knew which experts come next")
         if result.guess_recall is not None:
             print(f"read-ahead: the next layer's router on the current state names {100 * result.guess_recall:.1f}% "
                   "of the experts routed to")

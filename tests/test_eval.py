@@ -93,6 +93,8 @@ def test_eval_cli_reports_perplexity_agreement_and_usage(shipped_bundle, heldout
     assert "tokens evaluated" in out and "top-1 agreement" in out and "layer   3: cv" in out
     rates = [float(r) for r in re.findall(r"\d+% cached: ([\d.]+)%", out)]
     assert len(rates) == 3 and rates == sorted(rates) and rates[-1] > 0  # more cached, more hits
+    ceilings = [float(r) for r in re.findall(r"\(at most ([\d.]+)%\)", out)]
+    assert len(ceilings) == 3 and all(c >= r for c, r in zip(ceilings, rates, strict=True))
     assert re.search(r"names [\d.]+% of the experts routed to", out)
     usage = json.loads(image.with_suffix(".json").read_text())
     assert image.stat().st_size > 0 and sorted(usage["layers"]) == ["0", "1", "2", "3"]

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from ..errors import InputError
 from ..forward import RoutingTrace
-from .locality import CACHED_FRACTIONS, guess_recall, lru_hit_rate
+from .locality import CACHED_FRACTIONS, guess_recall, lru_hit_rate, optimal_hit_rate
 
 if TYPE_CHECKING:
     from ..model import Model
@@ -34,6 +34,7 @@ class Evaluation:
     usage: np.ndarray | None = None  # int64 [n_layers, n_experts]: times each expert was chosen
     cache_hit_rates: dict[float, float] | None = None  # LRU hit rate with that fraction of each layer's experts
     guess_recall: float | None = None  # share of routed experts the next-layer guess named (read-ahead)
+    optimal_hit_rates: dict[float, float] | None = None  # the most any cache of that size hits (`locality`)
 
     @property
     def perplexity(self) -> float:
@@ -119,7 +120,8 @@ def score(windows_: list[np.ndarray], window_logits: Callable[[np.ndarray], np.n
 
 def evaluate(model: Model, windows_: list[np.ndarray]) -> Evaluation:
     """Run every window through a fresh sequence of `model`; count the experts its tokens chose, replay their
-    routing through LRU expert caches and score the next-layer guesses (`locality`)."""
+    routing through LRU expert caches and ones that know the future, and score the next-layer guesses
+    (`locality`)."""
     routing = RoutingTrace()
     session = model.session(probe=routing)
     spec = model.spec
@@ -143,7 +145,8 @@ def evaluate(model: Model, windows_: list[np.ndarray]) -> Evaluation:
     if usage is None:
         return Evaluation(nll, count, predictions)
     hit_rates = {f: lru_hit_rate(routes, spec.routing.n_experts, f) for f in CACHED_FRACTIONS}
-    return Evaluation(nll, count, predictions, usage, hit_rates, guess_recall(routes, guesses))
+    ceiling = {f: optimal_hit_rate(routes, spec.routing.n_experts, f) for f in CACHED_FRACTIONS}
+    return Evaluation(nll, count, predictions, usage, hit_rates, guess_recall(routes, guesses), ceiling)
 
 
 def balance(usage: np.ndarray) -> np.ndarray:
