@@ -3,11 +3,13 @@
 Opening the store maps the file and reads no expert byte. Without a memory budget the kernels read the
 map: readahead is switched off (MADV_RANDOM) so a page fault never pulls in a neighbouring expert, the
 first time an expert is routed to exactly its span is read with MADV_WILLNEED, and residency is left to
-the OS page cache. With a budget the experts live in slots of anonymous memory (`expert_slots`): an
-expert routed to takes a slot and is read into it, and when the slots are full the experts whose layer
-comes round last give theirs up (`_release_order`); a released expert routed to again is read again.
-Either way (unless verification is off) an expert's checksum is checked before any kernel reads it.
-`read_ahead` starts reading the experts a layer is guessed to route to before it does (runtime/prefetch.py).
+the OS page cache. Experts of `HUGE_PAGES_MIN_SPAN` or more are mapped on 2 MiB pages where the kernel can
+(`huge_pages`): a first use then reads the 2 MiB blocks of the file its span touches. With a budget the
+experts live in slots of anonymous memory (`expert_slots`): an expert routed to takes a slot and is read
+into it, and when the slots are full the experts whose layer comes round last give theirs up
+(`_release_order`); a released expert routed to again is read again. Either way (unless verification is off)
+an expert's checksum is checked before any kernel reads it. `read_ahead` starts reading the experts a layer
+is guessed to route to before it does (runtime/prefetch.py).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from . import numba_cache  # noqa: F401  (first: it says where the kernels' cach
 from .bundle import DTYPES, EXPERT_TENSORS, EXPERTS_HEADER, ExpertsIndex, check_experts_header
 from .errors import BundleError
 from .expert_slots import ALIGN, ExpertSlots
+from .huge_pages import map_on_huge_pages, read_blocks
 from .kernels import ExpertBytes
 from .spec import ModelSpec
 from .verify import check_expert
@@ -34,6 +37,10 @@ from .verify import check_expert
 # Spans are aligned to the format's 4 KiB; the kernel's pages may be larger (16 KiB on a Raspberry Pi 5 or
 # Apple silicon, 64 KiB on some arm64 kernels), and madvise refuses a start inside a page (EINVAL).
 PAGE_SIZE = mmap.PAGESIZE
+# Experts this large or larger are mapped on 2 MiB pages (`huge_pages`) without a budget: a first use then
+# reads the 2 MiB blocks of the file its span touches, a neighbour's bytes too; smaller experts keep exactly
+# their span on base-size pages.
+HUGE_PAGES_MIN_SPAN = 1 << 20
 
 
 def whole_pages(start: int, length: int, page: int) -> tuple[int, int]:
@@ -161,10 +168,12 @@ class ExpertStore:
         self.budget_bytes = budget_bytes
         self._held_back = held_back
         self._slots: ExpertSlots | None = None
+        self._huge = False  # the map on 2 MiB pages
         if budget_bytes is None:
             held = self._map
             self._starts = self.offsets  # the kernels read each span where it is in the file
             self._charged = self.spans
+            self._huge = int(self.spans.max(initial=0)) >= HUGE_PAGES_MIN_SPAN and map_on_huge_pages(self._map)
         else:
             if fd is None:
                 raise ValueError("an expert budget needs the experts file's descriptor")
@@ -268,10 +277,16 @@ class ExpertStore:
                 for e in routed:
                     if not self.mapped[layer, e]:
                         self.mapped[layer, e] = True
-                        self._map.madvise(mmap.MADV_WILLNEED, *whole_pages(int(self.offsets[layer, e]),
-                                                                           int(self.spans[layer, e]), PAGE_SIZE))
+                        self._read_in(int(self.offsets[layer, e]), int(self.spans[layer, e]))
                         self.fetches += 1
                 self._check(layer, routed)
+
+    def _read_in(self, start: int, length: int) -> None:
+        """Have the page cache read the span at `start` of the map (on 2 MiB pages: its blocks)."""
+        if self._huge:
+            read_blocks(self._map, start, length)
+        else:
+            self._map.madvise(mmap.MADV_WILLNEED, *whole_pages(start, length, PAGE_SIZE))
 
     def hold(self, layer: int, experts: np.ndarray, wait: bool = True) -> None:
         """Under a budget, have `experts` (distinct ids of `layer`, at most `capacity`, routed to) held until the

@@ -22,6 +22,7 @@ from .errors import BundleError
 from .expert_store import ExpertStore
 from .graphs import DenseGraph, GraphLayers, session_options, shared_initializers
 from .head import Head, tensor_view
+from .huge_pages import map_on_huge_pages
 from .memory import RUNTIME_GROWTH, anonymous_bytes, release_free_heap
 from .moe import MoELayer
 from .prefetch import ExpertPredictor
@@ -64,6 +65,8 @@ class Weights:
         self.embedding = tensor_view(dense, manifest, EMBEDDING)  # [V, D]
         embed = manifest.dense_tensors[EMBEDDING]  # page-aligned: a lookup reads its rows' pages only
         self._dense_map.madvise(mmap.MADV_RANDOM, embed.offset - embed.offset % mmap.PAGESIZE, embed.nbytes)
+        map_on_huge_pages(self._dense_map, 0, embed.offset)  # what every step reads, on 2 MiB pages
+        map_on_huge_pages(self._dense_map, embed.offset + embed.nbytes)
         self.head = Head(manifest, dense, activations)
         self.experts: ExpertStore | None = None
         self.moe: dict[int, MoELayer] = {}
