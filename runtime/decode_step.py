@@ -107,7 +107,7 @@ class DecodeStep:
     """`decode_layers` for a loaded model: its typed lists (made at the first step) and the store it counts in."""
 
     def __init__(self, layers: DecodeLayers, moe: dict[int, MoELayer], store: ExpertStore, threads: int):
-        self.layers, self.moe, self.store = layers, moe, store
+        self.layers, self.store = layers, store
         spec = layers.spec
         self.routing = spec.routing
         self.residual = np.float32(spec.residual_multiplier)
