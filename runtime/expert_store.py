@@ -282,10 +282,9 @@ class ExpertStore:
                 self._check(layer, routed)
 
     def _read_in(self, start: int, length: int) -> None:
-        """Have the page cache read the span at `start` of the map (on 2 MiB pages: its blocks)."""
-        if self._huge:
-            read_blocks(self._map, start, length)
-        else:
+        """Have the page cache read the span at `start` of the map (on 2 MiB pages: its blocks; where the kernel
+        cannot read them so, the span as on base-size pages)."""
+        if not (self._huge and read_blocks(self._map, start, length)):
             self._map.madvise(mmap.MADV_WILLNEED, *whole_pages(start, length, PAGE_SIZE))
 
     def hold(self, layer: int, experts: np.ndarray, wait: bool = True) -> None:

@@ -10,7 +10,6 @@ stay mapped that way until they leave it.
 
 from __future__ import annotations
 
-import contextlib
 import mmap
 
 HUGE_PAGE = 2 << 20
@@ -31,10 +30,13 @@ def map_on_huge_pages(region: mmap.mmap, start: int = 0, end: int | None = None)
     return True
 
 
-def read_blocks(region: mmap.mmap, start: int, length: int) -> None:
+def read_blocks(region: mmap.mmap, start: int, length: int) -> bool:
     """Have the page cache read the 2 MiB blocks of a map on huge pages that [start, start + length) touches
-    (MADV_WILLNEED would read base-size pages, which the map's faults then keep); before Linux 5.14, nothing:
-    the first reads fault the blocks in."""
+    (MADV_WILLNEED would read base-size pages, which the map's faults then keep); whether it could (not before
+    Linux 5.14)."""
     first = start - start % HUGE_PAGE
-    with contextlib.suppress(OSError):
+    try:
         region.madvise(MADV_POPULATE_READ, first, min(start + length, len(region)) - first)
+    except OSError:
+        return False
+    return True

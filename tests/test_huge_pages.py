@@ -40,12 +40,12 @@ def test_only_whole_blocks_inside_the_range_are_advised():
 
 def test_a_first_use_reads_the_blocks_its_span_touches():
     region = FakeMap(8 * HUGE_PAGE)
-    read_blocks(region, 3 * HUGE_PAGE - 4096, 8192)  # straddles the end of block 2
+    assert read_blocks(region, 3 * HUGE_PAGE - 4096, 8192)  # straddles the end of block 2
     assert region.calls == [(MADV_POPULATE_READ, 2 * HUGE_PAGE, HUGE_PAGE + 4096)]
     tail = FakeMap(2 * HUGE_PAGE + 100)
-    read_blocks(tail, 2 * HUGE_PAGE, 100)
+    assert read_blocks(tail, 2 * HUGE_PAGE, 100)
     assert tail.calls == [(MADV_POPULATE_READ, 2 * HUGE_PAGE, 100)]
-    read_blocks(FakeMap(HUGE_PAGE, refuse=True), 0, 10)  # before Linux 5.14: nothing, the faults read them
+    assert not read_blocks(FakeMap(HUGE_PAGE, refuse=True), 0, 10)  # before Linux 5.14: not read, no error
 
 
 def test_large_experts_are_read_in_blocks_with_the_same_logits(exported, monkeypatch):
@@ -61,7 +61,7 @@ def test_large_experts_are_read_in_blocks_with_the_same_logits(exported, monkeyp
     reads = []
     monkeypatch.setattr(expert_store, "HUGE_PAGES_MIN_SPAN", 0)
     monkeypatch.setattr(expert_store, "map_on_huge_pages", lambda region: True)  # tmpfs may refuse the advice
-    monkeypatch.setattr(expert_store, "read_blocks", lambda region, start, length: reads.append((start, length)))
+    monkeypatch.setattr(expert_store, "read_blocks", lambda region, start, n: reads.append((start, n)) or True)
     huge = Model.load(bundle, threads=1)
     store = huge.experts
     assert store._huge and not Model.load(bundle, threads=1, expert_budget=10**6).experts._huge
@@ -72,3 +72,18 @@ def test_large_experts_are_read_in_blocks_with_the_same_logits(exported, monkeyp
     for t in tokens[1:]:
         session.decode(t)
     assert len(reads) == int(store.touched.sum())
+
+
+def test_where_blocks_cannot_be_read_a_first_use_asks_for_its_span(exported, monkeypatch):
+    """A kernel without MADV_POPULATE_READ (before Linux 5.14): the span is asked for as on base-size pages, so a
+    first use does not fault its pages in one by one (the map reads no ahead)."""
+    bundle = exported("huge", tiny_moe_spec()).bundle
+    monkeypatch.setattr(expert_store, "HUGE_PAGES_MIN_SPAN", 0)
+    monkeypatch.setattr(expert_store, "map_on_huge_pages", lambda region: True)
+    monkeypatch.setattr(expert_store, "read_blocks", lambda region, start, length: False)
+    asked = []
+    monkeypatch.setattr(expert_store, "whole_pages", lambda start, length, page: asked.append(start) or (0, page))
+    model = Model.load(bundle, threads=1)
+    model.session().decode(3)
+    store = model.experts
+    assert sorted(asked) == sorted(int(store.offsets[layer, e]) for layer, e in np.argwhere(store.touched))
