@@ -1,18 +1,18 @@
 """One token through every layer in one numba call, when nothing between the layers needs Python.
 
 `forward` otherwise calls, per layer, the dense decode kernel, routing, the expert store's counting and the
-expert kernel from Python: ~25-60 µs a layer of calls and argument unboxing, measured 0.6 ms (olmoe-shape,
-16 layers) to 1.4 ms (granite-1b-shape, 24 layers) of a 8-19 ms step. Here one call runs those same kernels
-in the same order on the same arrays, so the logits are the same bit for bit; the layers' tensors, configs
-and experts' views reach it as numba typed lists, made once (unboxing a list costs one pointer, not ~40
-arrays a layer).
+expert kernel from Python, each call unboxing its arguments: 11 µs a layer on the demo model (0.202 → 0.157
+ms a token, 4 layers), 0.2-0.35 ms a token on olmoe-shape at two threads (README "Latest"). Here one call
+runs those same kernels in the same order on the same arrays, so the logits are the same bit for bit; the
+layers' tensors, configs and experts' views reach it as numba typed lists, made once (unboxing a list costs
+one pointer, not ~40 arrays a layer).
 
 Used for one-token steps with every expert in the mapped file (no expert budget: nothing to read into slots,
 release or read ahead), the layers' experts' views of one type (a mixed-precision bundle whose layers differ
-in their schemes goes layer by layer) and no probe watching the parts. The expert store's counters are updated as
-`ExpertStore.touch` does; an expert routed to for the first time (not yet advised to the kernel or checked
-against its checksum) ends the call at its layer, Python touches it as usual (`touch` reads and checks it),
-and a second call goes on from that layer's experts.
+in their schemes goes layer by layer) and no probe watching the parts. The expert store's counters are
+updated as `ExpertStore.touch` does; an expert routed to for the first time (not yet advised to the kernel or
+checked against its checksum) ends the call at its layer, Python touches it as usual (`touch` reads and
+checks it), and a second call goes on from that layer's experts.
 """
 
 from __future__ import annotations
@@ -109,7 +109,9 @@ class DecodeStep:
     def __init__(self, layers: DecodeLayers, moe: dict[int, MoELayer], store: ExpertStore, threads: int):
         self.layers, self.store = layers, store
         spec = layers.spec
-        self.routing = spec.routing
+        self.routing = r = spec.routing
+        # `_route`'s arguments, as `routing.route` passes them
+        self.route_args = (int(r.top_k), r.score_func == "sigmoid", bool(r.normalize_top_k), float(r.scaling_factor))
         self.residual = np.float32(spec.residual_multiplier)
         any_moe = next(iter(moe.values()))
         self.views = [(moe.get(i) or any_moe).bytes for i in range(spec.n_layers)]  # a dense layer's is never read
@@ -138,8 +140,7 @@ class DecodeStep:
             with store.counting():
                 first, store.clock = decode_layers(
                     hidden[0], first, resume, tensors, configs, cache.k, cache.v, cache.length, *tables, views,
-                    self.parallel, int(r.top_k), r.score_func == "sigmoid", bool(r.normalize_top_k),
-                    float(r.scaling_factor), self.residual, store.hits, store.touched, store.guessed,
+                    self.parallel, *self.route_args, self.residual, store.hits, store.touched, store.guessed,
                     store.last_use, store.mapped, store.verified, store.checksums is not None, store.clock, mid,
                     ffn_in, logits, ids, gates, scratch, out, self.layers.quantized, self.expert_quantized)
             if first == self.layers.spec.n_layers:  # (`len` of a typed list from Python costs ~20 µs)
