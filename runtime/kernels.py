@@ -140,10 +140,7 @@ def _expert_rows(x2, codes, b, kind, expert, weight, hidden, out, quantized):
 def moe_decode(x, b, experts, gates, hidden, out, quantized):
     """out[D] = Σ_j gates[j]·expert_j(x[D]) over the k `experts` of record b; hidden: scratch [k, I].
     `quantized`: None (float32 activations) or INT8_ACTIVATIONS."""
-    out[:] = _0
-    x2 = activations(x, b.group_hidden, quantized)  # once for the k experts
-    for j in range(experts.shape[0]):
-        _expert_into(x2, b, experts[j], gates[j], hidden[j], out, quantized)
+    moe_decode_from(x, b, experts, gates, hidden, out, quantized, 0)
 
 
 @njit(cache=True, error_model="numpy", fastmath=True)
@@ -153,7 +150,7 @@ def moe_decode_from(x, b, experts, gates, hidden, out, quantized, first):
     with `moe_decode`'s result."""
     if first == 0:
         out[:] = _0
-    x2 = activations(x, b.group_hidden, quantized)
+    x2 = activations(x, b.group_hidden, quantized)  # once for the experts
     for j in range(first, experts.shape[0]):
         _expert_into(x2, b, experts[j], gates[j], hidden[j], out, quantized)
 
