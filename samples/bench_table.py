@@ -3,7 +3,8 @@
     python samples/bench_table.py build/results/*.json
 
 One row per bundle and thread count: our decode latency (median, p90), tokens/s, prefill speed,
-the roofline (weights per step / measured read bandwidth) and our ratio to it, time to first
+the roofline (weights per step / measured read bandwidth) and our ratio to it (and the paired run's, each
+token against a probe read right after it: `moedge bench`), time to first
 token in a fresh process (numba cache warm), memory growth against dense + touched experts, and
 each peer's latency as a multiple of ours (and llama.cpp's prefill speed as a multiple of ours).
 """
@@ -41,9 +42,11 @@ def rows(report: dict) -> list[str]:
         first = f"{warm['time_to_first_token_s']:.2f} s" if warm else "—"
         memory = (f"{warm['rss_growth'] / (warm['dense_bytes'] + warm['experts_bytes_touched']):.2f}"
                   if warm else "—")
+        paired = r.get("paired")  # reports before session 8 have none
+        ratio = f"{r['ratio_to_roofline']:.2f}" + (f" (paired {paired['ratio_to_roofline']:.2f})" if paired else "")
         out.append(f"| {name} | {r['threads']} | {r['decode_ms_median']:.1f} ({r['decode_ms_p90']:.1f}) "
                    f"| {r['tokens_per_s']:.1f} | {r['prefill_tokens_per_s']:.0f} | {step:.0f} MB "
-                   f"| {r['roofline_ms']:.1f} | {r['ratio_to_roofline']:.2f} | {first} | {memory} "
+                   f"| {r['roofline_ms']:.1f} | {ratio} | {first} | {memory} "
                    f"| {_peer(report, 'onnxruntime-full-graph', r['threads'])} "
                    f"| {_peer(report, 'pytorch-eager', r['threads'])} "
                    f"| {_peer(report, 'llama.cpp', r['threads'])} |")

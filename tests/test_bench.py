@@ -13,7 +13,7 @@ from moedge.runtime.storage import step_bytes
 
 RESULT_FIELDS = {"threads", "decode_ms_median", "decode_ms_p90", "decode_ms_p99", "tokens_per_s",
                  "prefill_tokens_per_s", "breakdown_ms", "bandwidth_gb_s", "roofline_ms", "ratio_to_roofline",
-                 "python_overhead_fraction", "latencies_ms", "prefill_runs", "cold_start"}
+                 "python_overhead_fraction", "latencies_ms", "prefill_runs", "cold_start", "paired"}
 COLD_FIELDS = {"time_to_first_token_s", "startup_s", "load_s", "prefill_s", "first_decode_s", "rss_before_load",
                "rss_peak", "rss_growth", "dense_bytes", "experts_bytes_touched", "experts_resident_bytes"}
 
@@ -39,6 +39,9 @@ def test_bench_json_plot_and_peers(exported, tmp_path):
     assert set(r) >= RESULT_FIELDS
     assert set(r["breakdown_ms"]) == {"dense", "routing", "experts", "head", "other"}
     assert len(r["latencies_ms"]) == 2 * (12 - 4) and r["decode_ms_median"] > 0 and r["bandwidth_gb_s"] > 0
+    paired = r["paired"]  # tokens 5, 7, 9 and 11 of one more run, each with a probe read after it
+    assert len(paired["latencies_ms"]) == len(paired["bandwidth_gb_s"]) == 4 and paired["ratio_to_roofline"] > 0
+    assert f"ratio to each token's own roofline {paired['ratio_to_roofline']:.2f}" in result.stdout
     assert {"numba_cache_cold", "numba_cache_warm"} == set(r["cold_start"])
     for run in r["cold_start"].values():
         assert set(run) >= COLD_FIELDS and run["time_to_first_token_s"] > run["load_s"] > 0
@@ -142,12 +145,49 @@ def test_the_breakdown_is_the_median_of_each_part(monkeypatch):
         sessions.append(probe)
         return ScheduledSession(clock, probe, lambda step: schedule(step, probe is not SILENT))
     model = SimpleNamespace(spec=SimpleNamespace(vocab_size=50), session=session)
-    latencies, prefill_runs, parts = measure_decode(model, 10, WARMUP_TOKENS + 6, 2, 0, tqdm(disable=True))
+    latencies, prefill_runs, parts, paired = measure_decode(model, 10, WARMUP_TOKENS + 6, 2, 0, tqdm(disable=True))
+    assert paired == []  # no probe read given: no paired run
     assert sessions[:2] == [SILENT, SILENT] and len(sessions) == 3 and sessions[2] is not SILENT
     assert len(latencies) == 12 and prefill_runs == pytest.approx([100.0, 100.0])
     assert parts == pytest.approx({"dense": 0.001, "routing": 0.0001, "experts": 0.002, "head": 0.0005,
                                    "other": 0.0}, abs=1e-9)
     assert float(np.median(latencies)) == pytest.approx(sum(parts.values()) - 0.0003)
+
+
+def test_the_paired_ratio_takes_each_token_with_its_own_bandwidth(monkeypatch):
+    """The machine's bandwidth moves from one token to the next (40, 20, 30 GB/s, again and again), and a token
+    decodes in proportion: at its own moment's rate every token is 1.25x its roofline, while against the best
+    rate (what a best-of probe reads) the tokens look slower. The paired run times every other token (the others
+    start after the probe's read), reads the probe right after it, and its ratio is the median of the tokens'
+    own (one slow token does not move it): a token paired with another's read, or a read taken before the token,
+    gives another ratio."""
+    import time
+    from types import SimpleNamespace
+
+    from tqdm import tqdm
+
+    from moedge.runtime.forward import SILENT
+    from moedge.runtime.tools.bench import WARMUP_TOKENS, measure_decode, paired_ratio
+
+    clock = FakeClock()
+    monkeypatch.setattr(time, "perf_counter", clock)
+    step_bytes = 40e6
+    rate = [40.0, 20.0, 30.0]  # GB/s of the machine while step s runs: rate[s % 3]
+    sessions = []
+
+    def session(probe=SILENT):
+        sessions.append(ScheduledSession(clock, probe, lambda step: {
+            "experts": (10 if step == 9 else 1) * 1.25 * step_bytes / (rate[step % 3] * 1e9)}))  # 9: a page fault
+        return sessions[-1]
+
+    def probe_read():
+        return rate[(sessions[-1].step - 1) % 3]  # the rate of the step just ended
+    model = SimpleNamespace(spec=SimpleNamespace(vocab_size=50), session=session)
+    runs = measure_decode(model, 10, WARMUP_TOKENS + 8, 1, 0, tqdm(disable=True), probe_read)
+    assert len(sessions) == 3 and len(runs.latencies) == 8 and len(runs.paired) == 4  # tokens 5, 7, 9 and 11
+    assert [bandwidth for _, bandwidth in runs.paired] == [rate[i % 3] for i in (5, 7, 9, 11)]
+    assert paired_ratio(runs.paired, step_bytes) == pytest.approx(1.25)
+    assert float(np.median(runs.latencies)) * max(rate) * 1e9 / step_bytes == pytest.approx(1.25 * (4 / 3 + 2) / 2)
 
 
 def test_summary_table_rates_and_spread():

@@ -27,18 +27,27 @@ def _blocked_sum(buf):
     return partial.sum()
 
 
+class BandwidthProbe:
+    """Reads of one buffer of `nbytes`, allocated once, with `threads` threads: `sample()` is one read's GB/s."""
+
+    def __init__(self, threads: int, nbytes: int = BUFFER_BYTES):
+        self.threads = threads
+        self.buf = np.ones(nbytes // 4, dtype=np.float32)
+        self.sample()  # compiles and faults the buffer in outside any timing
+
+    def sample(self) -> float:
+        """GB/s of one read of the buffer."""
+        previous = numba.get_num_threads()
+        numba.set_num_threads(self.threads)
+        try:
+            start = time.perf_counter()
+            _blocked_sum(self.buf)
+            return self.buf.nbytes / (time.perf_counter() - start) / 1e9
+        finally:
+            numba.set_num_threads(previous)
+
+
 def read_bandwidth(threads: int, nbytes: int = BUFFER_BYTES, repeat: int = 5) -> float:
     """Best-of-`repeat` GB/s of a blocked, vectorised read with `threads` threads."""
-    previous = numba.get_num_threads()
-    numba.set_num_threads(threads)
-    try:
-        buf = np.ones(nbytes // 4, dtype=np.float32)
-        _blocked_sum(buf[:BLOCK * 4])  # compile outside the timing
-        best = float("inf")
-        for _ in range(repeat):
-            start = time.perf_counter()
-            _blocked_sum(buf)
-            best = min(best, time.perf_counter() - start)
-        return buf.nbytes / best / 1e9
-    finally:
-        numba.set_num_threads(previous)
+    probe = BandwidthProbe(threads, nbytes)
+    return max(probe.sample() for _ in range(repeat))

@@ -15,8 +15,10 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from tqdm import tqdm
@@ -27,10 +29,14 @@ from ..forward import Probe
 from ..kernel_vnni import VNNI
 from ..model import Model
 from ..storage import step_bytes, storage
-from .bandwidth import read_bandwidth
+from .bandwidth import BandwidthProbe, read_bandwidth
 from .memory_cap import drop_cached_pages, memory_cgroup
 
 WARMUP_TOKENS = 4
+# the read after each token of the paired run: long enough for both threads' blocks to stream (64 MB read 20-30%
+# slower than 1 GiB at two threads here), short enough to follow this VM's bandwidth, which moves between
+# ~35 and ~60 GB/s at two threads from one second to the next
+PAIRED_PROBE_BYTES = 256 << 20
 PEERS = ("onnxruntime-full-graph", "pytorch-eager", "llama.cpp")  # `moedge bench --peers` (exporter/peers.py)
 PARTS = ("dense", "routing", "experts", "head")
 # the runs under a memory cap, by `bench_child --read-ahead`: the default (reading ahead while it measures faster),
@@ -53,6 +59,7 @@ class ThreadResult:
     roofline_ms: float
     ratio_to_roofline: float
     python_overhead_fraction: float
+    paired: dict[str, float | list[float]]  # the paired run (`paired_ratio`): its ratio, latencies and probe reads
     latencies_ms: list[float] = field(repr=False)  # every run's, one after the other
     prefill_runs: list[float] = field(default_factory=list)  # prefill tokens/s of each run
     cold_start: dict[str, dict] = field(default_factory=dict)
@@ -75,36 +82,59 @@ class PartTimer(Probe):
         self.last = now
 
 
+class DecodeRuns(NamedTuple):
+    """What `measure_decode` measured (times in s)."""
+
+    latencies: list[float]  # every token's after the warm-up, of every plain run
+    prefill_rates: list[float]  # tokens/s of each plain run's prompt
+    parts: dict[str, float]  # median time per part per token, from the part-by-part run
+    paired: list[tuple[float, float]]  # the paired run's (latency, GB/s of the probe read right after that token)
+
+
 def measure_decode(model: Model, prompt_tokens: int, new_tokens: int, repeat: int, seed: int,
-                   progress: tqdm) -> tuple[list[float], list[float], dict[str, float]]:
-    """Per-token decode latencies (s) and prefill tokens/s of each of `repeat` runs, and, from one more run part by
+                   progress: tqdm, probe_read: Callable[[], float] | None = None) -> DecodeRuns:
+    """Per-token decode latencies and prefill tokens/s of each of `repeat` runs, and, from one more run part by
     part under a probe (`forward`'s layer-by-layer path: a probe sees each part end), the median time per part per
-    token (s); "other" is the median of what the parts leave of each token."""
+    token; "other" is the median of what the parts leave of each token. With `probe_read` (one read of the memory
+    bandwidth probe, GB/s), a last run pairs every other token's latency with a probe read made right after it
+    (the tokens between start after a probe read, so caches the step would have kept are cold: not paired)."""
     rng = np.random.default_rng(seed)
     vocab = model.spec.vocab_size
     timer = PartTimer()
-    latencies, prefill_rates, parts = [], [], defaultdict(list)
-    for run in range(repeat + 1):
+    latencies, prefill_rates, parts, paired = [], [], defaultdict(list), []
+    for run in range(repeat + 1 + (probe_read is not None)):
         parted = run == repeat
         session = model.session(probe=timer) if parted else model.session()
         prompt = rng.integers(0, vocab, prompt_tokens)
         start = time.perf_counter()
         session.prefill(prompt, last_only=True)
-        if not parted:
+        if run < repeat:
             prefill_rates.append(prompt_tokens / (time.perf_counter() - start))
         for i, token in enumerate(rng.integers(0, vocab, new_tokens)):
             timer.start()
             start = time.perf_counter()
             session.decode(int(token))
             elapsed = time.perf_counter() - start
-            if i >= WARMUP_TOKENS and not parted:
+            if run > repeat:
+                if i % 2:  # every other token: its step did not start in caches a probe read had just swept
+                    bandwidth = probe_read()
+                    if i >= WARMUP_TOKENS:
+                        paired.append((elapsed, bandwidth))
+            elif i >= WARMUP_TOKENS and not parted:
                 latencies.append(elapsed)
             elif i >= WARMUP_TOKENS:
                 for part in PARTS:
                     parts[part].append(timer.totals.get(part, 0.0))
                 parts["other"].append(elapsed - sum(timer.totals.get(part, 0.0) for part in PARTS))
             progress.update(1)
-    return latencies, prefill_rates, {k: float(np.median(v)) for k, v in parts.items()}
+    return DecodeRuns(latencies, prefill_rates, {k: float(np.median(v)) for k, v in parts.items()}, paired)
+
+
+def paired_ratio(paired: list[tuple[float, float]], step_bytes: int) -> float:
+    """The median over tokens of each token's latency over its own roofline: the step's bytes at the bandwidth
+    read right after it. Where the machine's bandwidth moves within a run, a best-of probe taken once compares
+    tokens decoded at one rate with a roofline at another; this pairs each token with its moment's rate."""
+    return float(np.median([latency * bandwidth * 1e9 / step_bytes for latency, bandwidth in paired]))
 
 
 def cold_start(bundle: Path, threads: int, prompt_tokens: int, seed: int, numba_cache: str | None,
@@ -157,12 +187,14 @@ def bench(bundle: str | Path, threads: list[int], prompt_tokens: int = 128, new_
     capped = {} if memory_limit is None else {  # first: a cgroup that cannot be made fails before the long part
         "memory_cap": capped_runs(bundle, threads[0], prompt_tokens, new_tokens, seed, memory_limit)}
     results = []
-    total = len(threads) * (repeat + 1) * new_tokens  # + the part-by-part run
+    total = len(threads) * (repeat + 2) * new_tokens  # + the part-by-part and the paired runs
     with tqdm(total=total, desc="bench", unit="tok", disable=not show_progress) as progress:
         for n in threads:
             model = Model.load(bundle, threads=n)
-            latencies, prefill_rates, parts = measure_decode(model, prompt_tokens, new_tokens, repeat, seed, progress)
-            del model
+            probe = BandwidthProbe(n, PAIRED_PROBE_BYTES)
+            latencies, prefill_rates, parts, paired = measure_decode(model, prompt_tokens, new_tokens, repeat, seed,
+                                                                     progress, probe.sample)
+            del model, probe
             ms = np.array(latencies) * 1e3
             bandwidth = read_bandwidth(n)
             roofline_ms = bytes_per_step["total"] / (bandwidth * 1e9) * 1e3
@@ -174,7 +206,11 @@ def bench(bundle: str | Path, threads: list[int], prompt_tokens: int = 128, new_
                 decode_ms_p99=float(np.percentile(ms, 99)), tokens_per_s=1e3 / median,
                 prefill_tokens_per_s=float(np.median(prefill_rates)), breakdown_ms=breakdown, bandwidth_gb_s=bandwidth,
                 roofline_ms=roofline_ms, ratio_to_roofline=median / roofline_ms,
-                python_overhead_fraction=max(0.0, 1.0 - inside / sum(breakdown.values())), latencies_ms=ms.tolist(),
+                python_overhead_fraction=max(0.0, 1.0 - inside / sum(breakdown.values())),
+                paired={"ratio_to_roofline": paired_ratio(paired, bytes_per_step["total"]),
+                        "latencies_ms": [latency * 1e3 for latency, _ in paired],
+                        "bandwidth_gb_s": [bandwidth for _, bandwidth in paired]},
+                latencies_ms=ms.tolist(),
                 prefill_runs=prefill_rates))
             if cold:
                 with tempfile.TemporaryDirectory() as empty_cache:

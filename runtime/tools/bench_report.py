@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from ..read_ahead_governor import FIRST_TRIAL_AFTER
-from .bench import CAPPED_RUNS
+from .bench import CAPPED_RUNS, PAIRED_PROBE_BYTES
 
 MB = 1e6
 
@@ -27,6 +27,16 @@ def _cold_lines(cold: dict) -> list[str]:
     return lines
 
 
+def _paired_lines(paired: dict | None) -> list[str]:
+    if not paired:
+        return []
+    rates = paired["bandwidth_gb_s"]
+    return [f"    paired (one more run, a {PAIRED_PROBE_BYTES >> 20} MB probe read after every other token): decode "
+            f"{np.median(paired['latencies_ms']):.2f} ms/token median, the probe {min(rates):.1f}-{max(rates):.1f} "
+            f"GB/s (median {np.median(rates):.1f}) -> ratio to each token's own roofline "
+            f"{paired['ratio_to_roofline']:.2f} (median)"]
+
+
 def format_report(report: dict) -> str:
     """Several lines per thread count: latency, roofline ratio, breakdown, cold start, memory, peers; then the
     summary table."""
@@ -43,6 +53,7 @@ def format_report(report: dict) -> str:
             f"prefill {r['prefill_tokens_per_s']:.0f} tokens/s",
             f"    roofline {r['roofline_ms']:.2f} ms at {r['bandwidth_gb_s']:.1f} GB/s -> ratio to roofline "
             f"{r['ratio_to_roofline']:.2f}",
+            *_paired_lines(r.get("paired")),
             "    breakdown (one more run, part by part; median ms/token): "
             + ", ".join(f"{k} {v:.2f}" for k, v in b.items())
             + f"; Python between the kernels {100 * r['python_overhead_fraction']:.1f}% of that run",
