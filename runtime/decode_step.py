@@ -1,11 +1,11 @@
 """One token through every layer in one numba call, when nothing between the layers needs Python.
 
 `forward` otherwise calls, per layer, the dense decode kernel, routing, the expert store's counting and the
-expert kernel from Python, each call unboxing its arguments: 11 µs a layer on the demo model (0.202 → 0.157
-ms a token, 4 layers), 0.2-0.35 ms a token on olmoe-shape at two threads (README "Latest"). Here one call
-runs those same kernels in the same order on the same arrays, so the logits are the same bit for bit; the
-layers' tensors, configs and experts' views reach it as numba typed lists, made once (unboxing a list costs
-one pointer, not ~40 arrays a layer).
+expert kernel from Python, each call unboxing its arguments: 11 µs a layer on the demo model (0.202 → 0.157 ms a
+token, 4 layers), 0.2-0.35 ms a token on olmoe-shape at two threads (docs/performance-history.md, session 7).
+Here one call runs those same kernels in the same order on the same arrays, so the logits are the same bit for
+bit; the layers' tensors, configs and experts' views reach it as numba typed lists, made once (unboxing a list
+costs one pointer, not ~40 arrays a layer).
 
 Used for one-token steps with every expert in the mapped file (no expert budget: nothing to read into slots,
 release or read ahead), the layers' experts' views of one type (a mixed-precision bundle whose layers differ

@@ -1,10 +1,10 @@
 """File maps on 2 MiB pages: the weights a decode step streams, with fewer TLB misses and page walks.
 
-On Linux with transparent huge pages for files (the page cache holding large folios: ext4, xfs; not tmpfs
-unless its `shmem_enabled` allows), MADV_HUGEPAGE makes a fault on the map read the whole 2 MiB block of the
-file around it and map it with one entry. Measured here, the bench models' experts mapped so decoded
-3.5-7.7% faster on average than on 4 KiB pages (page cache dropped before each run; README "Latest"); their
-dense weights, read by faults with readahead, were on 2 MiB mappings already. Pages the page cache already
+On Linux with transparent huge pages for files (the page cache holding large folios: ext4, xfs; not tmpfs unless
+its `shmem_enabled` allows), MADV_HUGEPAGE makes a fault on the map read the whole 2 MiB block of the file
+around it and map it with one entry. Measured here, the bench models' experts mapped so decoded 3.5-7.7% faster
+on average than on 4 KiB pages (page cache dropped before each run; docs/performance-history.md, session 7);
+their dense weights, read by faults with readahead, were on 2 MiB mappings already. Pages the page cache already
 holds in base-size folios stay mapped that way until they leave it.
 """
 
