@@ -39,7 +39,7 @@ def test_bench_json_plot_and_peers(exported, tmp_path):
     assert set(r) >= RESULT_FIELDS
     assert set(r["breakdown_ms"]) == {"dense", "routing", "experts", "head", "other"}
     assert len(r["latencies_ms"]) == 2 * (12 - 4) and r["decode_ms_median"] > 0 and r["bandwidth_gb_s"] > 0
-    paired = r["paired"]  # tokens 5, 7, 9 and 11 of one more run, each with a probe read after it
+    paired = r["paired"]  # tokens 4, 6, 8 and 10 of one more run, each with a probe read after it
     assert len(paired["latencies_ms"]) == len(paired["bandwidth_gb_s"]) == 4 and paired["ratio_to_roofline"] > 0
     assert f"ratio to each token's own roofline {paired['ratio_to_roofline']:.2f}" in result.stdout
     assert {"numba_cache_cold", "numba_cache_warm"} == set(r["cold_start"])
@@ -177,15 +177,15 @@ def test_the_paired_ratio_takes_each_token_with_its_own_bandwidth(monkeypatch):
 
     def session(probe=SILENT):
         sessions.append(ScheduledSession(clock, probe, lambda step: {
-            "experts": (10 if step == 9 else 1) * 1.25 * step_bytes / (rate[step % 3] * 1e9)}))  # 9: a page fault
+            "experts": (10 if step == 8 else 1) * 1.25 * step_bytes / (rate[step % 3] * 1e9)}))  # 8: a page fault
         return sessions[-1]
 
     def probe_read():
         return rate[(sessions[-1].step - 1) % 3]  # the rate of the step just ended
     model = SimpleNamespace(spec=SimpleNamespace(vocab_size=50), session=session)
     runs = measure_decode(model, 10, WARMUP_TOKENS + 8, 1, 0, tqdm(disable=True), probe_read)
-    assert len(sessions) == 3 and len(runs.latencies) == 8 and len(runs.paired) == 4  # tokens 5, 7, 9 and 11
-    assert [bandwidth for _, bandwidth in runs.paired] == [rate[i % 3] for i in (5, 7, 9, 11)]
+    assert len(sessions) == 3 and len(runs.latencies) == 8 and len(runs.paired) == 4  # tokens 4, 6, 8 and 10
+    assert [bandwidth for _, bandwidth in runs.paired] == [rate[i % 3] for i in (4, 6, 8, 10)]
     assert paired_ratio(runs.paired, step_bytes) == pytest.approx(1.25)
     assert float(np.median(runs.latencies)) * max(rate) * 1e9 / step_bytes == pytest.approx(1.25 * (4 / 3 + 2) / 2)
 

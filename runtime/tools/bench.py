@@ -33,9 +33,9 @@ from .bandwidth import BandwidthProbe, read_bandwidth
 from .memory_cap import drop_cached_pages, memory_cgroup
 
 WARMUP_TOKENS = 4
-# the read after each token of the paired run: long enough for both threads' blocks to stream (64 MB read 20-30%
-# slower than 1 GiB at two threads here), short enough to follow this VM's bandwidth, which moves between
-# ~35 and ~60 GB/s at two threads from one second to the next
+# the probe's read after every other token of the paired run: long enough for both threads' blocks to stream
+# (64 MB read 20-30% slower than 1 GiB at two threads here), short enough to follow this VM's bandwidth, which
+# moves between ~35 and ~60 GB/s at two threads from one second to the next
 PAIRED_PROBE_BYTES = 256 << 20
 PEERS = ("onnxruntime-full-graph", "pytorch-eager", "llama.cpp")  # `moedge bench --peers` (exporter/peers.py)
 PARTS = ("dense", "routing", "experts", "head")
@@ -116,10 +116,8 @@ def measure_decode(model: Model, prompt_tokens: int, new_tokens: int, repeat: in
             session.decode(int(token))
             elapsed = time.perf_counter() - start
             if run > repeat:
-                if i % 2:  # every other token: its step did not start in caches a probe read had just swept
-                    bandwidth = probe_read()
-                    if i >= WARMUP_TOKENS:
-                        paired.append((elapsed, bandwidth))
+                if i >= WARMUP_TOKENS and (i - WARMUP_TOKENS) % 2 == 0:  # each starts as a plain run's token
+                    paired.append((elapsed, probe_read()))
             elif i >= WARMUP_TOKENS and not parted:
                 latencies.append(elapsed)
             elif i >= WARMUP_TOKENS:
