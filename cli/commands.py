@@ -30,16 +30,16 @@ def export(src: str, out: str, group_size: int | None = None, bits: int = 8, for
 
 
 def _load(bundle: str, threads: int | None, expert_budget_mb: float | None, verify: bool, quiet: bool,
-          compile_now: bool = True, read_ahead: str = "auto"):
-    """`Model.load` for a command (`read_ahead`: a `READ_AHEAD_MODES` name); its notes (a memory budget, a first
-    compile) on stderr unless `quiet`. With `compile_now`, the kernels numba's cache lacks are compiled here (see
-    `_compile_kernels`)."""
+          compile_now: bool = True, read_ahead: str = "auto", kv_cache: str | None = None):
+    """`Model.load` for a command (`read_ahead`: a `READ_AHEAD_MODES` name; `kv_cache`: its dtype); its notes (a
+    memory budget, a first compile) on stderr unless `quiet`. With `compile_now`, the kernels numba's cache lacks
+    are compiled here (see `_compile_kernels`)."""
     from moedge.runtime import Model
     from moedge.runtime.read_ahead_governor import READ_AHEAD_MODES
 
     budget = None if expert_budget_mb is None else int(expert_budget_mb * 1e6)
     model = Model.load(bundle, threads=threads, expert_budget=budget, verify=verify,
-                       read_ahead=READ_AHEAD_MODES[read_ahead])
+                       read_ahead=READ_AHEAD_MODES[read_ahead], kv_cache=kv_cache)
     if model.budget_note and not quiet:
         print(f"moedge: {model.budget_note}", file=sys.stderr)
     if read_ahead == "on" and not model.weights.may_read_ahead and not quiet:
@@ -112,7 +112,8 @@ def _read_prompt(prompt: str | None, file: str | None) -> str | None:
 def run(bundle: str, prompt: str | None = None, file: str | None = None, ids: list[int] | None = None, n: int = 64,
         temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
         threads: int | None = None, chat: bool = False, expert_budget_mb: float | None = None, verify: bool = True,
-        quiet: bool = False, stop: list[str] | None = None, read_ahead: str = "auto") -> None:
+        quiet: bool = False, stop: list[str] | None = None, read_ahead: str = "auto",
+        kv_cache: str | None = None) -> None:
     """Generate text from a prompt (with `chat`: a user message in the chat template): the generated text alone
     on stdout as it comes (token ids for a bundle without a tokenizer), ending before the first `stop` string;
     then latency and expert usage on stderr."""
@@ -130,7 +131,8 @@ def run(bundle: str, prompt: str | None = None, file: str | None = None, ids: li
     stops = StopStrings(stop or ())
     text = _read_prompt(prompt, file)
     t0 = time.perf_counter()
-    model = _load(bundle, threads, expert_budget_mb, verify, quiet, compile_now=False, read_ahead=read_ahead)
+    model = _load(bundle, threads, expert_budget_mb, verify, quiet, compile_now=False, read_ahead=read_ahead,
+                  kv_cache=kv_cache)
     if stop and model.tokenizer is None:
         raise InputError("--stop needs a bundle with a tokenizer (this one prints token ids)")
     inputs = _prompt_ids(model, text, ids, chat, n)
@@ -172,20 +174,21 @@ def _report_run(model, load_s: float, stamps: list[float], stopped_at: str | Non
 
 def chat(bundle: str, system: str | None = None, n: int = 512, temperature: float = 0.8, top_k: int = 40,
          top_p: float = 0.95, seed: int | None = None, threads: int | None = None,
-         expert_budget_mb: float | None = None, verify: bool = True, read_ahead: str = "auto") -> None:
+         expert_budget_mb: float | None = None, verify: bool = True, read_ahead: str = "auto",
+         kv_cache: str | None = None) -> None:
     """Chat with a bundle in the terminal through its chat template (plain continuation without one); the
     history stays in the session's KV cache. /reset forgets it, /exit leaves, Ctrl-C stops a reply."""
     from moedge.runtime.conversation import Conversation
 
     from .chat_loop import chat_loop
 
-    model = _load(bundle, threads, expert_budget_mb, verify, quiet=False, read_ahead=read_ahead)
+    model = _load(bundle, threads, expert_budget_mb, verify, quiet=False, read_ahead=read_ahead, kv_cache=kv_cache)
     chat_loop(Conversation(model, system, n, temperature, top_k, top_p, seed))
 
 
 def serve(bundle: str, host: str = "127.0.0.1", port: int = 8080, queue: int = 8, name: str | None = None,
           threads: int | None = None, expert_budget_mb: float | None = None, verify: bool = True,
-          read_ahead: str = "auto") -> None:
+          read_ahead: str = "auto", kv_cache: str | None = None) -> None:
     """Serve a bundle over HTTP with OpenAI's API (/v1/models, /v1/completions, /v1/chat/completions),
     one request at a time, until Ctrl-C."""
     require("starlette", "uvicorn", "sse_starlette", purpose="moedge serve")
@@ -194,7 +197,8 @@ def serve(bundle: str, host: str = "127.0.0.1", port: int = 8080, queue: int = 8
 
     sock = listen(host, port)
     try:
-        model = _load(bundle, threads, expert_budget_mb, verify, quiet=False, read_ahead=read_ahead)
+        model = _load(bundle, threads, expert_budget_mb, verify, quiet=False, read_ahead=read_ahead,
+                      kv_cache=kv_cache)
         serve_http(model, sock, name or Path(bundle).resolve().name.removesuffix(".moedge"), queue)
     finally:
         sock.close()
@@ -260,7 +264,8 @@ def inspect(bundle: str, verify: bool = False) -> None:
 
 def bench(bundle: str, threads: list[int], prompt_tokens: int = 128, new_tokens: int = 64, repeat: int = 3,
           seed: int = 0, json_path: str | None = None, plot: str | None = None, peers: list[str] | None = None,
-          cold: bool = True, memory_limit: int | None = None, estimate: str | None = None) -> None:
+          cold: bool = True, memory_limit: int | None = None, estimate: str | None = None,
+          kv_cache: str | None = None) -> None:
     """Benchmark a bundle: decode latency vs the memory-bandwidth roofline, prefill, cold start, memory;
     with `estimate`, also the estimated latency on that board (or all) from the ratio to roofline measured here."""
     import json
@@ -273,7 +278,7 @@ def bench(bundle: str, threads: list[int], prompt_tokens: int = 128, new_tokens:
     from moedge.runtime.tools.bench_report import format_report
 
     report = run_bench(bundle, threads, prompt_tokens=prompt_tokens, new_tokens=new_tokens, repeat=repeat,
-                       seed=seed, cold=cold, memory_limit=memory_limit)
+                       seed=seed, cold=cold, memory_limit=memory_limit, kv_cache=kv_cache)
     if peers is not None:
         from moedge.exporter.peers import measure_peers  # needs torch/onnx: export side
 

@@ -7,6 +7,7 @@ import signal
 import sys
 
 from moedge.runtime.errors import MoedgeError
+from moedge.runtime.kv_cache import KV_DTYPES
 from moedge.runtime.read_ahead_governor import READ_AHEAD_MODES
 from moedge.runtime.tools.bench import PEERS, WARMUP_TOKENS
 from moedge.runtime.tools.estimate import BOARDS
@@ -62,6 +63,12 @@ def _loading_options(p: argparse.ArgumentParser) -> None:
                         "auto (default: while it measures faster), on, off")
     p.add_argument("--no-verify", dest="verify", action="store_false",
                    help="skip the checksums (dense files at load, each expert on first use)")
+    _kv_cache_option(p)
+
+
+def _kv_cache_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--kv-cache", choices=KV_DTYPES, default=None,
+                   help="the KV cache's dtype (default: float16 beside quantized dense linears, else float32)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -140,6 +147,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="draw latency and breakdown here (needs matplotlib; checked before the run)")
     p.add_argument("--memory-limit", type=size, default=None, metavar="SIZE",
                    help="also decode inside a memory cgroup of SIZE (e.g. 1G; needs root), beside an uncapped run")
+    _kv_cache_option(p)
     p.add_argument("--peers", nargs="*", choices=PEERS, default=None, metavar="PEER",
                    help=f"also measure these peers on the same weights ({', '.join(PEERS)}; none named: all)")
     p.add_argument("--no-cold-start", dest="cold", action="store_false",

@@ -25,6 +25,7 @@ from . import numba_cache  # noqa: F401  (first: it says where the kernels' cach
 from .bundle import NBITS, Manifest
 from .fast_exp import fast_exp
 from .graphs import LayerOutputs
+from .half import narrow, widen
 from .head import tensor_view
 from .kernel_codes import BLOCK, KERNEL_OPTIONS, NIBBLES, activations
 from .kernels import INT8_ACTIVATIONS, dot_row, dot_rows4
@@ -295,24 +296,44 @@ def _rope(x, heads, hd, cos, sin):
             x[h * hd + i + half] = b * cos[i] + a * sin[i]
 
 
+@njit(cache=True, error_model="numpy", fastmath=True, inline="always")
+def _scores_of_row(q, kj, j, scores, group, hd, scale):
+    """scores[h, j] = q_h · kj[kv(h)] · scale for every head (kj [K, Hd]: a cached row, float32 or float16 bits)."""
+    for kv in range(kj.shape[0]):  # heads by kv head: no division per row and head
+        for g in range(group):
+            h = kv * group + g
+            s = _0
+            for d in range(hd):
+                s += q[h * hd + d] * widen(kj[kv, d])
+            scores[h, j] = s * scale
+
+
+@njit(cache=True, error_model="numpy", fastmath=True, inline="always")
+def _add_row(out, vj, j, scores, group, hd):
+    """out_h += scores[h, j] · vj[kv(h)] for every head (vj [K, Hd]: a cached row, float32 or float16 bits)."""
+    for kv in range(vj.shape[0]):
+        for g in range(group):
+            h = kv * group + g
+            p = scores[h, j]
+            for d in range(hd):
+                out[h * hd + d] += p * widen(vj[kv, d])
+
+
 @njit(cache=True, error_model="numpy", fastmath=True)
-def _attend(q, k_cache, v_cache, length, cfg, out):
-    """out [H·Hd] = softmax(q·Kᵀ·scale) V over the `length` cached rows [S, K, Hd], reading the cache in memory
-    order: cached row j of every kv head, then row j + 1 (kv head by kv head, each head's rows sat a row of
-    every head apart: measured 1.3x slower at 40 cached rows, 1.8x at 170, 3x at 1000)."""
+def _attend(q, k_new, v_new, k_cache, v_cache, past, cfg, out):
+    """out [H·Hd] = softmax(q·Kᵀ·scale) V over the `past` cached rows [S, K, Hd] and the token's own k/v rows
+    [K, Hd] (float32, as computed: a float16 cache rounds what it keeps, not what this step attends to, as in the
+    layer graphs). Reads the cache in memory order: cached row j of every kv head, then row j + 1 (kv head by kv
+    head, each head's rows sat a row of every head apart: measured 1.3x slower at 40 cached rows, 1.8x at 170,
+    3x at 1000)."""
     hd, heads, kvh = cfg.head_dim, cfg.n_heads, cfg.n_kv_heads
     group = heads // kvh
     scale = np.float32(cfg.scale)
+    length = past + 1
     scores = np.empty((heads, length), dtype=np.float32)  # head by head: the softmax reads it contiguously
-    for j in range(length):
-        kj = k_cache[j]
-        for kv in range(kvh):  # heads by kv head: no division per row and head
-            for g in range(group):
-                h = kv * group + g
-                s = _0
-                for d in range(hd):
-                    s += q[h * hd + d] * kj[kv, d]
-                scores[h, j] = s * scale
+    for j in range(past):
+        _scores_of_row(q, k_cache[j], j, scores, group, hd, scale)
+    _scores_of_row(q, k_new, past, scores, group, hd, scale)
     for h in range(heads):
         row = scores[h]
         top = row[0]
@@ -328,30 +349,27 @@ def _attend(q, k_cache, v_cache, length, cfg, out):
             row[j] *= inv
     for i in range(heads * hd):
         out[i] = _0
-    for j in range(length):
-        vj = v_cache[j]
-        for kv in range(kvh):
-            for g in range(group):
-                h = kv * group + g
-                p = scores[h, j]
-                for d in range(hd):
-                    out[h * hd + d] += p * vj[kv, d]
+    for j in range(past):
+        _add_row(out, v_cache[j], j, scores, group, hd)
+    _add_row(out, v_new, past, scores, group, hd)
 
 
 @njit(cache=True, error_model="numpy", fastmath=True)
 def decode_layer(x, t, cfg, k_cache, v_cache, pos, cos, sin, hidden_out, ffn_in, router_logits, quantized):
     """One layer's dense part for one token x [D] at position `pos`: writes the new k/v rows into the
-    cache [S, K, Hd] at `pos`, `hidden_out` [D] (attention and dense FFN or shared expert added),
-    and for an MoE layer `ffn_in` [D] and `router_logits` [E]. `quantized` (None or True, 8- and 4-bit linears
-    only): the linears' inputs quantized to int8 blocks of 32, as the experts' are (`kernels.INT8_ACTIVATIONS`)."""
+    cache [S, K, Hd] (float32, or float16 bits: `half`) at `pos`, `hidden_out` [D] (attention and dense FFN or
+    shared expert added), and for an MoE layer `ffn_in` [D] and `router_logits` [E]. `quantized` (None or True,
+    8- and 4-bit linears only): the linears' inputs quantized to int8 blocks of 32, as the experts' are
+    (`kernels.INT8_ACTIVATIONS`)."""
     d, hd, heads, kvh = x.shape[0], cfg.head_dim, cfg.n_heads, cfg.n_kv_heads
     rm = np.float32(cfg.residual)
     xn = np.empty(d, dtype=np.float32)
     _rmsnorm(x, t.attn_norm, cfg.eps, xn)
     q = np.empty(heads * hd, dtype=np.float32)
     k = np.empty(kvh * hd, dtype=np.float32)
+    v = np.empty(kvh * hd, dtype=np.float32)
     xa = linear_input(t.wq, xn, quantized)  # once for q, k and v
-    _apply_each(t.wq, t.wk, t.wv, 3, xa, q, k, v_cache[pos].reshape(kvh * hd), cfg.parallel_min)
+    _apply_each(t.wq, t.wk, t.wv, 3, xa, q, k, v, cfg.parallel_min)
     if cfg.qk_norm == 2:
         _rmsnorm(q.copy(), t.q_norm, cfg.eps, q)
         _rmsnorm(k.copy(), t.k_norm, cfg.eps, k)
@@ -364,9 +382,10 @@ def decode_layer(x, t, cfg, k_cache, v_cache, pos, cos, sin, hidden_out, ffn_in,
     _rope(k, kvh, hd, cos, sin)
     for h in range(kvh):  # element by element: an array assignment compiles a shape check costing seconds
         for j in range(hd):
-            k_cache[pos, h, j] = k[h * hd + j]
+            k_cache[pos, h, j] = narrow(k[h * hd + j], k_cache)
+            v_cache[pos, h, j] = narrow(v[h * hd + j], v_cache)
     attended = np.empty(heads * hd, dtype=np.float32)
-    _attend(q, k_cache, v_cache, pos + 1, cfg, attended)
+    _attend(q, k.reshape(kvh, hd), v.reshape(kvh, hd), k_cache, v_cache, pos, cfg, attended)
     branch = np.empty(d, dtype=np.float32)
     _linear_of(t.wo, attended, branch, cfg.parallel_min, quantized)
     for j in range(d):

@@ -16,6 +16,7 @@ from numba.core.dispatcher import Dispatcher
 from numba.core.typing.typeof import Purpose
 
 from . import decode_step, dense_decode, expert_store, kernels, routing
+from .kv_cache import KV_DTYPES
 from .weights import Weights
 
 F32 = types.float32
@@ -73,17 +74,23 @@ def expert_calls(layer_bytes: types.Type, quantized: types.Type, decode_kernel: 
     return calls + [KernelCall(kernels.dequantize, (layer_bytes, INT, INT, matrix))] if long_prompts else calls
 
 
-def decode_calls(tensors: types.Type, config: types.Type, quantized: types.Type) -> list[KernelCall]:
-    """The dense part of one layer for one token (`dense_decode.DecodeLayers`)."""
-    vector, cache = array(F32, 1), array(F32, 3)
+def cache_element(kv_dtype: str) -> types.Type:
+    """What a KV cache of this dtype ("float32", "float16") holds, as numba types it (`kv_cache.KV_DTYPES`)."""
+    return typeof(KV_DTYPES[kv_dtype](0))
+
+
+def decode_calls(tensors: types.Type, config: types.Type, quantized: types.Type, kv_dtype: str) -> list[KernelCall]:
+    """The dense part of one layer for one token (`dense_decode.DecodeLayers`) beside a KV cache of `kv_dtype`."""
+    vector, cache = array(F32, 1), array(cache_element(kv_dtype), 3)
     return [KernelCall(dense_decode.decode_layer, (vector, tensors, config, cache, cache, INT, vector, vector,
                                                    vector, vector, vector, quantized))]
 
 
 def step_calls(tensors: types.Type, config: types.Type, layer_bytes: types.Type, parallel: bool,
-               dense_quantized: types.Type, expert_quantized: types.Type) -> list[KernelCall]:
-    """Every layer for one token in one call (`decode_step.DecodeStep`), and the typed lists it takes."""
-    vector, matrix, cache = array(F32, 1), array(F32, 2), array(F32, 4)
+               dense_quantized: types.Type, expert_quantized: types.Type, kv_dtype: str) -> list[KernelCall]:
+    """Every layer for one token in one call (`decode_step.DecodeStep`) beside a KV cache of `kv_dtype`, and the
+    typed lists it takes."""
+    vector, matrix, cache = array(F32, 1), array(F32, 2), array(cache_element(kv_dtype), 4)
     ids, counts, flags = array(INT, 2), array(INT, 2), array(BOOL, 2)
     lists = [types.ListType(t) for t in (tensors, config, layer_bytes)]
     step = KernelCall(decode_step.decode_layers, (
@@ -109,12 +116,13 @@ def model_calls(weights: Weights, long_prompts: bool = True) -> list[KernelCall]
     if isinstance(weights.decode_layers, dense_decode.DecodeLayers):
         layers = weights.decode_layers
         calls += [call for t, c in zip(layers.tensors, layers.configs, strict=True)
-                  for call in decode_calls(argument_type(t), argument_type(c), argument_type(layers.quantized))]
+                  for call in decode_calls(argument_type(t), argument_type(c), argument_type(layers.quantized),
+                                           weights.kv_dtype)]
     if weights.decode_step is not None:
         step, layers = weights.decode_step, weights.decode_layers
         calls += step_calls(argument_type(layers.tensors[0]), argument_type(layers.configs[0]),
                             argument_type(step.views[0]), step.parallel is not None,
-                            argument_type(layers.quantized), argument_type(step.expert_quantized))
+                            argument_type(layers.quantized), argument_type(step.expert_quantized), weights.kv_dtype)
     if weights.experts is not None:
         calls += routing_calls()
         if weights.experts.budget_bytes is not None:

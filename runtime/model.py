@@ -21,6 +21,7 @@ from .generate import Token, stream
 from .inputs import check_sampling, check_tokens
 from .jit_cache import compile_apart, compile_calls, missing
 from .kernel_calls import model_calls
+from .kv_cache import KV_DTYPES
 from .memory import RUNTIME_GROWTH, automatic_budget, available_memory
 from .moe import ACTIVATIONS
 from .session import Session
@@ -97,7 +98,7 @@ class Model:
     @classmethod
     def load(cls, path: str | os.PathLike, threads: int | None = None, expert_budget: int | None = None,
              verify: bool = True, decode: str = "numba", read_ahead: bool | str = "auto",
-             activations: str = "int8") -> Model:
+             activations: str = "int8", kv_cache: str | None = None) -> Model:
         """Validate and open the bundle at `path` with `threads` threads (default: the CPU count, or one for a
         model whose decode step reads under 16 MB, which fork/joins would only slow down).
 
@@ -116,6 +117,9 @@ class Model:
         one-token steps, to int8 blocks of 32 (fast integer kernels); "float" keeps them float32 (a float model
         with the dequantized weights up to rounding: the exact reference). numba has one thread pool per
         process: loading sets it up (see `threads.use_threads`).
+        `kv_cache` is the sessions' KV cache dtype: "float16" (half the memory, and of what attention reads per
+        token) or "float32"; by default float16 beside quantized dense linears with int8 activations, float32
+        otherwise (`kv_cache.default_dtype`).
         """
         if not isinstance(path, (str, os.PathLike)):
             raise InputError(f"the bundle path must be a string or a path, got {type(path).__name__}")
@@ -131,6 +135,8 @@ class Model:
             raise InputError(f"decode must be 'numba' or 'onnx', got {decode!r}")
         if activations not in ACTIVATIONS:
             raise InputError(f"activations must be 'int8' or 'float', got {activations!r}")
+        if kv_cache is not None and kv_cache not in KV_DTYPES:
+            raise InputError(f"kv_cache must be 'float16' or 'float32', got {kv_cache!r}")
         with BundleDir(path) as bundle:
             manifest = read_manifest(bundle, verify)
             _check_budget(manifest, expert_budget)
@@ -143,7 +149,7 @@ class Model:
             if expert_budget is None or expert_budget < 2 * _smallest_budget(manifest):
                 read_ahead = False
             weights = Weights(bundle, manifest, threads, expert_budget, verify, decode, read_ahead=read_ahead,
-                              activations=activations, budget_follows_growth=note is not None)
+                              activations=activations, budget_follows_growth=note is not None, kv_cache=kv_cache)
             if note is not None:  # the kernels' machine code now, before any expert takes memory: the budget
                 calls = model_calls(weights)  # makes room for it, and the cap has no slack for both
                 compile_apart(missing(calls))  # (LLVM's memory, if it compiles, leaves with the child)

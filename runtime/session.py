@@ -27,7 +27,7 @@ class Session:
 
     def __init__(self, weights: Weights, probe: Probe = SILENT):
         self.weights = weights
-        self.cache = KVCache(weights.spec)
+        self.cache = KVCache(weights.spec, weights.kv_dtype)
         weights.track(self.cache)
         self.scratch = ExpertScratch(weights.spec) if weights.spec.is_moe else None
         self.probe = probe

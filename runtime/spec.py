@@ -175,8 +175,3 @@ class ModelSpec:
         else:
             _require(self.routing is None, "a model without MoE layers has no routing spec")
         return self
-
-    @property
-    def kv_cache_bytes(self) -> int:
-        """Bytes of a full-context float32 KV cache (keys and values of every layer)."""
-        return 8 * self.n_layers * self.max_seq_len * self.n_kv_heads * self.head_dim

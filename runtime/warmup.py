@@ -17,6 +17,7 @@ from .dense_decode import layer_config, layer_tensors
 from .expert_store import layer_bytes
 from .kernel_calls import KernelCall, argument_type
 from .kernels import INT8_ACTIVATIONS, moe_decode, moe_decode_from, moe_decode_parallel
+from .kv_cache import default_dtype
 from .spec import ModelSpec, RoutingSpec
 
 # The experts' schemes of each kind (quant.SCHEMES; "mixed": int4 with some int8) and whether the kernels
@@ -74,15 +75,17 @@ def _dense_types(linears: str, threads: int) -> tuple[types.Type, types.Type, ty
 
 
 def dense_kind(linears: str, threads: int) -> list[KernelCall]:
-    """The dense decode kernel's call for int8, int4 or float32 dense linears, at one thread or more."""
-    return kernel_calls.decode_calls(*_dense_types(linears, threads))
+    """The dense decode kernel's call for int8, int4 or float32 dense linears, at one thread or more, beside the KV
+    cache a run of them has by default."""
+    return kernel_calls.decode_calls(*_dense_types(linears, threads), default_dtype("int8", linears))
 
 
 def step_kind(schemes: tuple[str, ...], quantized: bool, linears: str, threads: int) -> list[KernelCall]:
     """The one-call decode step's (`decode_step`) for experts of these schemes beside these dense linears."""
     tensors, config, dense_quantized = _dense_types(linears, threads)
     layer, expert_quantized = _expert_types(schemes, quantized)
-    return kernel_calls.step_calls(tensors, config, layer, threads > 1, dense_quantized, expert_quantized)
+    return kernel_calls.step_calls(tensors, config, layer, threads > 1, dense_quantized, expert_quantized,
+                                   default_dtype("int8", linears))
 
 
 def head_kind(dtype) -> list[KernelCall]:

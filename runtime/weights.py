@@ -23,6 +23,7 @@ from .expert_store import ExpertStore
 from .graphs import DenseGraph, GraphLayers, session_options, shared_initializers
 from .head import Head, tensor_view
 from .huge_pages import map_on_huge_pages
+from .kv_cache import default_dtype
 from .memory import RUNTIME_GROWTH, anonymous_bytes, release_free_heap
 from .moe import MoELayer
 from .prefetch import ExpertPredictor
@@ -41,14 +42,16 @@ class Weights:
 
     def __init__(self, bundle: BundleDir, manifest: Manifest, threads: int, expert_budget: int | None = None,
                  verify: bool = True, decode: str = "numba", read_ahead: bool | str = False,
-                 activations: str = "int8", budget_follows_growth: bool = False):
+                 activations: str = "int8", budget_follows_growth: bool = False, kv_cache: str | None = None):
         """`budget_follows_growth`: the expert budget shrinks by what the runtime comes to hold after load beyond
-        the `memory.RUNTIME_GROWTH` a budget set for the machine left room for (`held_bytes`)."""
+        the `memory.RUNTIME_GROWTH` a budget set for the machine left room for (`held_bytes`). `kv_cache`: the
+        sessions' KV cache dtype, "float16" or "float32" (None: `kv_cache.default_dtype`)."""
         self.root = bundle.path
         self._anonymous_at_load = anonymous_bytes()
         self._caches: weakref.WeakSet[KVCache] = weakref.WeakSet()
         self.manifest = manifest
         self.spec = spec = manifest.spec
+        self.kv_dtype = kv_cache or default_dtype(activations, manifest.dense_linears)
         tokenizer_json = verified_load_files(bundle, manifest) if verify else read_tokenizer(bundle, manifest)
         self._dense_map = bundle.map(manifest.dense_file)
         dense = np.frombuffer(self._dense_map, dtype=np.uint8)

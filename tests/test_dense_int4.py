@@ -113,7 +113,7 @@ def test_graphs_and_decode_path_match_the_stored_weights(bundle):
 def test_decode_quantizes_the_4_bit_linears_activations_like_the_reference(bundle):
     """Default steps: int8 activation blocks into the 4-bit linears, the int4 head (and experts) against PyTorch
     fed the same quantization; the quantization itself shows."""
-    model = Model.load(bundle, threads=1)
+    model = Model.load(bundle, threads=1, kv_cache="float32")  # as PyTorch's (float16: test_kv_cache_float16)
     assert model.weights.decode_layers.quantized is not None and model.weights.head.quantized is not None
     session = model.session()
     got = np.stack([session.decode(t) for t in PROMPT])
@@ -178,7 +178,7 @@ def test_head_bits_set_the_head_apart_from_the_dense_linears(checkpoints, tmp_pa
     span = want.max() - want.min()
     floats = Model.load(out, threads=1, activations="float").session()
     assert np.abs(np.stack([floats.decode(t) for t in PROMPT]) - want).max() <= TOLERANCE * span
-    session = Model.load(out, threads=1).session()
+    session = Model.load(out, threads=1, kv_cache="float32").session()  # a float32 cache, as PyTorch's
     assert np.abs(np.stack([session.decode(t) for t in PROMPT]) - want_int8).max() <= TOLERANCE * span
 
 

@@ -27,6 +27,7 @@ from ..bundle import read_manifest
 from ..errors import InputError
 from ..forward import Probe
 from ..kernel_vnni import VNNI
+from ..kv_cache import KV_DTYPES
 from ..model import Model
 from ..storage import step_bytes, storage
 from .bandwidth import BandwidthProbe, read_bandwidth
@@ -171,11 +172,19 @@ def capped_runs(bundle: Path, threads: int, prompt_tokens: int, new_tokens: int,
     return runs
 
 
+def kv_step_bytes(spec, kv_dtype: str, prompt_tokens: int, new_tokens: int) -> int:
+    """Bytes of KV cache a decode step of the run reads on average (not in the roofline, which counts weights):
+    every layer's keys and values of the cached rows, prompt_tokens + new_tokens / 2 of them."""
+    row = 2 * spec.n_layers * spec.n_kv_heads * spec.head_dim * np.dtype(KV_DTYPES[kv_dtype]).itemsize
+    return int(row * (prompt_tokens + new_tokens / 2))
+
+
 def bench(bundle: str | Path, threads: list[int], prompt_tokens: int = 128, new_tokens: int = 64,
           repeat: int = 3, seed: int = 0, cold: bool = True, show_progress: bool = True,
-          memory_limit: int | None = None) -> dict:
-    """Measure the bundle at each thread count; returns a JSON-ready report. With `memory_limit`, also
-    decode at the first thread count under that memory cap, beside an uncapped run (`capped_runs`)."""
+          memory_limit: int | None = None, kv_cache: str | None = None) -> dict:
+    """Measure the bundle at each thread count (`kv_cache`: its dtype, None: `Model.load`'s default); returns a
+    JSON-ready report. With `memory_limit`, also decode at the first thread count under that memory cap, beside
+    an uncapped run (`capped_runs`)."""
     bundle = Path(bundle)
     manifest = read_manifest(bundle)
     if prompt_tokens + new_tokens > manifest.spec.max_seq_len:
@@ -188,7 +197,8 @@ def bench(bundle: str | Path, threads: list[int], prompt_tokens: int = 128, new_
     total = len(threads) * (repeat + 2) * new_tokens  # + the part-by-part and the paired runs
     with tqdm(total=total, desc="bench", unit="tok", disable=not show_progress) as progress:
         for n in threads:
-            model = Model.load(bundle, threads=n)
+            model = Model.load(bundle, threads=n, kv_cache=kv_cache)
+            kv_dtype = model.weights.kv_dtype
             probe = BandwidthProbe(n, PAIRED_PROBE_BYTES)
             latencies, prefill_rates, parts, paired = measure_decode(model, prompt_tokens, new_tokens, repeat, seed,
                                                                      progress, probe.sample)
@@ -219,5 +229,7 @@ def bench(bundle: str | Path, threads: list[int], prompt_tokens: int = 128, new_
             "bundle_bytes": sum(f["size"] for f in manifest.files.values()),
             "weights": sum(part.weights for part in storage(manifest)),  # stored: a tied head counts twice
             "bytes_per_decode_step": bytes_per_step, "prompt_tokens": prompt_tokens, "new_tokens": new_tokens,
+            "kv_cache": {"dtype": kv_dtype, "bytes_per_decode_step": kv_step_bytes(manifest.spec, kv_dtype,
+                                                                                    prompt_tokens, new_tokens)},
             "repeat": repeat, "seed": seed, "token_stream": "seeded random",
             "row_dots": "avx512-vnni" if VNNI else "portable", "results": [asdict(r) for r in results]}

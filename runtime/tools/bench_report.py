@@ -37,6 +37,14 @@ def _paired_lines(paired: dict | None) -> list[str]:
             f"{paired['ratio_to_roofline']:.2f} (median)"]
 
 
+def _kv_note(kv: dict | None) -> str:
+    """The KV cache's dtype and what a step reads of it (older reports have neither)."""
+    if kv is None:
+        return ""
+    return (f"; {kv['dtype']} KV cache, {kv['bytes_per_decode_step'] / MB:.1f} MB of it read per step "
+            "(not in the roofline)")
+
+
 def format_report(report: dict) -> str:
     """Several lines per thread count: latency, roofline ratio, breakdown, cold start, memory, peers; then the
     summary table."""
@@ -44,7 +52,8 @@ def format_report(report: dict) -> str:
     lines = [f"{report['bundle']}: {step['total'] / MB:.0f} MB of weights per decode step "
              f"(dense {step['dense'] / MB:.0f} MB, experts {step['experts'] / MB:.0f} MB); "
              f"prompt {report['prompt_tokens']}, {report['new_tokens']} new tokens x {report['repeat']}, "
-             f"{report['token_stream']} tokens; integer row dots: {report.get('row_dots', 'portable')}"]
+             f"{report['token_stream']} tokens; integer row dots: {report.get('row_dots', 'portable')}"
+             + _kv_note(report.get("kv_cache"))]
     for r in report["results"]:
         b = r["breakdown_ms"]
         lines += [
