@@ -7,13 +7,16 @@ convert one element: LLVM's own `fpext` / `fptrunc` between half and float, whic
 65504 a value becomes infinity, as in numpy and llama.cpp's float16 cache.
 
 `widen(x)` and `narrow(x, like)` take either kind of element, so one kernel source serves float32 and float16
-caches (numba compiles one machine code for each).
+caches (numba compiles one machine code for each). `to_float32` widens a whole array: the past rows the layer
+graphs take in a prompt's passes (numpy's own float16 cast ran at 0.6 G elements/s here, ~4% of a 1,500-token
+prompt's time).
 """
 
 from __future__ import annotations
 
+import numpy as np
 from llvmlite import ir
-from numba import types
+from numba import njit, types
 from numba.extending import intrinsic, overload
 
 from . import numba_cache  # noqa: F401  (first: it says where the kernels' cache lives)
@@ -56,3 +59,13 @@ def _narrow(x, like):
     if like.dtype == types.uint16:
         return lambda x, like: _float_to_half(x)
     return lambda x, like: x
+
+
+@njit(cache=True, **KERNEL_OPTIONS)
+def to_float32(bits):
+    """float32 [shape] of the float16 bits [shape] (a C-contiguous uint16 array)."""
+    flat = bits.reshape(bits.size)
+    out = np.empty(bits.size, dtype=np.float32)
+    for i in range(flat.shape[0]):
+        out[i] = _half_to_float(flat[i])
+    return out.reshape(bits.shape)

@@ -15,7 +15,7 @@ from numba import typeof, types
 from numba.core.dispatcher import Dispatcher
 from numba.core.typing.typeof import Purpose
 
-from . import decode_step, dense_decode, expert_store, kernels, routing
+from . import decode_step, dense_decode, expert_store, half, kernels, routing
 from .kv_cache import KV_DTYPES
 from .weights import Weights
 
@@ -102,6 +102,11 @@ def step_calls(tensors: types.Type, config: types.Type, layer_bytes: types.Type,
                      for call in (KernelCall(decode_step._list_of, (t,)), KernelCall(decode_step._append, (typed, t)))]
 
 
+def cache_calls() -> list[KernelCall]:
+    """A float16 KV cache's past rows widened for the layer graphs (`kv_cache.KVCache.past`)."""
+    return [KernelCall(half.to_float32, (array(types.uint16, 3),))]
+
+
 def head_calls(norm: types.Type, weight: types.Type, scale: types.Type, quantized: types.Type) -> list[KernelCall]:
     """The LM head (`head.Head.run`)."""
     return [KernelCall(kernels.norm_linear, (array(F32, 2), norm, F32, weight, scale, array(F32, 2), quantized))]
@@ -118,6 +123,8 @@ def model_calls(weights: Weights, long_prompts: bool = True) -> list[KernelCall]
         calls += [call for t, c in zip(layers.tensors, layers.configs, strict=True)
                   for call in decode_calls(argument_type(t), argument_type(c), argument_type(layers.quantized),
                                            weights.kv_dtype)]
+    if weights.kv_dtype == "float16":
+        calls += cache_calls()
     if weights.decode_step is not None:
         step, layers = weights.decode_step, weights.decode_layers
         calls += step_calls(argument_type(layers.tensors[0]), argument_type(layers.configs[0]),

@@ -11,6 +11,7 @@ import mmap
 
 import numpy as np
 
+from . import half
 from .errors import InputError
 from .spec import ModelSpec
 
@@ -78,7 +79,7 @@ class KVCache:
         k, v = self.k[layer, :self.length], self.v[layer, :self.length]
         if self.dtype == "float32":
             return k, v
-        return k.view(np.float16).astype(np.float32), v.view(np.float16).astype(np.float32)
+        return half.to_float32(k), half.to_float32(v)
 
     def write(self, layer: int, k: np.ndarray, v: np.ndarray) -> None:
         """Put a step's new rows [T, K, Hd] (float32) of `layer` after the filled ones (rounded to a float16

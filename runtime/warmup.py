@@ -101,7 +101,7 @@ def head_kind(dtype) -> list[KernelCall]:
 def install_calls() -> list[KernelCall]:
     """The calls of every kind of bundle `moedge export` writes (its flags' combinations), at one thread and
     at several, with and without an expert budget: what a first run would otherwise compile."""
-    calls = kernel_calls.routing_calls() + kernel_calls.budget_calls(read_ahead=True)
+    calls = kernel_calls.routing_calls() + kernel_calls.budget_calls(read_ahead=True) + kernel_calls.cache_calls()
     for schemes, quantized in EXPERT_KINDS.values():
         calls += experts_kind(schemes, quantized, parallel=False) + experts_kind(schemes, quantized, parallel=True)
     for linears in DENSE_LINEARS:

@@ -14,7 +14,7 @@ from helpers import build_model, tiny_moe_spec
 from moedge.exporter import export
 from moedge.exporter.checkpoint import save_checkpoint
 from moedge.runtime import InputError, Model
-from moedge.runtime.half import narrow, widen
+from moedge.runtime.half import narrow, to_float32, widen
 from moedge.runtime.kv_cache import KVCache
 
 PROMPT = [5, 17, 99, 3]
@@ -46,12 +46,14 @@ def _narrow_all(x, out):
 
 
 def test_the_kernels_convert_float16_as_numpy_does():
-    """Every float16 bit pattern widens to numpy's float32; float32 values (random bits, the halfway cases between
-    two float16s, subnormals, overflow) narrow to numpy's float16 bits: round to nearest, ties to even."""
+    """Every float16 bit pattern widens to numpy's float32 (one element, or a whole array); float32 values (random
+    bits, the halfway cases between two float16s, subnormals, overflow) narrow to numpy's float16 bits: round to
+    nearest, ties to even."""
     every = np.arange(1 << 16, dtype=np.uint16)
     wide = np.empty(every.shape, np.float32)
     _widen_all(every, wide)
     np.testing.assert_array_equal(wide, every.view(np.float16).astype(np.float32))  # NaNs where numpy's are
+    np.testing.assert_array_equal(to_float32(every.reshape(16, 64, 64)), wide.reshape(16, 64, 64))  # a whole array
     rng = np.random.default_rng(0)
     halves = every.view(np.float16).astype(np.float32)
     finite = np.sort(halves[np.isfinite(halves)])

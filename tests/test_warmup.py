@@ -9,7 +9,7 @@ import pytest
 from helpers import build_model, run_cli, tiny_dense_spec, tiny_moe_spec
 from moedge.exporter import export
 from moedge.exporter.checkpoint import save_checkpoint
-from moedge.runtime import Model, decode_step, dense_decode, expert_store, kernels, moe, routing
+from moedge.runtime import Model, decode_step, dense_decode, expert_store, half, kernels, moe, routing
 from moedge.runtime.forward import Probe
 from moedge.runtime.jit_cache import missing
 from moedge.runtime.kernel_calls import argument_type, model_calls
@@ -25,7 +25,7 @@ ENTRY_POINTS = [(routing, "_route"), (expert_store, "_count"), (expert_store, "_
                 (kernels, "moe_decode_from"),
                 (kernels, "expert_pairs"), (kernels, "dequantize"), (kernels, "norm_linear"),
                 (dense_decode, "decode_layer"), (decode_step, "decode_layers"), (decode_step, "_list_of"),
-                (decode_step, "_append")]
+                (decode_step, "_append"), (half, "to_float32")]
 
 
 @pytest.fixture(scope="module")
@@ -115,13 +115,13 @@ def test_a_run_after_warmup_compiles_nothing(bundles, tmp_path):
     bundle = bundles["int8"]
     warmed = run_cli("warmup", bundle, "--threads", "1", env=env)
     assert warmed.returncode == 0, warmed.stderr
-    assert "compiled 14 kernel specialisations" in warmed.stdout and "(0 of 14 were cached)" in warmed.stdout
+    assert "compiled 15 kernel specialisations" in warmed.stdout and "(0 of 15 were cached)" in warmed.stdout
     ran = run_cli("run", bundle, "--ids", "1,2,3", "-n", "4", "--threads", "1", env=env)
     assert ran.returncode == 0, ran.stderr
     assert "[cache] data loaded" in ran.stdout and "[cache] data saved" not in ran.stdout
     assert "compiling the kernels" not in ran.stderr
     again = run_cli("warmup", bundle, "--threads", "1", env=env)
-    assert "compiled 0 kernel specialisations" in again.stdout and "(14 of 14 were cached)" in again.stdout
+    assert "compiled 0 kernel specialisations" in again.stdout and "(15 of 15 were cached)" in again.stdout
 
 
 def test_a_first_run_compiles_apart_and_loads_from_the_cache(bundles, tmp_path):
@@ -165,7 +165,7 @@ def test_a_first_run_says_it_compiles_what_it_calls_before_the_first_token(bundl
     assert len(notes) == 2 and all(n.startswith("moedge: compiling the kernels for this CPU") for n in notes)
     assert all(n.endswith(" s") for n in notes)  # how long it took, on the same line
     short = {"norm_linear", "decode_layer", "_route", "_count", "moe_decode", "expert_pairs", "decode_layers",
-             "_list_of", "_append"}
+             "_list_of", "_append", "to_float32"}
     assert events == [short, "prefill", short | {"dequantize"}, "prefill"]  # a long prompt's kernel only for one
     monkeypatch.setattr(jit_cache, "missing", lambda calls: [])
     assert main(["run", bundle, "--ids", "1,2", "-n", "2"]) == 0
