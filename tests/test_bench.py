@@ -19,10 +19,13 @@ COLD_FIELDS = {"time_to_first_token_s", "startup_s", "load_s", "prefill_s", "fir
 
 
 def test_bench_json_plot_and_peers(exported, tmp_path):
+    """(A float16 KV cache on a bundle whose default is float32: the flag reaches every run, the fresh processes'
+    too.)"""
     case = exported("bench", tiny_moe_spec())
     report_path, plot_path = tmp_path / "bench.json", tmp_path / "bench.png"
     result = run_cli("bench", case.bundle, "--threads", "1", "--prompt-tokens", "16", "--new-tokens", "12",
-                     "--repeat", "2", "--peers", "--json", report_path, "--plot", plot_path, timeout=600)
+                     "--repeat", "2", "--peers", "--json", report_path, "--plot", plot_path, "--kv-cache", "float16",
+                     timeout=600)
     assert result.returncode == 0, result.stderr
     assert "ratio to roofline" in result.stdout and "peer pytorch-eager" in result.stdout
     table = result.stdout.split("\n\n")[-1].splitlines()  # the summary table comes last
@@ -35,6 +38,10 @@ def test_bench_json_plot_and_peers(exported, tmp_path):
     assert f"integer row dots: {report['row_dots']}" in result.stdout
     step = report["bytes_per_decode_step"]
     assert step["experts"] > 0 and step["total"] == step["dense"] + step["experts"]
+    spec = case.spec  # keys and values of 16 + 12 / 2 cached rows on average, two bytes each
+    row = 2 * spec.n_layers * spec.n_kv_heads * spec.head_dim * 2
+    assert report["kv_cache"] == {"dtype": "float16", "bytes_per_decode_step": row * (16 + 6)}
+    assert "float16 KV cache, " in result.stdout.splitlines()[0]
     (r,) = report["results"]
     assert set(r) >= RESULT_FIELDS
     assert set(r["breakdown_ms"]) == {"dense", "routing", "experts", "head", "other"}
@@ -45,6 +52,7 @@ def test_bench_json_plot_and_peers(exported, tmp_path):
     assert {"numba_cache_cold", "numba_cache_warm"} == set(r["cold_start"])
     for run in r["cold_start"].values():
         assert set(run) >= COLD_FIELDS and run["time_to_first_token_s"] > run["load_s"] > 0
+        assert run["kv_cache"] == "float16"
     assert {p["name"] for p in report["peers"]} == {"onnxruntime-full-graph", "pytorch-eager", "llama.cpp-q8_0"}
     for peer in report["peers"]:  # llama.cpp is measured if `make peers` installed it, else says why not
         assert peer["decode_ms_median"] > 0 if "skipped" not in peer else "make peers" in peer["skipped"]

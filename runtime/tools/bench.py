@@ -137,9 +137,11 @@ def paired_ratio(paired: list[tuple[float, float]], step_bytes: int) -> float:
 
 
 def cold_start(bundle: Path, threads: int, prompt_tokens: int, seed: int, numba_cache: str | None,
-               decode_tokens: int | None = None, cgroup_procs: Path | None = None, read_ahead: str = "auto") -> dict:
+               decode_tokens: int | None = None, cgroup_procs: Path | None = None, read_ahead: str = "auto",
+               kv_cache: str | None = None) -> dict:
     """Run `bench_child` in a fresh process; `numba_cache` = a folder for a cold numba cache; `cgroup_procs`:
-    the cgroup to run it in (see `memory_cap`); `read_ahead`: "off", "on" or "auto" (`Model.load`'s default)."""
+    the cgroup to run it in (see `memory_cap`); `read_ahead`: "off", "on" or "auto" (`Model.load`'s default);
+    `kv_cache`: the KV cache's dtype (None: `Model.load`'s default)."""
     env = dict(os.environ)
     if numba_cache is not None:
         env["NUMBA_CACHE_DIR"] = numba_cache
@@ -147,7 +149,7 @@ def cold_start(bundle: Path, threads: int, prompt_tokens: int, seed: int, numba_
            "--prompt-tokens", str(prompt_tokens), "--seed", str(seed), "--spawned-at", repr(time.time())]
     if decode_tokens is not None:
         cmd += ["--decode-tokens", str(decode_tokens)]
-    cmd += ["--read-ahead", read_ahead]
+    cmd += ["--read-ahead", read_ahead] + (["--kv-cache", kv_cache] if kv_cache else [])
     join = None if cgroup_procs is None else lambda: cgroup_procs.write_text(str(os.getpid()))
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=3600, preexec_fn=join)
     if result.returncode == -signal.SIGKILL and cgroup_procs is not None:
@@ -158,17 +160,18 @@ def cold_start(bundle: Path, threads: int, prompt_tokens: int, seed: int, numba_
 
 
 def capped_runs(bundle: Path, threads: int, prompt_tokens: int, new_tokens: int, seed: int,
-                memory_limit: int) -> dict:
+                memory_limit: int, kv_cache: str | None = None) -> dict:
     """Decode in fresh processes with the bundle's pages dropped first: uncapped, then inside a memory
     cgroup of `memory_limit` bytes with reading ahead off, on, and as `Model.load` does by default (while it
     measures faster)."""
     runs = {"limit_bytes": memory_limit}
     drop_cached_pages(bundle)
-    runs["uncapped"] = cold_start(bundle, threads, prompt_tokens, seed, None, new_tokens)
+    runs["uncapped"] = cold_start(bundle, threads, prompt_tokens, seed, None, new_tokens, kv_cache=kv_cache)
     for label, read_ahead in CAPPED_RUNS.items():
         with memory_cgroup(memory_limit) as procs:
             drop_cached_pages(bundle)
-            runs[label] = cold_start(bundle, threads, prompt_tokens, seed, None, new_tokens, procs, read_ahead)
+            runs[label] = cold_start(bundle, threads, prompt_tokens, seed, None, new_tokens, procs, read_ahead,
+                                     kv_cache)
     return runs
 
 
@@ -192,7 +195,7 @@ def bench(bundle: str | Path, threads: list[int], prompt_tokens: int = 128, new_
                          f"of {manifest.spec.max_seq_len} tokens")
     bytes_per_step = step_bytes(manifest)
     capped = {} if memory_limit is None else {  # first: a cgroup that cannot be made fails before the long part
-        "memory_cap": capped_runs(bundle, threads[0], prompt_tokens, new_tokens, seed, memory_limit)}
+        "memory_cap": capped_runs(bundle, threads[0], prompt_tokens, new_tokens, seed, memory_limit, kv_cache)}
     results = []
     total = len(threads) * (repeat + 2) * new_tokens  # + the part-by-part and the paired runs
     with tqdm(total=total, desc="bench", unit="tok", disable=not show_progress) as progress:
@@ -223,8 +226,8 @@ def bench(bundle: str | Path, threads: list[int], prompt_tokens: int = 128, new_
             if cold:
                 with tempfile.TemporaryDirectory() as empty_cache:
                     results[-1].cold_start = {
-                        "numba_cache_cold": cold_start(bundle, n, prompt_tokens, seed, empty_cache),
-                        "numba_cache_warm": cold_start(bundle, n, prompt_tokens, seed, None)}
+                        "numba_cache_cold": cold_start(bundle, n, prompt_tokens, seed, empty_cache, kv_cache=kv_cache),
+                        "numba_cache_warm": cold_start(bundle, n, prompt_tokens, seed, None, kv_cache=kv_cache)}
     return {**capped, "bundle": str(bundle), "model": manifest.spec.to_dict(), "quantization": manifest.quant_scheme,
             "bundle_bytes": sum(f["size"] for f in manifest.files.values()),
             "weights": sum(part.weights for part in storage(manifest)),  # stored: a tied head counts twice

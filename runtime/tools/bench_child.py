@@ -1,7 +1,7 @@
 """One fresh-process run for `moedge bench`: time to first token and memory, printed as JSON.
 
     python -m moedge.runtime.tools.bench_child BUNDLE --threads N --prompt-tokens P --seed S --spawned-at T
-        [--decode-tokens D] [--read-ahead]
+        [--decode-tokens D] [--read-ahead auto|on|off] [--kv-cache float16|float32]
 
 Measures python start with imports, load, prefill and the first decode, then decodes a seeded random stream
 (D tokens, 32 by default) and reports its median latency, the bytes read from storage per decoded token
@@ -18,6 +18,7 @@ import time
 import numpy as np
 
 from moedge.runtime import Model
+from moedge.runtime.kv_cache import KV_DTYPES
 from moedge.runtime.memory import available_memory
 from moedge.runtime.read_ahead_governor import READ_AHEAD_MODES
 from moedge.runtime.tools.residency import resident_pages
@@ -41,11 +42,11 @@ def _status_bytes(field: str) -> int:
 
 
 def main(bundle: str, threads: int, prompt_tokens: int, seed: int, spawned_at: float,
-         decode_tokens: int = DECODE_TOKENS, read_ahead: str = "auto") -> dict:
+         decode_tokens: int = DECODE_TOKENS, read_ahead: str = "auto", kv_cache: str | None = None) -> dict:
     imported = time.time()
     rss_before = _status_bytes("VmRSS")
     available = available_memory()  # what Model.load sees when it decides on an expert budget
-    model = Model.load(bundle, threads=threads, read_ahead=READ_AHEAD_MODES[read_ahead])
+    model = Model.load(bundle, threads=threads, read_ahead=READ_AHEAD_MODES[read_ahead], kv_cache=kv_cache)
     loaded = time.time()
     rng = np.random.default_rng(seed)
     session = model.session()
@@ -84,6 +85,7 @@ def main(bundle: str, threads: int, prompt_tokens: int, seed: int, spawned_at: f
             "read_ahead_decisions": governor.decisions if governor else None,
             "read_wait_ms_per_token": 1e3 * (store.read_wait - wait_before) / decode_tokens if store else 0.0,
             "expert_budget_bytes": store.budget_bytes if store else None, "budget_note": model.budget_note,
+            "kv_cache": model.weights.kv_dtype,
             "memory_available_at_load": available._asdict()}
 
 
@@ -96,4 +98,5 @@ if __name__ == "__main__":
     parser.add_argument("--spawned-at", type=float, required=True)
     parser.add_argument("--decode-tokens", type=int, default=DECODE_TOKENS)
     parser.add_argument("--read-ahead", choices=READ_AHEAD_MODES, default="auto")
+    parser.add_argument("--kv-cache", choices=KV_DTYPES, default=None)
     print(json.dumps(main(**vars(parser.parse_args()))))
