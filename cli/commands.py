@@ -302,7 +302,7 @@ def bench(bundle: str, threads: list[int], prompt_tokens: int = 128, new_tokens:
 
 def eval(bundle: str, text: str, reference: str | None = None, context: int | None = None,
          max_tokens: int | None = None, usage: str | None = None, threads: int | None = None,
-         verify: bool = True) -> None:
+         verify: bool = True, kv_cache: str | None = None) -> None:
     """Perplexity of a bundle on a text file or folder; compare with the float checkpoint (moedge or Hugging Face
     folder); expert usage."""
     from moedge.runtime import InputError, Model
@@ -314,7 +314,7 @@ def eval(bundle: str, text: str, reference: str | None = None, context: int | No
         require("matplotlib", purpose="eval --usage")
     texts = read_texts(text)
     source = _open_reference(reference) if reference else None  # a bad reference fails before the work
-    model = Model.load(bundle, threads=threads, verify=verify)
+    model = Model.load(bundle, threads=threads, verify=verify, kv_cache=kv_cache)
     context = context or model.spec.max_seq_len
     if not 2 <= context <= model.spec.max_seq_len:
         raise InputError(f"--context must be in [2, {model.spec.max_seq_len}], got {context}")
@@ -326,7 +326,7 @@ def eval(bundle: str, text: str, reference: str | None = None, context: int | No
     chunks = windows(docs, context, max_tokens)
     result = evaluate(model, chunks)
     print(f"{text}: {result.tokens} tokens evaluated in {len(chunks)} windows of ≤ {context}, "
-          f"perplexity {result.perplexity:.4f}")
+          f"perplexity {result.perplexity:.4f} ({model.weights.kv_dtype} KV cache)")
     if source is not None:
         from moedge.exporter.reference import evaluate_reference
 

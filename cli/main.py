@@ -184,6 +184,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=integer(1, 1024), default=None,
                    help="default: the CPU count (1 for a model whose decode step reads under 16 MB)")
     p.add_argument("--no-verify", dest="verify", action="store_false", help="skip the checksums")
+    _kv_cache_option(p)
     return parser
 
 

@@ -87,10 +87,11 @@ def test_eval_cli_reports_perplexity_agreement_and_usage(shipped_bundle, heldout
     text.write_text(heldout_text[0][:3000])
     image = tmp_path / "usage.png"
     result = run_cli("eval", shipped_bundle, "--text", text, "--reference", SHIPPED, "--usage", image,
-                    "--threads", "1")
+                    "--threads", "1", "--kv-cache", "float32")  # the int8 bundle's default is float16
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert "tokens evaluated" in out and "top-1 agreement" in out and "layer   3: cv" in out
+    assert "(float32 KV cache)" in out
     rates = [float(r) for r in re.findall(r"\d+% cached: ([\d.]+)%", out)]
     assert len(rates) == 3 and rates == sorted(rates) and rates[-1] > 0  # more cached, more hits
     ceilings = [float(r) for r in re.findall(r"\(at most ([\d.]+)%\)", out)]
