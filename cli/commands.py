@@ -204,16 +204,26 @@ def serve(bundle: str, host: str = "127.0.0.1", port: int = 8080, queue: int = 8
         sock.close()
 
 
-def warmup(bundles: list[str], threads: int | None = None, quiet: bool = False) -> None:
-    """Compile the numba kernels into numba's cache ahead of a first run (`make setup` does): those of every kind
-    of bundle `moedge export` writes, or with BUNDLEs only those their runs call (at `threads` threads)."""
+def _weights(bundle: str, threads: int | None, kv_cache: str | None):
+    """A bundle's loaded weights, for the kernel calls its runs make."""
     from moedge.runtime import Model
+
+    return Model.load(bundle, threads=threads, kv_cache=kv_cache).weights
+
+
+def warmup(bundles: list[str], threads: int | None = None, quiet: bool = False, kv_cache: str | None = None) -> None:
+    """Compile the numba kernels into numba's cache ahead of a first run (`make setup` does): those of every kind
+    of bundle `moedge export` writes, or with BUNDLEs only those their runs call (at `threads` threads, with a KV
+    cache of `kv_cache`, by default each bundle's default)."""
+    from moedge.runtime import InputError
     from moedge.runtime.jit_cache import compile_calls, missing
     from moedge.runtime.kernel_calls import model_calls, unique
     from moedge.runtime.numba_cache import kernel_cache_dir
     from moedge.runtime.warmup import install_calls
 
-    calls = unique([c for b in bundles for c in model_calls(Model.load(b, threads=threads).weights)]) if bundles \
+    if kv_cache and not bundles:
+        raise InputError("--kv-cache needs BUNDLEs (without, every kind of bundle is compiled with its default cache)")
+    calls = unique([c for b in bundles for c in model_calls(_weights(b, threads, kv_cache))]) if bundles \
         else install_calls()
     todo = missing(calls)
     start = time.perf_counter()

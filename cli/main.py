@@ -163,6 +163,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=integer(1, 1024), default=None,
                    help="with BUNDLEs: the thread count they will run at (default: as moedge run chooses)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no summary")
+    _kv_cache_option(p)
 
     p = sub.add_parser("inspect", help="show a bundle's spec, sizes and quantization error",
                        description=commands.inspect.__doc__)

@@ -181,3 +181,23 @@ def test_missing_reads_numbas_index(bundles, monkeypatch):
     assert missing(calls) == []
     monkeypatch.setattr(IndexDataCacheFile, "_load_index", lambda self: {})  # an empty (or stale) cache
     assert missing(calls) == calls
+
+
+def test_warmup_compiles_the_kv_cache_a_run_will_have(bundles, monkeypatch, capsys):
+    """`moedge warmup BUNDLE --kv-cache float32` compiles the dense decode kernels over a float32 cache (the int8
+    bundle's default is float16); without BUNDLEs the flag is refused in one line."""
+    from moedge.cli.main import main
+    from moedge.runtime import jit_cache
+
+    compiled = []
+    monkeypatch.setattr(jit_cache, "compile_calls", lambda calls, show_progress: compiled.extend(calls))
+    monkeypatch.setattr(jit_cache, "missing", list)
+    caches = {}
+    for dtype in ("float32", None):
+        compiled.clear()
+        flag = ["--kv-cache", dtype] if dtype else []
+        assert main(["warmup", str(bundles["int8"]), "--threads", "1", "-q", *flag]) == 0
+        caches[dtype] = {str(c.args[3].dtype) for c in compiled if c.name == "decode_layer"}
+    assert caches == {"float32": {"float32"}, None: {"uint16"}}
+    assert main(["warmup", "--kv-cache", "float32"]) == 2
+    assert "--kv-cache needs BUNDLEs" in capsys.readouterr().err
