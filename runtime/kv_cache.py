@@ -39,10 +39,11 @@ class KVCache:
     """Keys and values [layers, max_seq_len, kv_heads, head_dim] of `dtype` ("float32" or "float16", held as
     uint16 bits), allocated once.
 
-    A step `reserve`s its rows, reads `past(i)` (views of the filled prefix, never copies), `write`s its new
-    rows after them, and `commit`s once every layer has written: only then do they count as filled. The
-    allocation costs no memory until rows are written (the OS maps zero pages on first write): `held_bytes`
-    is what the rows written so far (or reserved) hold.
+    A step `reserve`s its rows, reads `past(i)` (views of the filled prefix; of a float16 cache, float32 copies
+    for the layer graphs: one-token steps read it in place), `write`s its new rows after them, and `commit`s
+    once every layer has written: only then do they count as filled. The allocation costs no memory until rows
+    are written (the OS maps zero pages on first write): `held_bytes` is what the rows written so far (or
+    reserved) hold.
     """
 
     def __init__(self, spec: ModelSpec, dtype: str = "float32"):
