@@ -38,6 +38,7 @@ _0 = np.float32(0.0)
 _1 = np.float32(1.0)
 QK_NORM_MODES = {"none": 0, "head": 1, "full": 2}
 PARALLEL_MIN_WEIGHTS = 1 << 18  # a smaller matrix is not worth a fork/join (~20 µs) on the decode path
+ATTEND_SPLIT_ROWS = 64  # on several threads, attention over this many cached rows or more takes two threads
 NEVER = None  # one thread: a type of its own, so that the kernel is compiled without the parallel GEMV
 
 
@@ -320,38 +321,80 @@ def _add_row(out, vj, j, scores, group, hd):
 
 
 @njit(cache=True, error_model="numpy", fastmath=True)
-def _attend(q, k_new, v_new, k_cache, v_cache, past, cfg, out):
-    """out [H·Hd] = softmax(q·Kᵀ·scale) V over the `past` cached rows [S, K, Hd] and the token's own k/v rows
-    [K, Hd] (float32, as computed: a float16 cache rounds what it keeps, not what this step attends to, as in the
-    layer graphs). Reads the cache in memory order: cached row j of every kv head, then row j + 1 (kv head by kv
-    head, each head's rows sat a row of every head apart: measured 1.3x slower at 40 cached rows, 1.8x at 170,
-    3x at 1000)."""
+def _attend_rows(q, k_new, v_new, k_cache, v_cache, r0, r1, with_new, cfg, out, stats):
+    """Attention of q over cached rows r0..r1 [S, K, Hd] (and, `with_new`, the token's own k/v rows [K, Hd]), not
+    yet normalised: out_h = Σ_j e^(s_hj − m_h) v_j and stats[h] = (m_h, Σ_j e^(s_hj − m_h)), for `_attend` to
+    combine with other row ranges'. Reads the cache in memory order: cached row j of every kv head, then row j + 1
+    (kv head by kv head, each head's rows sat a row of every head apart: measured 1.3x slower at 40 cached rows,
+    1.8x at 170, 3x at 1000; split into two halves of every row, 4x slower)."""
     hd, heads, kvh = cfg.head_dim, cfg.n_heads, cfg.n_kv_heads
     group = heads // kvh
     scale = np.float32(cfg.scale)
-    length = past + 1
-    scores = np.empty((heads, length), dtype=np.float32)  # head by head: the softmax reads it contiguously
-    for j in range(past):
-        _scores_of_row(q, k_cache[j], j, scores, group, hd, scale)
-    _scores_of_row(q, k_new, past, scores, group, hd, scale)
+    n = r1 - r0 + (1 if with_new else 0)
+    scores = np.empty((heads, n), dtype=np.float32)  # head by head: the softmax reads it contiguously
+    for j in range(r1 - r0):
+        _scores_of_row(q, k_cache[r0 + j], j, scores, group, hd, scale)
+    if with_new:
+        _scores_of_row(q, k_new, n - 1, scores, group, hd, scale)
     for h in range(heads):
         row = scores[h]
         top = row[0]
-        for j in range(length):
+        for j in range(n):
             top = max(top, row[j])
         total = _0
-        for j in range(length):
+        for j in range(n):
             e = fast_exp(row[j] - top)
             row[j] = e
             total += e
-        inv = _1 / total
-        for j in range(length):
-            row[j] *= inv
+        stats[h, 0] = top
+        stats[h, 1] = total
     for i in range(heads * hd):
         out[i] = _0
-    for j in range(past):
-        _add_row(out, v_cache[j], j, scores, group, hd)
-    _add_row(out, v_new, past, scores, group, hd)
+    for j in range(r1 - r0):
+        _add_row(out, v_cache[r0 + j], j, scores, group, hd)
+    if with_new:
+        _add_row(out, v_new, n - 1, scores, group, hd)
+
+
+@njit(cache=True, error_model="numpy", fastmath=True, parallel=True)
+def _attend_halves(q, k_new, v_new, k_cache, v_cache, past, cfg, parts, stats):
+    """`_attend_rows` of the first half of the cached rows and of the second with the token's own, one per thread
+    (a fork/join: attention at two threads reads twice the bytes a second; split by kv heads it would not)."""
+    half = past // 2
+    for t in prange(2):
+        _attend_rows(q, k_new, v_new, k_cache, v_cache, t * half, half + t * (past - half), t == 1, cfg, parts[t],
+                     stats[t])
+
+
+@njit(cache=True, error_model="numpy", fastmath=True)
+def _attend(q, k_new, v_new, k_cache, v_cache, past, cfg, out):
+    """out [H·Hd] = softmax(q·Kᵀ·scale) V over the `past` cached rows [S, K, Hd] and the token's own k/v rows
+    [K, Hd] (float32, as computed: a float16 cache rounds what it keeps, not what this step attends to, as in the
+    layer graphs). On several threads a cache of `ATTEND_SPLIT_ROWS` rows or more is split in two row ranges, whose
+    partial sums are combined by their maxima (as split-K "flash decoding" does)."""
+    heads, hd = cfg.n_heads, cfg.head_dim
+    parts = np.empty((2, heads * hd), dtype=np.float32)
+    stats = np.empty((2, heads, 2), dtype=np.float32)
+    if cfg.parallel_min is not None and past >= ATTEND_SPLIT_ROWS:
+        _attend_halves(q, k_new, v_new, k_cache, v_cache, past, cfg, parts, stats)
+        count = 2
+    else:
+        _attend_rows(q, k_new, v_new, k_cache, v_cache, 0, past, True, cfg, parts[0], stats[0])
+        count = 1
+    for h in range(heads):
+        top = stats[0, h, 0]
+        for t in range(1, count):
+            top = max(top, stats[t, h, 0])
+        total = _0
+        for t in range(count):
+            stats[t, h, 0] = fast_exp(stats[t, h, 0] - top)  # each part's weight
+            total += stats[t, h, 0] * stats[t, h, 1]
+        inv = _1 / total
+        for d in range(hd):
+            acc = _0
+            for t in range(count):
+                acc += stats[t, h, 0] * parts[t, h * hd + d]
+            out[h * hd + d] = acc * inv
 
 
 @njit(cache=True, error_model="numpy", fastmath=True)

@@ -130,3 +130,21 @@ def test_numba_decode_equals_the_onnx_graphs(case):
     steps = PROMPT[4:] * 4  # 36 steps: past a page of cache rows, every expert path
     assert_tokens_match(np.stack([fast.decode(t) for t in steps]), np.stack([reference.decode(t) for t in steps]),
                         scale)
+
+
+@pytest.mark.parametrize("kv_cache", ["float32", "float16"])
+def test_two_threads_split_a_long_attention_and_equal_one(exported, kv_cache):
+    """From `ATTEND_SPLIT_ROWS` cached rows on, two threads attend to half of the rows each and combine their
+    partial sums: the logits equal one thread's to float32 rounding."""
+    from moedge.runtime.dense_decode import ATTEND_SPLIT_ROWS
+
+    bundle = exported("moe", tiny_moe_spec()).bundle
+    prompt = [(7 * i) % 200 for i in range(70)]
+    steps = PROMPT * 2
+    assert len(prompt) >= ATTEND_SPLIT_ROWS and len(prompt) + len(steps) <= tiny_moe_spec().max_seq_len
+    got = {}
+    for threads in (1, 2):
+        session = Model.load(bundle, threads=threads, kv_cache=kv_cache, **EXACT).session()
+        session.prefill(prompt)
+        got[threads] = np.stack([session.decode(t) for t in steps])
+    assert np.abs(got[2] - got[1]).max() <= TOLERANCE * (got[1].max() - got[1].min())
