@@ -24,6 +24,11 @@ def default_dtype(activations: str, dense_linears: str) -> str:
     return "float16" if activations == "int8" and dense_linears != "float32" else "float32"
 
 
+def token_bytes(spec: ModelSpec, dtype: str) -> int:
+    """Bytes of keys and values one position holds, over every layer, in a cache of `dtype`."""
+    return 2 * spec.n_layers * spec.n_kv_heads * spec.head_dim * np.dtype(KV_DTYPES[dtype]).itemsize
+
+
 def _zero_pages(shape: tuple[int, ...], dtype: type) -> np.ndarray:
     """Zeros [shape] of `dtype` on fresh anonymous pages of the base size. numpy asks for 2 MB pages for arrays this
     large (transparent huge pages in "madvise" mode), so the first row written in each layer would hold 2 MB:
@@ -55,9 +60,9 @@ class KVCache:
             self.k = _zero_pages(shape, KV_DTYPES[dtype])
             self.v = _zero_pages(shape, KV_DTYPES[dtype])
         except (MemoryError, OSError):
-            needed = 2 * np.dtype(KV_DTYPES[dtype]).itemsize * int(np.prod(shape))
             raise InputError(f"the {dtype} KV cache for the model's context of {spec.max_seq_len} tokens needs "
-                             f"{needed / 1e9:.1f} GB, more than this machine can allocate") from None
+                             f"{token_bytes(spec, dtype) * spec.max_seq_len / 1e9:.1f} GB, more than this machine "
+                             "can allocate") from None
         self.length = 0  # filled rows
         self.high_water = 0  # rows ever written or reserved: their pages stay held after a reset or rewind
 

@@ -27,7 +27,7 @@ from ..bundle import read_manifest
 from ..errors import InputError
 from ..forward import Probe
 from ..kernel_vnni import VNNI
-from ..kv_cache import KV_DTYPES
+from ..kv_cache import token_bytes
 from ..model import Model
 from ..storage import step_bytes, storage
 from .bandwidth import BandwidthProbe, read_bandwidth
@@ -178,8 +178,7 @@ def capped_runs(bundle: Path, threads: int, prompt_tokens: int, new_tokens: int,
 def kv_step_bytes(spec, kv_dtype: str, prompt_tokens: int, new_tokens: int) -> int:
     """Bytes of KV cache a decode step of the run reads on average (not in the roofline, which counts weights):
     every layer's keys and values of the cached rows, prompt_tokens + new_tokens / 2 of them."""
-    row = 2 * spec.n_layers * spec.n_kv_heads * spec.head_dim * np.dtype(KV_DTYPES[kv_dtype]).itemsize
-    return int(row * (prompt_tokens + new_tokens / 2))
+    return int(token_bytes(spec, kv_dtype) * (prompt_tokens + new_tokens / 2))
 
 
 def bench(bundle: str | Path, threads: list[int], prompt_tokens: int = 128, new_tokens: int = 64,
