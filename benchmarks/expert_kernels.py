@@ -4,7 +4,8 @@
 
 For each expert-sized matrix shape (1024x4096 and 4096x1024: OLMoE's gate/up and down) and each layout
 (int8 per channel, int4 groups of 32 and of 128), enough matrices to stay out of the caches are multiplied with
-one activation vector by the runtime's row dots (`kernel_codes.rows_dot4`, four rows a pass) with float32
+one activation vector by the runtime's row dots (`kernel_codes.rows_dot4`, four rows a pass; the loop of
+`runtime/tools/row_prefetch_probe.py`) with float32
 activations and with activations quantized to int8 blocks of 32. The matrices start on a page, as experts do
 in experts.bin. The candidates run interleaved, `repeat` rounds, beside the read-bandwidth probe
 (`runtime.tools.bandwidth`); medians are printed (the machine may be shared: compare columns of one run, not
@@ -18,54 +19,12 @@ import argparse
 import time
 
 import numpy as np
-from numba import njit
 
-from moedge.quant import pack_int4, quantize_int4, quantize_int8
-from moedge.runtime.kernel_codes import activations, rows_dot4
 from moedge.runtime.kernels import INT8_ACTIVATIONS
 from moedge.runtime.tools.bandwidth import read_bandwidth
+from moedge.runtime.tools.row_prefetch_probe import LAYOUTS, gemv, matrices
 
 SHAPES = "1024x4096,4096x1024"
-
-
-@njit(fastmath=True, error_model="numpy")
-def _gemv(codes, scales, x, quantized, out, passes):
-    """out[m, rows] = matrix m (codes [m, rows, ...], scales [m, rows, groups]) · x, four rows a page apart per pass;
-    `passes` times over the matrices, x quantized once."""
-    x2 = activations(x, x.shape[0] // scales.shape[2], quantized)
-    for _ in range(passes):
-        for m in range(codes.shape[0]):
-            w, s = codes[m], scales[m]
-            q = w.shape[0] // 4
-            for r in range(q):
-                out[m, r], out[m, r + q], out[m, r + 2 * q], out[m, r + 3 * q] = rows_dot4(
-                    w, s, r, w, s, r + q, w, s, r + 2 * q, w, s, r + 3 * q, x2)
-
-
-LAYOUTS = {"int8": None, "int4 g32": 32, "int4 g128": 128}  # layout → int4 group size
-
-
-def _page_aligned(a: np.ndarray) -> np.ndarray:
-    """A copy of a starting on a 4096-byte boundary (numpy's own start 16 bytes past one)."""
-    buffer = np.empty(a.nbytes + 4096, np.uint8)
-    start = -buffer.ctypes.data % 4096
-    copy = buffer[start:start + a.nbytes].view(a.dtype).reshape(a.shape)
-    copy[...] = a
-    return copy
-
-
-def _matrices(layout: str, rows: int, cols: int, megabytes: int, rng) -> tuple[np.ndarray, np.ndarray]:
-    """As many [rows, cols] matrices as fill `megabytes` of codes, in the kernels' views."""
-    one = rng.standard_normal((rows, cols)).astype(np.float32)
-    group = LAYOUTS[layout]
-    if group is None:
-        q = quantize_int8(one, None)
-        codes, scales = q.q.reshape(rows, 1, cols), q.scale.reshape(rows, 1)
-    else:
-        q = quantize_int4(one, group)
-        codes, scales = pack_int4(q.q).reshape(rows, cols // group, group // 32, 16), q.scale
-    count = max(2, (megabytes << 20) // codes.nbytes)
-    return _page_aligned(np.stack([codes] * count)), _page_aligned(np.stack([scales] * count))  # each its own memory
 
 
 def main() -> None:
@@ -80,17 +39,17 @@ def main() -> None:
     for rows, cols in (map(int, shape.split("x")) for shape in args.shapes.split(",")):
         x = rng.standard_normal(cols).astype(np.float32)
         for layout in LAYOUTS:
-            codes, scales = _matrices(layout, rows, cols, args.megabytes, rng)
+            codes, scales = matrices(layout, rows, cols, args.megabytes, rng)
             out = np.empty(codes.shape[:2], np.float32)
             for name, quantized in (("float32 activations", None), ("int8 activations", INT8_ACTIVATIONS)):
-                _gemv(codes[:1], scales[:1], x, quantized, out[:1], 1)  # compile outside the timing
+                gemv(codes[:1], scales[:1], x, quantized, out[:1], 1)  # compile outside the timing
                 runs[(rows, cols, layout, name)] = (codes, scales, x, quantized, out)
     bandwidth = []
     for _ in range(args.repeat):
         bandwidth.append(read_bandwidth(1, repeat=1))
         for key, (codes, scales, x, quantized, out) in runs.items():
             start = time.perf_counter()
-            _gemv(codes, scales, x, quantized, out, args.passes)
+            gemv(codes, scales, x, quantized, out, args.passes)
             seconds.setdefault(key, []).append(time.perf_counter() - start)
     probe = float(np.median(bandwidth))
     print(f"read bandwidth (1 thread, median of {args.repeat}): {probe:.1f} GB/s")

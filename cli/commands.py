@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -223,6 +224,8 @@ def warmup(bundles: list[str], threads: int | None = None, quiet: bool = False, 
 
     if kv_cache and not bundles:
         raise InputError("--kv-cache needs BUNDLEs (without, every kind of bundle is compiled with its default cache)")
+    if not bundles and _measure_row_prefetch(quiet):
+        return
     calls = unique([c for b in bundles for c in model_calls(_weights(b, threads, kv_cache))]) if bundles \
         else install_calls()
     todo = missing(calls)
@@ -231,6 +234,33 @@ def warmup(bundles: list[str], threads: int | None = None, quiet: bool = False, 
     if not quiet:
         print(f"compiled {len(todo)} kernel specialisations in {time.perf_counter() - start:.1f} s "
               f"({len(calls) - len(todo)} of {len(calls)} were cached) into {kernel_cache_dir()}")
+
+
+def _measure_row_prefetch(quiet: bool) -> bool:
+    """Measure the row dots' prefetch distances on this CPU once (`runtime.row_prefetch`); when they differ from
+    the ones this process's kernels were set up with, compile every kind in a fresh process, and say True."""
+    import subprocess
+
+    from moedge.runtime import MoedgeError
+    from moedge.runtime.numba_cache import ROW_PREFETCH, cache_base
+    from moedge.runtime.row_prefetch import ENV, calibrate, measured, probe
+
+    if os.environ.get(ENV) or measured(cache_base()) is not None:
+        return False
+    if not quiet:
+        print("measuring how far ahead the row dots should ask for memory on this CPU (once, ~30 s):")
+    choice = calibrate(cache_base(), probe, progress=(lambda line: None) if quiet else (lambda line: print(" ", line)))
+    if not quiet:
+        print(f"  kept: int8 rows {choice.int8} bytes ahead, int4 rows {choice.int4} "
+              f"(in {cache_base()}/row-prefetch.json)")
+    if choice == ROW_PREFETCH:
+        return False
+    argv = ["warmup", *(["-q"] if quiet else [])]
+    script = f"from moedge.cli.main import main; raise SystemExit(main({argv!r}))"
+    child = subprocess.run([sys.executable, "-c", script])
+    if child.returncode:
+        raise MoedgeError(f"compiling the kernels in a fresh process failed (exit status {child.returncode})")
+    return True
 
 
 def inspect(bundle: str, verify: bool = False) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from llvmlite import ir
 from numba.core import cgutils
 
+from .numba_cache import ROW_PREFETCH
+
 BLOCK = 32  # activations per block (and per int4 packing block)
 I8, I16, I32, I64, F32 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64), ir.FloatType()
 LANES = 8  # float (and i32) accumulator lanes per row
@@ -64,10 +66,10 @@ def array_of(context, builder, array_type, value):
     return cgutils.create_struct_proxy(array_type)(context, builder, value=value)
 
 
-# How far ahead (bytes) the row dots ask for a row's memory. Without it a core that computes between its loads
-# streams the rows at ~20 GB/s here; 256-512 bytes ahead, 25-26 GB/s inside a decode step (granite's experts)
-# and 31-33 in a long matrix; 768 bytes or more fell back to ~20 (more lines in flight than the core keeps).
-PREFETCH_AHEAD = 512
+# How far ahead (bytes) the row dots ask for a row's memory: per machine (`row_prefetch`). Without it a core that
+# computes between its loads streamed the rows at ~20 GB/s on the VM of sessions 1-9; 256-512 bytes ahead, 25-26
+# GB/s inside a decode step (granite's experts) and 31-33 in a long matrix; 768 bytes or more fell back to ~20.
+PREFETCH_AHEAD = ROW_PREFETCH.int8
 
 
 def prefetch(builder: ir.IRBuilder, base: ir.Value, index: ir.Value) -> None:

@@ -59,6 +59,7 @@ from .kernel_ir import (
     vec,
     zeros,
 )
+from .numba_cache import ROW_PREFETCH
 
 PORTABLE_ONLY = os.environ.get("MOEDGE_PORTABLE_KERNELS", "") not in ("", "0")
 
@@ -146,8 +147,8 @@ def _nibbles(builder: ir.IRBuilder, packed: ir.Value) -> tuple[ir.Value, ir.Valu
 # Blocks per step of the int4 dots: 4 = a 64-byte line of each row, 512-bit vectors. The activations' int4 operand
 # (`kernel_codes.nibble_operand`) is laid out by steps of this many blocks, then a step of 2 and of 1 for the rest.
 NIBBLE_STEP = 4
-NIBBLE_AHEAD = 256  # bytes of a row ahead for the software prefetch: 256-384 measured best here, 512 (the int8
-# dots') to 5-20% slower, 1024 and more 20-40%
+NIBBLE_AHEAD = ROW_PREFETCH.int4  # bytes of a row ahead for the software prefetch, per machine (`row_prefetch`): on
+# the VM of sessions 1-9 256-384 measured best, 512 5-20% slower, 1024 and more 20-40%; on session 10's, 2048
 
 
 def _lanes(builder: ir.IRBuilder, a: ir.Value, b: ir.Value, pick: list[int]) -> ir.Value:

@@ -9,6 +9,7 @@ from helpers import run_cli, tiny_moe_spec
 from moedge.runtime.bundle import read_manifest
 from moedge.runtime.kernel_vnni import VNNI
 from moedge.runtime.memory import RESERVE
+from moedge.runtime.numba_cache import ROW_PREFETCH
 from moedge.runtime.storage import step_bytes
 
 RESULT_FIELDS = {"threads", "decode_ms_median", "decode_ms_p90", "decode_ms_p99", "tokens_per_s",
@@ -36,6 +37,8 @@ def test_bench_json_plot_and_peers(exported, tmp_path):
     assert report["token_stream"] == "seeded random"
     assert report["row_dots"] == ("avx512-vnni" if VNNI else "portable")
     assert f"integer row dots: {report['row_dots']}" in result.stdout
+    assert report["row_prefetch_bytes"] == list(ROW_PREFETCH)
+    assert f"rows prefetched {ROW_PREFETCH.int8} (int8) / {ROW_PREFETCH.int4} (int4) bytes ahead" in result.stdout
     step = report["bytes_per_decode_step"]
     assert step["experts"] > 0 and step["total"] == step["dense"] + step["experts"]
     spec = case.spec  # keys and values of 16 + 12 / 2 cached rows on average, two bytes each

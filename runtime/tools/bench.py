@@ -29,6 +29,7 @@ from ..forward import Probe
 from ..kernel_vnni import VNNI
 from ..kv_cache import token_bytes
 from ..model import Model
+from ..numba_cache import ROW_PREFETCH
 from ..storage import step_bytes, storage
 from .bandwidth import BandwidthProbe, read_bandwidth
 from .memory_cap import drop_cached_pages, memory_cgroup
@@ -234,4 +235,5 @@ def bench(bundle: str | Path, threads: list[int], prompt_tokens: int = 128, new_
             "kv_cache": {"dtype": kv_dtype, "bytes_per_decode_step": kv_step_bytes(manifest.spec, kv_dtype,
                                                                                     prompt_tokens, new_tokens)},
             "repeat": repeat, "seed": seed, "token_stream": "seeded random",
-            "row_dots": "avx512-vnni" if VNNI else "portable", "results": [asdict(r) for r in results]}
+            "row_dots": "avx512-vnni" if VNNI else "portable", "row_prefetch_bytes": list(ROW_PREFETCH),
+            "results": [asdict(r) for r in results]}

@@ -37,6 +37,11 @@ def _paired_lines(paired: dict | None) -> list[str]:
             f"{paired['ratio_to_roofline']:.2f} (median)"]
 
 
+def _prefetch_note(ahead: list[int] | None) -> str:
+    """How far ahead the row dots prefetched (`runtime.row_prefetch`), for the header line."""
+    return f", rows prefetched {ahead[0]} (int8) / {ahead[1]} (int4) bytes ahead" if ahead else ""
+
+
 def _kv_note(kv: dict | None) -> str:
     """The KV cache's dtype and what a step reads of it (older reports have neither)."""
     if kv is None:
@@ -53,7 +58,7 @@ def format_report(report: dict) -> str:
              f"(dense {step['dense'] / MB:.0f} MB, experts {step['experts'] / MB:.0f} MB); "
              f"prompt {report['prompt_tokens']}, {report['new_tokens']} new tokens x {report['repeat']}, "
              f"{report['token_stream']} tokens; integer row dots: {report.get('row_dots', 'portable')}"
-             + _kv_note(report.get("kv_cache"))]
+             + _prefetch_note(report.get("row_prefetch_bytes")) + _kv_note(report.get("kv_cache"))]
     for r in report["results"]:
         b = r["breakdown_ms"]
         lines += [
