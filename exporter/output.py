@@ -30,7 +30,7 @@ def write_atomically(out: Path, force: bool, write: Callable[[Path], object]) ->
     try:
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; a bundle is an ordinary folder
         result = write(tmp)
-        _fsync_tree(tmp)
+        _flush_tree(tmp)
         if out.exists():
             old = Path(tempfile.mkdtemp(prefix=f"{_partial_prefix(out)}{os.getpid()}-old-", dir=out.parent))
             os.replace(out, old / "bundle")
@@ -101,7 +101,13 @@ def _umask() -> int:
     return mask
 
 
-def _fsync_tree(root: Path) -> None:
+def _flush_tree(root: Path) -> None:
+    """Each file on disk, then out of the page cache. A write leaves base-size (4 KiB) folios there, and a map
+    keeps whatever the cache holds, so the runtime would stream the weights through 4 KiB mappings; read back
+    through its maps on 2 MiB pages (`runtime/huge_pages.py`) they come in 2 MiB folios, one TLB entry each
+    (granite-1b-shape decoded 3.5% faster so, session 10). The first run after an export reads from disk."""
     for path in root.iterdir():
         with open(path, "rb") as f:
             os.fsync(f.fileno())
+            if hasattr(os, "posix_fadvise"):  # Linux; elsewhere the pages stay
+                os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
