@@ -3,8 +3,8 @@
 The row dots (`kernel_q8`, `kernel_vnni`) prefetch each row a fixed number of bytes ahead of where they read.
 The best distance follows the memory's latency: on the VM of sessions 1-9 (read bandwidth 27-33 GB/s on one
 thread) int8 rows streamed best 512 bytes ahead and int4 rows 256-384, 1,024 and more 20-40% slower; on the
-one of session 10 (19.6 GB/s) 2,048 bytes ahead streamed granite-1b-shape's int4 experts ~10% faster and
-int8 ones ~4% (docs/performance-history.md, session 10). So `moedge warmup` measures the candidates on this
+one of session 10 (17-20 GB/s) decode steps took 6-8% less time with int4 experts 2,048 bytes ahead, 2-4% with
+int8 ones (docs/performance-history.md, session 10). So `moedge warmup` measures the candidates on this
 machine (`runtime/tools/row_prefetch_probe.py`, a fresh process each) and keeps the fastest per kind of row in
 `row-prefetch.json` beside the kernel cache, keyed by CPU; the distances are compiled into the kernels (the
 cache folder's name includes them). Without a measurement the old defaults hold. MOEDGE_ROW_PREFETCH=INT8,INT4
