@@ -10,7 +10,12 @@
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
+import signal
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -94,32 +99,38 @@ def torch_eager_ms(root: Path, manifest: Manifest, threads: int, prompt, tokens)
         return _median_ms(lambda t: model(torch.tensor([[t]]), cache), tokens)
 
 
+def run_apart(argv: list[str], job: dict, what: str) -> dict:
+    """`argv` run with `job` as JSON on its stdin: its last line of output as JSON, or {"skipped": why} when it
+    fails or dies (`llama_peer`: native code that crashes takes only its own process)."""
+    done = subprocess.run(argv, input=json.dumps(job), capture_output=True, text=True)
+    if done.returncode < 0:
+        return {"skipped": f"{what} died of {signal.Signals(-done.returncode).name}"}
+    if done.returncode:
+        return {"skipped": f"{what} failed: {(done.stderr.strip().splitlines() or ['no message'])[-1]}"}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def llama_cpp_runs(root: Path, manifest: Manifest, threads: list[int], prompt, tokens) -> list[dict]:
     """llama.cpp on the bundle's weights as GGUF (Q8_0; Q4_0 for int4 and mixed bundles), at each thread
-    count: decode ms/token (median) and prefill tokens/s; a row saying why not when llama-cpp-python is
-    missing or the model has no GGUF form."""
+    count in a process of its own (`llama_peer`): decode ms/token (median) and prefill tokens/s; a row saying
+    why not when llama-cpp-python is missing, the model has no GGUF form, or llama.cpp failed or died."""
     qtype = gguf.GGMLQuantizationType.Q8_0 if manifest.quant_scheme in ("int8", "float32") else \
         gguf.GGMLQuantizationType.Q4_0
     name = f"llama.cpp-{qtype.name.lower()}"
+    why = None if importlib.util.find_spec("llama_cpp") else "llama-cpp-python is not installed (make peers)"
     try:
-        from llama_cpp import Llama
-
         gguf_architecture(manifest.spec)
-    except (ImportError, ExportError) as exc:
-        why = str(exc) if isinstance(exc, ExportError) else "llama-cpp-python is not installed (make peers)"
+    except ExportError as exc:
+        why = why or str(exc)
+    if why:
         return [{"name": name, "threads": n, "skipped": why} for n in threads]
     runs = []
     with tempfile.TemporaryDirectory(dir=root.parent, prefix=".peer-") as tmp:
         path = write_gguf(root, manifest, Path(tmp) / "model.gguf", qtype)
         for n in threads:
-            llm = Llama(str(path), n_ctx=len(prompt) + len(tokens) + 1, n_batch=len(prompt), n_ubatch=len(prompt),
-                        n_threads=n, n_threads_batch=n, verbose=False)
-            start = time.perf_counter()
-            llm.eval(prompt.tolist())
-            prefill = len(prompt) / (time.perf_counter() - start)
-            decode = _median_ms(lambda t, llm=llm: llm.eval([t]), tokens)
-            runs.append({"name": name, "threads": n, "decode_ms_median": decode, "prefill_tokens_per_s": prefill})
-            llm.close()
+            job = {"path": str(path), "threads": n, "prompt": prompt.tolist(), "tokens": tokens.tolist()}
+            result = run_apart([sys.executable, "-m", "moedge.exporter.llama_peer"], job, "llama.cpp")
+            runs.append({"name": name, "threads": n, **result})
     return runs
 
 
