@@ -249,7 +249,12 @@ def _measure_row_prefetch(quiet: bool) -> bool:
         return False
     if not quiet:
         print("measuring how far ahead the row dots should ask for memory on this CPU (once, ~30 s):")
-    choice = calibrate(cache_base(), probe, progress=(lambda line: None) if quiet else (lambda line: print(" ", line)))
+    try:
+        choice = calibrate(cache_base(), probe,
+                           progress=(lambda line: None) if quiet else (lambda line: print(" ", line)))
+    except (RuntimeError, OSError, ValueError) as exc:  # the probe failed (e.g. no memory for its matrices)
+        print(f"moedge: could not measure them ({exc}); the kernels keep the default distances", file=sys.stderr)
+        return False
     if not quiet:
         print(f"  kept: int8 rows {choice.int8} bytes ahead, int4 rows {choice.int4} "
               f"(in {cache_base()}/row-prefetch.json)")

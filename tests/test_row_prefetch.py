@@ -126,3 +126,19 @@ def test_warmup_measures_once_and_compiles_afresh_only_when_the_choice_changed(t
     faster = {c: (10.0, 10.0) for c in CANDIDATES}
     assert commands._measure_row_prefetch(quiet=True) is False  # the default kept: this process compiles it
     assert len(spawned) == 1
+
+
+def test_warmup_goes_on_with_the_defaults_when_the_probe_fails(tmp_path, monkeypatch, capsys):
+    from moedge.cli import commands
+    from moedge.runtime import numba_cache
+
+    monkeypatch.delenv(ENV, raising=False)
+    monkeypatch.setattr(numba_cache, "cache_base", lambda: tmp_path)
+
+    def fails(candidate):
+        raise RuntimeError("the row prefetch probe failed: ['MemoryError']")
+
+    monkeypatch.setattr(rp, "probe", fails)
+    assert commands._measure_row_prefetch(quiet=True) is False
+    assert "could not measure them (the row prefetch probe failed" in capsys.readouterr().err
+    assert rp.measured(tmp_path) is None  # measured again next time
