@@ -117,13 +117,12 @@ def llama_cpp_runs(root: Path, manifest: Manifest, threads: list[int], prompt, t
     qtype = gguf.GGMLQuantizationType.Q8_0 if manifest.quant_scheme in ("int8", "float32") else \
         gguf.GGMLQuantizationType.Q4_0
     name = f"llama.cpp-{qtype.name.lower()}"
-    why = None if importlib.util.find_spec("llama_cpp") else "llama-cpp-python is not installed (make peers)"
     try:
+        if importlib.util.find_spec("llama_cpp") is None:
+            raise ExportError("llama-cpp-python is not installed (make peers)")
         gguf_architecture(manifest.spec)
     except ExportError as exc:
-        why = why or str(exc)
-    if why:
-        return [{"name": name, "threads": n, "skipped": why} for n in threads]
+        return [{"name": name, "threads": n, "skipped": str(exc)} for n in threads]
     runs = []
     with tempfile.TemporaryDirectory(dir=root.parent, prefix=".peer-") as tmp:
         path = write_gguf(root, manifest, Path(tmp) / "model.gguf", qtype)

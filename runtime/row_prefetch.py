@@ -45,24 +45,32 @@ CANDIDATES = (DEFAULT, RowPrefetch(1024, 1024), RowPrefetch(2048, 2048))
 def cpu_name() -> str:
     """This CPU's model (the settings of one machine do not hold for another)."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("model name", "Model", "CPU part")):
-                return line.split(":", 1)[1].strip()
+        with open("/proc/cpuinfo") as info:  # the first processor's line is enough (every process start reads it)
+            for line in info:
+                if line.startswith(("model name", "Model", "CPU part")):
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def _distances(values: list) -> RowPrefetch | None:
+    """Two byte counts (int8, int4 rows), multiples of 64 in [0, 65536], as a RowPrefetch; else None."""
+    if len(values) != 2 or not all(type(v) is int and 0 <= v <= LIMIT and v % 64 == 0 for v in values):
+        return None
+    return RowPrefetch(*values)
 
 
 def parse(text: str) -> RowPrefetch:
     """'INT8,INT4' bytes (MOEDGE_ROW_PREFETCH), refused with a one-line error unless two multiples of 64 in
     [0, 65536]."""
     try:
-        values = [int(v) for v in text.split(",")]
+        distances = _distances([int(v) for v in text.split(",")])
     except ValueError:
-        values = []
-    if len(values) != 2 or any(v < 0 or v > LIMIT or v % 64 for v in values):
+        distances = None
+    if distances is None:
         raise InputError(f"{ENV}={text!r}: expected two byte counts INT8,INT4, multiples of 64 up to {LIMIT}")
-    return RowPrefetch(*values)
+    return distances
 
 
 def measured(base: Path) -> RowPrefetch | None:
@@ -71,8 +79,8 @@ def measured(base: Path) -> RowPrefetch | None:
     try:
         settings = json.loads((base / SETTINGS).read_text())
         if settings["cpu"] == cpu_name():
-            return parse(f"{settings['int8']},{settings['int4']}")
-    except (OSError, ValueError, KeyError, TypeError, InputError):
+            return _distances([settings["int8"], settings["int4"]])
+    except (OSError, ValueError, KeyError, TypeError):
         pass
     return None
 
@@ -107,7 +115,7 @@ def calibrate(base: Path, measure: Callable[[RowPrefetch], tuple[float, float]],
             totals[candidate][1] += rate[1] / rounds
             progress(f"rows {candidate.int8}/{candidate.int4} bytes ahead: int8 {rate[0]:.1f} GB/s, "
                      f"int4 {rate[1]:.1f} GB/s")
-    choice = best({c: (t[0], t[1]) for c, t in totals.items()})
+    choice = best({c: tuple(t) for c, t in totals.items()})
     base.mkdir(parents=True, exist_ok=True)
     record = {"cpu": cpu_name(), "int8": choice.int8, "int4": choice.int4,
               "measured_gb_s": {f"{c.int8},{c.int4}": [round(t[0], 2), round(t[1], 2)] for c, t in totals.items()}}
