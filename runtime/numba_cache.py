@@ -21,7 +21,8 @@ import numba
 from .row_prefetch import RowPrefetch, chosen
 
 KERNEL_SOURCES = ("fast_exp.py", "half.py", "kernel_ir.py", "kernel_q8.py", "kernel_vnni.py", "kernel_codes.py",
-                  "kernels.py", "dense_decode.py", "routing.py", "expert_store.py", "tools/bandwidth.py")
+                  "cache_lines.py", "kernels.py", "dense_decode.py", "decode_step.py", "routing.py", "expert_store.py",
+                  "tools/bandwidth.py")
 CHOICES = ("MOEDGE_PORTABLE_KERNELS",)  # environment variables that change the machine code (`kernel_vnni`)
 
 
