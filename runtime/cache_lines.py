@@ -4,7 +4,7 @@ Attention reads every cached row of a layer once per token, little work per row,
 cache's: `kv_cache`), where the hardware prefetchers stop at each 4 KiB page. Measured on one core of the
 session 11 VM, 24 layers of granite-1b-shape's float16 cache from memory: 1,024 cached rows 10.0-11.0 ms a token
 → 7.3-7.9 with each row asked for two rows (2 KiB) ahead; 128 rows 1.4-1.7 → 0.9-1.3. The kernels ask as many
-rows ahead as cover the row dots' distance (`row_prefetch`), at least one.
+rows ahead as cover the row dots' distance (`row_prefetch`), at least one: `rows_ahead`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from numba import njit, types
 from numba.extending import intrinsic
 
 from . import numba_cache  # noqa: F401  (first: it says where the kernels' cache lives)
-from .kernel_ir import I8, array_of, prefetch
+from .kernel_ir import I8, PREFETCH_AHEAD, array_of, prefetch
 
 LINE = 64  # bytes per cache line
 
@@ -34,3 +34,9 @@ def prefetch_row(array, i):
     step = array.strides[0]
     for offset in range(i * step, (i + 1) * step, LINE):
         _prefetch_byte(array, offset)
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def rows_ahead(array):
+    """How many rows of `array` ahead of the one read to ask for: those the row dots' distance covers, at least one."""
+    return max(1, -(-PREFETCH_AHEAD // array.strides[0]))

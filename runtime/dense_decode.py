@@ -23,13 +23,12 @@ from numba.extending import overload
 from ..quant import UNSIGNED_ZERO
 from . import numba_cache  # noqa: F401  (first: it says where the kernels' cache lives)
 from .bundle import NBITS, Manifest
-from .cache_lines import prefetch_row
+from .cache_lines import prefetch_row, rows_ahead
 from .fast_exp import fast_exp
 from .graphs import LayerOutputs
 from .half import narrow, widen
 from .head import tensor_view
 from .kernel_codes import BLOCK, KERNEL_OPTIONS, NIBBLES, activations
-from .kernel_ir import PREFETCH_AHEAD
 from .kernels import INT8_ACTIVATIONS, dot_row, dot_rows4
 from .kv_cache import KVCache
 from .rope import rope_angles
@@ -335,7 +334,7 @@ def _attend_rows(q, k_new, v_new, k_cache, v_cache, r0, r1, with_new, cfg, out, 
     scale = np.float32(cfg.scale)
     n = r1 - r0 + (1 if with_new else 0)
     scores = np.empty((heads, n), dtype=np.float32)  # head by head: the softmax reads it contiguously
-    ahead = max(1, -(-PREFETCH_AHEAD // k_cache.strides[0]))  # rows asked for ahead of the one read (`cache_lines`)
+    ahead = rows_ahead(k_cache)  # rows asked for ahead of the one read (V's rows are K's size)
     for j in range(r0, min(r0 + ahead, r1)):
         prefetch_row(k_cache, j)
     for j in range(r1 - r0):
