@@ -11,10 +11,12 @@ from moedge.runtime.kernel_vnni import VNNI
 from moedge.runtime.memory import RESERVE
 from moedge.runtime.numba_cache import ROW_PREFETCH
 from moedge.runtime.storage import step_bytes
+from moedge.runtime.tools.bandwidth import WAYS, way_name
 
 RESULT_FIELDS = {"threads", "decode_ms_median", "decode_ms_p90", "decode_ms_p99", "tokens_per_s",
                  "prefill_tokens_per_s", "breakdown_ms", "bandwidth_gb_s", "roofline_ms", "ratio_to_roofline",
-                 "python_overhead_fraction", "latencies_ms", "prefill_runs", "cold_start", "paired"}
+                 "python_overhead_fraction", "latencies_ms", "prefill_runs", "cold_start", "paired",
+                 "bandwidth_ways_gb_s"}
 COLD_FIELDS = {"time_to_first_token_s", "startup_s", "load_s", "prefill_s", "first_decode_s", "rss_before_load",
                "rss_peak", "rss_growth", "dense_bytes", "experts_bytes_touched", "experts_resident_bytes"}
 
@@ -49,6 +51,9 @@ def test_bench_json_plot_and_peers(exported, tmp_path):
     assert set(r) >= RESULT_FIELDS
     assert set(r["breakdown_ms"]) == {"dense", "routing", "experts", "head", "other"}
     assert len(r["latencies_ms"]) == 2 * (12 - 4) and r["decode_ms_median"] > 0 and r["bandwidth_gb_s"] > 0
+    assert set(r["bandwidth_ways_gb_s"]) == {way_name(way) for way in WAYS}  # the roofline: the fastest way
+    assert r["bandwidth_gb_s"] == max(r["bandwidth_ways_gb_s"].values())
+    assert f"(the probe's best read each way: 1 stream {r['bandwidth_ways_gb_s']['1 stream']:.1f}" in result.stdout
     paired = r["paired"]  # tokens 4, 6, 8 and 10 of one more run, each with a probe read after it
     assert len(paired["latencies_ms"]) == len(paired["bandwidth_gb_s"]) == 4 and paired["ratio_to_roofline"] > 0
     assert f"ratio to each token's own roofline {paired['ratio_to_roofline']:.2f}" in result.stdout

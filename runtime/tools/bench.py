@@ -31,7 +31,7 @@ from ..kv_cache import token_bytes
 from ..model import Model
 from ..numba_cache import ROW_PREFETCH
 from ..storage import step_bytes, storage
-from .bandwidth import BandwidthProbe, read_bandwidth
+from .bandwidth import BandwidthProbe, read_bandwidths
 from .memory_cap import drop_cached_pages, memory_cgroup
 
 WARMUP_TOKENS = 4
@@ -57,7 +57,7 @@ class ThreadResult:
     tokens_per_s: float
     prefill_tokens_per_s: float
     breakdown_ms: dict[str, float]  # median ms per token of each part (as the decode latency: the median)
-    bandwidth_gb_s: float
+    bandwidth_gb_s: float  # the fastest way's best read (`bandwidth.WAYS`): the roofline's
     roofline_ms: float
     ratio_to_roofline: float
     python_overhead_fraction: float
@@ -65,6 +65,7 @@ class ThreadResult:
     latencies_ms: list[float] = field(repr=False)  # every run's, one after the other
     prefill_runs: list[float] = field(default_factory=list)  # prefill tokens/s of each run
     cold_start: dict[str, dict] = field(default_factory=dict)
+    bandwidth_ways_gb_s: dict[str, float] = field(default_factory=dict)  # each way's best read (`read_bandwidths`)
 
 
 class PartTimer(Probe):
@@ -207,7 +208,8 @@ def bench(bundle: str | Path, threads: list[int], prompt_tokens: int = 128, new_
                                                                      progress, probe.sample)
             del model, probe
             ms = np.array(latencies) * 1e3
-            bandwidth = read_bandwidth(n)
+            ways = read_bandwidths(n)
+            bandwidth = max(ways.values())
             roofline_ms = bytes_per_step["total"] / (bandwidth * 1e9) * 1e3
             breakdown = {k: v * 1e3 for k, v in parts.items()}
             inside = breakdown["dense"] + breakdown["head"] + breakdown["experts"]
@@ -216,6 +218,7 @@ def bench(bundle: str | Path, threads: list[int], prompt_tokens: int = 128, new_
                 threads=n, decode_ms_median=median, decode_ms_p90=float(np.percentile(ms, 90)),
                 decode_ms_p99=float(np.percentile(ms, 99)), tokens_per_s=1e3 / median,
                 prefill_tokens_per_s=float(np.median(prefill_rates)), breakdown_ms=breakdown, bandwidth_gb_s=bandwidth,
+                bandwidth_ways_gb_s=ways,
                 roofline_ms=roofline_ms, ratio_to_roofline=median / roofline_ms,
                 python_overhead_fraction=max(0.0, 1.0 - inside / sum(breakdown.values())),
                 paired={"ratio_to_roofline": paired_ratio(paired, bytes_per_step["total"]),

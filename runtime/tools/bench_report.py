@@ -27,6 +27,13 @@ def _cold_lines(cold: dict) -> list[str]:
     return lines
 
 
+def _ways_note(ways: dict[str, float] | None) -> str:
+    """' (the probe's best read each way: 1 stream 12.1, 4 streams, 1024 bytes ahead 14.4 GB/s)', or ''."""
+    if not ways:
+        return ""
+    return " (the probe's best read each way: " + ", ".join(f"{k} {v:.1f}" for k, v in ways.items()) + " GB/s)"
+
+
 def _paired_lines(paired: dict | None) -> list[str]:
     if not paired:
         return []
@@ -66,7 +73,7 @@ def format_report(report: dict) -> str:
             f"(p90 {r['decode_ms_p90']:.2f}, p99 {r['decode_ms_p99']:.2f}), {r['tokens_per_s']:.1f} tokens/s; "
             f"prefill {r['prefill_tokens_per_s']:.0f} tokens/s",
             f"    roofline {r['roofline_ms']:.2f} ms at {r['bandwidth_gb_s']:.1f} GB/s -> ratio to roofline "
-            f"{r['ratio_to_roofline']:.2f}",
+            f"{r['ratio_to_roofline']:.2f}" + _ways_note(r.get("bandwidth_ways_gb_s")),
             *_paired_lines(r.get("paired")),
             "    breakdown (one more run, part by part; median ms/token): "
             + ", ".join(f"{k} {v:.2f}" for k, v in b.items())
