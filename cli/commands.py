@@ -310,9 +310,10 @@ def inspect(bundle: str, verify: bool = False) -> None:
 def bench(bundle: str, threads: list[int], prompt_tokens: int = 128, new_tokens: int = 64, repeat: int = 3,
           seed: int = 0, json_path: str | None = None, plot: str | None = None, peers: list[str] | None = None,
           cold: bool = True, memory_limit: int | None = None, estimate: str | None = None,
-          kv_cache: str | None = None) -> None:
+          kv_cache: str | None = None, against: list[str] | None = None) -> None:
     """Benchmark a bundle: decode latency vs the memory-bandwidth roofline, prefill, cold start, memory;
-    with `estimate`, also the estimated latency on that board (or all) from the ratio to roofline measured here."""
+    with `estimate`, also the estimated latency on that board (or all) from the ratio to roofline measured here;
+    with `against`, its speed-up over other bundles decoded in turn with it."""
     import json
 
     if plot:
@@ -320,10 +321,16 @@ def bench(bundle: str, threads: list[int], prompt_tokens: int = 128, new_tokens:
     if peers is not None:
         require("torch", "onnx", purpose="bench --peers")
     from moedge.runtime.tools.bench import bench as run_bench
+    from moedge.runtime.tools.bench_against import bench_against, check_against
     from moedge.runtime.tools.bench_report import format_report
 
+    if against:
+        check_against(bundle, against, prompt_tokens, new_tokens)  # before the long part
     report = run_bench(bundle, threads, prompt_tokens=prompt_tokens, new_tokens=new_tokens, repeat=repeat,
                        seed=seed, cold=cold, memory_limit=memory_limit, kv_cache=kv_cache)
+    if against:
+        report["against"] = bench_against(bundle, against, threads, prompt_tokens, new_tokens, repeat, seed,
+                                          kv_cache)
     if peers is not None:
         from moedge.exporter.peers import measure_peers  # needs torch/onnx: export side
 

@@ -152,6 +152,9 @@ def _parser() -> argparse.ArgumentParser:
                    help=f"also measure these peers on the same weights ({', '.join(PEERS)}; none named: all)")
     p.add_argument("--no-cold-start", dest="cold", action="store_false",
                    help="skip the fresh-process time-to-first-token runs")
+    p.add_argument("--against", nargs="+", default=None, metavar="OTHER",
+                   help="also decode these bundles in turn with BUNDLE, token by token in one process (--repeat "
+                        "runs at each --threads count), and report BUNDLE's speed-up over each")
     p.add_argument("--estimate", choices=[*BOARDS, "all"], default=None, metavar="BOARD",
                    help=f"also estimate decode latency on a board we do not have ({', '.join(BOARDS)} or all): its "
                         "roofline, times the ratio to roofline measured here at the first --threads count")

@@ -110,7 +110,17 @@ def format_report(report: dict) -> str:
                         if "decode_ms_median" in peer else f"not measured: {peer['skipped']}")
                      + (f"; prefill {peer['prefill_tokens_per_s']:.0f} tokens/s, "
                         f"{peer['prefill_ratio_to_ours']:.2f}x ours" if "prefill_tokens_per_s" in peer else ""))
+    lines += _against_lines(report.get("against", []), report["bundle"])
     return "\n".join([*lines, "", summary_table(report)])
+
+
+def _against_lines(results: list[dict], bundle: str) -> list[str]:
+    """One line per thread count and bundle of `moedge bench --against` (`bench_against`)."""
+    name = Path(bundle).name
+    return [f"  against {r['bundle']} ({r['threads']} thread(s), decoded in turn with {name}): "
+            f"{r['decode_ms_median']:.2f} ms/token median against {r['base_decode_ms_median']:.2f} -> {name} "
+            f"{r['speedup']:.2f}x as fast (the median of per-token ratios; the medians' ratio "
+            f"{r['speedup_of_medians']:.2f}x)" for r in results]
 
 
 def _hidden(never: dict | None, always: dict | None) -> list[str]:
