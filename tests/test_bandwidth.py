@@ -9,8 +9,7 @@ from moedge.runtime.tools.bandwidth import BLOCK, WAYS, BandwidthProbe, _blocked
 
 
 def test_the_ways_are_one_plain_stream_and_four_asking_ahead_as_the_row_dots_do():
-    assert WAYS[0] == (1, 0)
-    assert {ahead for streams, ahead in WAYS[1:]} == set(ROW_PREFETCH) and all(s == 4 for s, _ in WAYS[1:])
+    assert list(WAYS) == [(1, 0), (4, ROW_PREFETCH.int8)]
     assert way_name((1, 0)) == "1 stream" and way_name((4, 1024)) == "4 streams, 1024 bytes ahead"
 
 
@@ -24,8 +23,10 @@ def test_every_way_reads_each_element_of_whole_blocks_once(streams, ahead):
 
 def test_the_probe_samples_every_way_and_keeps_the_fastest(monkeypatch):
     rates = iter([10.0, 14.0, 12.0, 9.0] * 10)
-    monkeypatch.setattr(BandwidthProbe, "_read", lambda self, streams, ahead: next(rates))
+    monkeypatch.setattr(BandwidthProbe, "_read", lambda self, way: next(rates))
     monkeypatch.setattr(bandwidth, "WAYS", ((1, 0), (4, 512)))
     probe = BandwidthProbe(1, 4 * BLOCK * 4)  # its first sample (10, 14) is the compile's, not counted below
     assert probe.sample() == 12.0 and probe.rates == {(1, 0): 12.0, (4, 512): 9.0}
+    assert [buf.nbytes for buf in probe.buffers.values()] == [4 * BLOCK * 4] * 2  # a buffer per way
+    assert probe.buffers[(1, 0)] is not probe.buffers[(4, 512)]
     assert read_bandwidths(1, 4 * BLOCK * 4, repeat=2) == {"1 stream": 12.0, "4 streams, 512 bytes ahead": 14.0}

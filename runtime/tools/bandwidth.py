@@ -6,7 +6,7 @@ sequential read: on session 13's VM (one thread, the machine busy, the best of e
 one plain stream read 14.0 GB/s at best and four streams a quarter of a 256 KiB block apart 17.6, and
 granite-1b-shape's int8 decode steps streamed faster than the plain read (ratio 0.83 to the roofline made from
 it), which was then no bound. So the probe reads each way and takes the faster: one plain stream, and four
-streams asking ahead at each distance the row dots use here.
+streams asking ahead as far as the int8 row dots do here.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ BUFFER_BYTES = 1 << 30  # far larger than any last-level cache
 BLOCK = 1 << 16  # float32 elements per parallel block (256 KiB: an expert matrix's size)
 CHUNK = 256  # float32 elements a stream reads in turn (1 KiB)
 ROW = 64  # float32 elements per request row (256 bytes)
-WAYS = ((1, 0),) + tuple((4, ahead) for ahead in sorted(set(ROW_PREFETCH)))  # (streams, bytes asked for ahead)
+WAYS = ((1, 0), (4, ROW_PREFETCH.int8))  # (streams, bytes asked for ahead): plain, as the int8 row dots
 
 
 @njit(cache=True, fastmath=True, parallel=True)
@@ -54,26 +54,28 @@ def _blocked_sum(buf, streams, ahead):
 
 
 class BandwidthProbe:
-    """Reads of one buffer of `nbytes`, allocated once, with `threads` threads: `sample()` reads it once each of
-    `WAYS` and returns the fastest's GB/s; `rates` holds each way's."""
+    """Reads of `nbytes` with `threads` threads, each way of `WAYS` over a buffer of its own (allocated once: a way
+    read right after another never finds the other's lines in a large last-level cache): `sample()` reads each
+    once and returns the fastest's GB/s; `rates` holds each way's."""
 
     def __init__(self, threads: int, nbytes: int = BUFFER_BYTES):
         self.threads = threads
-        self.buf = np.ones(nbytes // 4, dtype=np.float32)
+        self.buffers = {way: np.ones(nbytes // 4, dtype=np.float32) for way in WAYS}
         self.rates: dict[tuple[int, int], float] = {}
-        self.sample()  # compiles and faults the buffer in outside any timing
+        self.sample()  # compiles and faults the buffers in outside any timing
 
-    def _read(self, streams: int, ahead: int) -> float:
+    def _read(self, way: tuple[int, int]) -> float:
+        buf = self.buffers[way]
         start = time.perf_counter()
-        _blocked_sum(self.buf, streams, ahead)
-        return self.buf.nbytes / (time.perf_counter() - start) / 1e9
+        _blocked_sum(buf, *way)
+        return buf.nbytes / (time.perf_counter() - start) / 1e9
 
     def sample(self) -> float:
-        """GB/s of the fastest way of reading the buffer, each of `WAYS` read once."""
+        """GB/s of the fastest way of reading, each of `WAYS` read once."""
         previous = numba.get_num_threads()
         numba.set_num_threads(self.threads)
         try:
-            self.rates = {way: self._read(*way) for way in WAYS}
+            self.rates = {way: self._read(way) for way in self.buffers}
             return max(self.rates.values())
         finally:
             numba.set_num_threads(previous)
