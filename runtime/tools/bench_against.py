@@ -77,4 +77,3 @@ def _interleaved(models: list[Model], prompt_tokens: int, new_tokens: int, repea
                     latencies[j].append(time.perf_counter() - start)
                 progress.update(1)
     return [np.array(lat) for lat in latencies]
-
