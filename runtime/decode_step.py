@@ -8,18 +8,17 @@ bit; the layers' tensors, configs and experts' views reach it as numba typed lis
 costs one pointer, not ~40 arrays a layer).
 
 Used for one-token steps with every expert in the mapped file (no expert budget: nothing to read into slots,
-release or read ahead), the layers' experts' views of one type (a mixed-precision bundle whose layers differ
-in their schemes goes layer by layer) and no probe watching the parts. The expert store's counters are
-updated as `ExpertStore.touch` does; an expert routed to for the first time (not yet advised to the kernel or
-checked against its checksum) ends the call at its layer, Python touches it as usual (`touch` reads and
-checks it), and a second call goes on from that layer's experts.
+release or read ahead) and no probe watching the parts. Every layer's experts' view has one numba type (the
+bundle's schemes choose it, `expert_store.layer_bytes`: a mixed bundle's all-int4 layers take the mixed
+kernels). The expert store's counters are updated as `ExpertStore.touch` does; an expert routed to for the
+first time (not yet advised to the kernel or checked against its checksum) ends the call at its layer, Python
+touches it as usual (`touch` reads and checks it), and a second call goes on from that layer's experts.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, typeof
-from numba.core.typing.typeof import Purpose
+from numba import njit
 from numba.typed import List
 
 from . import numba_cache  # noqa: F401  (first: it says where the kernels' cache lives)
@@ -95,10 +94,8 @@ def decode_layers(hidden, first, resume, tensors, configs, k_cache, v_cache, pos
 
 def decode_step_for(layers, moe: dict[int, MoELayer], store: ExpertStore | None, threads: int) -> DecodeStep | None:
     """A `DecodeStep` for a loaded model when it can take one: numba decode layers (`DecodeLayers`), experts with
-    no budget, every layer's experts' views of one numba type."""
+    no budget."""
     if not isinstance(layers, DecodeLayers) or not moe or store.budget_bytes is not None:
-        return None
-    if len({typeof(layer.bytes, Purpose.argument) for layer in moe.values()}) > 1:
         return None
     return DecodeStep(layers, moe, store, threads)
 

@@ -119,16 +119,18 @@ def _read_only(buffer, dtype) -> np.ndarray:
 
 
 def layer_bytes(experts_map, index: ExpertsIndex, span_offsets: np.ndarray, layer: int, spec: ModelSpec) -> ExpertBytes:
-    """The kernels' view of one layer's experts (`span_offsets`: [E] byte offset of each span)."""
+    """The kernels' view of one layer's experts (`span_offsets`: [E] byte offset of each span). Its arrays are
+    chosen by the schemes of the whole bundle, not the layer's: every layer of a mixed bundle, all-int4 ones
+    included, takes the mixed kernels (one numba type, so a step's layers run in one call: `decode_step`)."""
     schemes = index.schemes[layer]
-    wide = next((s for s in schemes if s != "int4"), "int4")  # int8 or float32 codes, one per element
+    wide = next((s for s in index.layouts if s != "int4"), "int4")  # int8 or float32 codes, one per element
     views = {s: _read_only(experts_map, DTYPES[SCHEMES[s].code_dtype]) for s in {wide, "int4"}}
     offsets = np.zeros((2, len(EXPERT_TENSORS)), dtype=np.int64)  # [wide, int4] × tensors: bytes in a span
     for kind, s in enumerate((wide, "int4")):
         if s in index.layouts:
             offsets[kind] = [index.layouts[s].tensors[name].offset for name in EXPERT_TENSORS]
     group = index.group_size
-    return ExpertBytes(weights=views[wide], packed=views["int4"] if "int4" in schemes else views[wide],
+    return ExpertBytes(weights=views[wide], packed=views["int4"] if "int4" in index.layouts else views[wide],
                        scales=_read_only(experts_map, np.float32),
                        kinds=np.array([s == "int4" for s in schemes], dtype=np.int64),
                        weight_start=span_offsets, scale_start=span_offsets // 4,

@@ -98,7 +98,7 @@ def _expert_into(x2, b, expert, weight, hidden, out, quantized):
     """out[D] += weight · expert(x) (GATE, UP [I, D]; DOWN [D, I]) for x as the row dots take it
     (`kernel_codes.activations`); hidden is scratch [I]."""
     kind = b.kinds[expert]  # a run-time value: a literal would compile `_expert_rows` once per kind
-    if kind == 1:  # one layer may mix int4 and int8 experts (`packed` is `weights` when it does not)
+    if kind == 1:  # one layer may mix int4 and int8 experts (`packed` is `weights` in a bundle without int4 ones)
         _expert_rows(x2, b.packed, b, kind, expert, weight, hidden, out, quantized)
     else:
         _expert_rows(x2, b.weights, b, kind, expert, weight, hidden, out, quantized)

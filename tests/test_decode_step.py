@@ -21,6 +21,7 @@ SPECS = {
 KINDS = {  # name: (spec, export flags)
     "int8": ("moe", {}),
     "int4-dense4": ("moe", {"bits": 4, "dense_bits": 4}),
+    "mixed": ("moe", {"bits": 4, "int8_fraction": 0.1}),  # 3 int8 experts of 32: some layers have none
     "float": ("moe", {"float_experts": True}),
     "float-dense": ("moe", {"float_dense": True}),
     "scaled": ("scaled", {}),
@@ -67,6 +68,14 @@ def test_one_call_equals_the_layers_one_by_one(bundles, kind, threads, monkeypat
     for a, b in zip(one_call, by_layer, strict=True):
         np.testing.assert_array_equal(a, b)
     assert counters(fused) == counters(layered)
+
+
+def test_a_mixed_bundle_whose_layers_differ_is_one_call(bundles):
+    """int8 experts in some layers only: every layer still gets the mixed kernels' view (one numba type), so
+    the step takes the one call (the logits: `test_one_call_equals_the_layers_one_by_one`)."""
+    schemes = [set(layer) for layer in read_manifest(bundles["mixed"]).experts.schemes.values()]
+    assert {"int4"} in schemes and any("int8" in layer for layer in schemes)
+    assert Model.load(bundles["mixed"]).weights.decode_step is not None
 
 
 def test_one_call_a_step_once_every_expert_was_used(bundles, monkeypatch):
