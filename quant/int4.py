@@ -16,9 +16,9 @@ BLOCK = 32  # inputs per packing block: 16 bytes
 NIBBLE_ZERO = 8
 
 
-def quantize_int4(w: np.ndarray, group_size: int) -> QuantizedTensor:
-    """Quantize `w[..., out, in]` to 4-bit codes (`q` int8 in [-8, 7], unpacked) with one float32
-    scale per (row, group); the group must be a multiple of 32 dividing the input dimension."""
+def int4_groups(w: np.ndarray, group_size: int) -> np.ndarray:
+    """`w[..., out, in]` as float64 groups [..., out, in / group, group] for a 4-bit grid; ValueError naming what
+    does not fit (not a matrix, NaN or infinite values, a group not a multiple of 32 or not dividing `in`)."""
     w = np.asarray(w)
     if w.ndim < 2:
         raise ValueError(f"expected a weight of shape [..., out, in], got shape {w.shape}")
@@ -27,13 +27,19 @@ def quantize_int4(w: np.ndarray, group_size: int) -> QuantizedTensor:
     if not group_size or group_size % BLOCK:
         raise ValueError(f"4-bit needs a group size that is a multiple of {BLOCK}, got {group_size}")
     group = resolve_group_size(w.shape[-1], group_size)
-    grouped = w.astype(np.float64).reshape(*w.shape[:-1], w.shape[-1] // group, group)
+    return w.astype(np.float64).reshape(*w.shape[:-1], w.shape[-1] // group, group)
+
+
+def quantize_int4(w: np.ndarray, group_size: int) -> QuantizedTensor:
+    """Quantize `w[..., out, in]` to 4-bit codes (`q` int8 in [-8, 7], unpacked) with one float32
+    scale per (row, group); the group must be a multiple of 32 dividing the input dimension."""
+    grouped = int4_groups(w, group_size)
     extreme = np.take_along_axis(grouped, np.abs(grouped).argmax(axis=-1)[..., None], axis=-1)[..., 0]
     scale = (extreme / -NIBBLE_ZERO).astype(np.float32)
     safe = np.where(scale != 0, scale, 1.0).astype(np.float64)[..., None]
     q = np.clip(np.rint(grouped / safe), -NIBBLE_ZERO, NIBBLE_ZERO - 1)
-    q = np.where(scale[..., None] != 0, q, 0).astype(np.int8).reshape(w.shape)
-    return QuantizedTensor(q=q, scale=scale, group_size=group)
+    q = np.where(scale[..., None] != 0, q, 0).astype(np.int8).reshape(*grouped.shape[:-2], -1)
+    return QuantizedTensor(q=q, scale=scale, group_size=grouped.shape[-1])
 
 
 def pack_int4(q: np.ndarray) -> np.ndarray:
