@@ -28,11 +28,6 @@ class AffineQuantized:
     minimum: np.ndarray  # float32 [..., out, in // group_size]
     group_size: int
 
-    @property
-    def bits_per_weight(self) -> float:
-        """Code bits plus the scale's and minimum's (float32) share."""
-        return 4 + 2 * 32 / self.group_size
-
 
 def quantize_int4_asym(w: np.ndarray, group_size: int) -> AffineQuantized:
     """Quantize `w[..., out, in]` to codes 0..15 with a float32 scale and minimum per (row, group); the group

@@ -4,7 +4,7 @@ scale and a minimum per group, ggml Q4_1's), on the trained samples' held-out sp
     python samples/int4_grids.py samples/default-moe samples/dense [--max-tokens N]
 
 Each row is the float32 PyTorch model with some of its matrices replaced by their round trip through one grid
-(`quant.quantize_int4` or `quant.quantize_int4_asym`), scored against the untouched model: perplexity, its
+(`quant.quantize_int4` or `quant.int4_asym.quantize_int4_asym`), scored against the untouched model: perplexity, its
 change, top-1 next-token agreement, and the relative RMS error of the replaced weights. The matrices replaced:
 the experts (an MoE model), then the attention/dense-FFN matrices too (the LM head is the tied embedding in
 both samples and stays float). Both grids go through the same harness, so their difference is the grid's
@@ -63,8 +63,9 @@ def rows_for(checkpoint: Path, texts: list[str], max_tokens: int | None) -> list
     chunks = windows(docs, spec.max_seq_len, max_tokens)
     ref = evaluate_reference(source, chunks)
     experts = {name for name in canonical_shapes(spec) if expert_part(name)}
-    sets = ({"experts": experts} if experts else {}) | {"experts and dense linears" if experts else "dense linears":
-                                                         experts | dense_linear_names(spec)}
+    linears = dense_linear_names(spec)
+    sets = ({"experts": experts, "experts and dense linears": experts | linears} if experts
+            else {"dense linears": linears})
     rows = []
     for label, names in sets.items():
         for group in GROUPS:
