@@ -312,8 +312,8 @@ def bench(bundle: str, threads: list[int], prompt_tokens: int = 128, new_tokens:
           cold: bool = True, memory_limit: int | None = None, estimate: str | None = None,
           kv_cache: str | None = None, against: list[str] | None = None) -> None:
     """Benchmark a bundle: decode latency vs the memory-bandwidth roofline, prefill, cold start, memory;
-    with `estimate`, also the estimated latency on that board (or all) from the ratio to roofline measured here;
-    with `against`, its speed-up over other bundles decoded in turn with it."""
+    with `estimate`, also the estimated latency on that board (or all) from the paired ratio to roofline
+    measured here; with `against`, its speed-up over other bundles decoded in turn with it."""
     import json
 
     if plot:
@@ -340,9 +340,9 @@ def bench(bundle: str, threads: list[int], prompt_tokens: int = 128, new_tokens:
     if estimate:
         from moedge.runtime.tools.estimate import boards, format_estimates
 
-        first = report["results"][0]
-        print(format_estimates(report["bytes_per_decode_step"]["total"], first["ratio_to_roofline"],
-                               f"{first['threads']} thread(s), measured just now", boards(estimate)))
+        first = report["results"][0]  # the paired run's ratio: its tokens start from swept caches, as on a board
+        print(format_estimates(report["bytes_per_decode_step"]["total"], first["paired"]["ratio_to_roofline"],
+                               f"paired, {first['threads']} thread(s), measured just now", boards(estimate)))
     if json_path:
         with open(json_path, "w") as f:
             json.dump(report, f, indent=1)

@@ -157,7 +157,7 @@ def _parser() -> argparse.ArgumentParser:
                         "runs at each --threads count), and report BUNDLE's speed-up over each")
     p.add_argument("--estimate", choices=[*BOARDS, "all"], default=None, metavar="BOARD",
                    help=f"also estimate decode latency on a board we do not have ({', '.join(BOARDS)} or all): its "
-                        "roofline, times the ratio to roofline measured here at the first --threads count")
+                        "roofline, times the paired run's ratio to roofline measured here at the first --threads count")
 
     p = sub.add_parser("warmup", help="compile the kernels ahead of a first run (make setup does)",
                        description=commands.warmup.__doc__)

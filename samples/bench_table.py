@@ -3,8 +3,8 @@
     python samples/bench_table.py build/results/*.json
 
 One row per bundle and thread count: our decode latency (median, p90), tokens/s, prefill speed,
-the roofline (weights per step / measured read bandwidth) and our ratio to it (and the paired run's, each
-token against a probe read right after it: `moedge bench`), time to first
+the roofline (the weights and KV cache a step reads / measured read bandwidth) and our ratio to it (and
+the paired run's, each token against a probe read right after it: `moedge bench`), time to first
 token in a fresh process (numba cache warm), memory growth against dense + touched experts, and
 each peer's latency as a multiple of ours (and llama.cpp's prefill speed as a multiple of ours).
 """
@@ -36,7 +36,8 @@ def rows(report: dict) -> list[str]:
     """Markdown rows for one report."""
     out = []
     name = Path(report["bundle"]).name.removesuffix(".moedge")
-    step = report["bytes_per_decode_step"]["total"] / 1e6
+    per_step = report["bytes_per_decode_step"]
+    weights = per_step.get("weights", per_step["total"]) / 1e6  # reports before session 15: the total is the weights
     for r in report["results"]:
         warm = r.get("cold_start", {}).get("numba_cache_warm")
         first = f"{warm['time_to_first_token_s']:.2f} s" if warm else "—"
@@ -45,7 +46,7 @@ def rows(report: dict) -> list[str]:
         paired = r.get("paired")  # reports before session 8 have none
         ratio = f"{r['ratio_to_roofline']:.2f}" + (f" (paired {paired['ratio_to_roofline']:.2f})" if paired else "")
         out.append(f"| {name} | {r['threads']} | {r['decode_ms_median']:.1f} ({r['decode_ms_p90']:.1f}) "
-                   f"| {r['tokens_per_s']:.1f} | {r['prefill_tokens_per_s']:.0f} | {step:.0f} MB "
+                   f"| {r['tokens_per_s']:.1f} | {r['prefill_tokens_per_s']:.0f} | {weights:.0f} MB "
                    f"| {r['roofline_ms']:.1f} | {ratio} | {first} | {memory} "
                    f"| {_peer(report, 'onnxruntime-full-graph', r['threads'])} "
                    f"| {_peer(report, 'pytorch-eager', r['threads'])} "

@@ -15,8 +15,8 @@ from moedge.runtime.tools.bandwidth import WAYS, way_name
 
 RESULT_FIELDS = {"threads", "decode_ms_median", "decode_ms_p90", "decode_ms_p99", "tokens_per_s",
                  "prefill_tokens_per_s", "breakdown_ms", "bandwidth_gb_s", "roofline_ms", "ratio_to_roofline",
-                 "python_overhead_fraction", "latencies_ms", "prefill_runs", "cold_start", "paired",
-                 "bandwidth_ways_gb_s"}
+                 "ratio_to_weights_roofline", "python_overhead_fraction", "latencies_ms", "prefill_runs", "cold_start",
+                 "paired", "bandwidth_ways_gb_s"}
 COLD_FIELDS = {"time_to_first_token_s", "startup_s", "load_s", "prefill_s", "first_decode_s", "rss_before_load",
                "rss_peak", "rss_growth", "dense_bytes", "experts_bytes_touched", "experts_resident_bytes"}
 
@@ -42,10 +42,12 @@ def test_bench_json_plot_and_peers(exported, tmp_path):
     assert report["row_prefetch_bytes"] == list(ROW_PREFETCH)
     assert f"rows prefetched {ROW_PREFETCH.int8} (int8) / {ROW_PREFETCH.int4} (int4) bytes ahead" in result.stdout
     step = report["bytes_per_decode_step"]
-    assert step["experts"] > 0 and step["total"] == step["dense"] + step["experts"]
+    assert step["experts"] > 0 and step["weights"] == step["dense"] + step["experts"]
+    assert step["weights"] == step_bytes(read_manifest(case.bundle))["total"]
     spec = case.spec  # keys and values of 16 + 12 / 2 cached rows on average, two bytes each
     row = 2 * spec.n_layers * spec.n_kv_heads * spec.head_dim * 2
     assert report["kv_cache"] == {"dtype": "float16", "bytes_per_decode_step": row * (16 + 6)}
+    assert step["kv_cache"] == row * (16 + 6) and step["total"] == step["weights"] + step["kv_cache"]
     assert "float16 KV cache, " in result.stdout.splitlines()[0]
     (r,) = report["results"]
     assert set(r) >= RESULT_FIELDS
@@ -53,10 +55,19 @@ def test_bench_json_plot_and_peers(exported, tmp_path):
     assert len(r["latencies_ms"]) == 2 * (12 - 4) and r["decode_ms_median"] > 0 and r["bandwidth_gb_s"] > 0
     assert set(r["bandwidth_ways_gb_s"]) == {way_name(way) for way in WAYS}  # the roofline: the fastest way
     assert r["bandwidth_gb_s"] == max(r["bandwidth_ways_gb_s"].values())
+    # the roofline: the weights and the KV cache a step reads, at the probe's best read
+    assert r["roofline_ms"] == pytest.approx(step["total"] / (r["bandwidth_gb_s"] * 1e9) * 1e3, rel=1e-9)
+    assert r["ratio_to_roofline"] == pytest.approx(r["decode_ms_median"] / r["roofline_ms"], rel=1e-9)
+    assert r["ratio_to_weights_roofline"] == pytest.approx(r["ratio_to_roofline"] * step["total"] / step["weights"],
+                                                           rel=1e-9)
+    assert f"ratio to roofline {r['ratio_to_roofline']:.2f} (to the weights' alone " in result.stdout
     assert f"(the probe's best read each way: 1 stream {r['bandwidth_ways_gb_s']['1 stream']:.1f}" in result.stdout
     paired = r["paired"]  # tokens 4, 6, 8 and 10 of one more run, each with a probe read after it
     assert len(paired["latencies_ms"]) == len(paired["bandwidth_gb_s"]) == 4 and paired["ratio_to_roofline"] > 0
     assert f"ratio to each token's own roofline {paired['ratio_to_roofline']:.2f}" in result.stdout
+    each = np.array(paired["latencies_ms"]) * 1e-3 * np.array(paired["bandwidth_gb_s"]) * 1e9
+    assert paired["ratio_to_roofline"] == pytest.approx(float(np.median(each / step["total"])), rel=1e-9)
+    assert paired["ratio_to_weights_roofline"] == pytest.approx(float(np.median(each / step["weights"])), rel=1e-9)
     assert {"numba_cache_cold", "numba_cache_warm"} == set(r["cold_start"])
     for run in r["cold_start"].values():
         assert set(run) >= COLD_FIELDS and run["time_to_first_token_s"] > run["load_s"] > 0

@@ -52,13 +52,13 @@ def test_bench_estimate_scales_the_roofline_by_the_ratio_measured_here(exported,
                      "--no-cold-start", "--estimate", "pi5", "--json", tmp_path / "r.json", timeout=600)
     assert result.returncode == 0, result.stderr
     report = json.loads((tmp_path / "r.json").read_text())
-    ratio, nbytes = report["results"][0]["ratio_to_roofline"], report["bytes_per_decode_step"]["total"]
+    ratio, nbytes = report["results"][0]["paired"]["ratio_to_roofline"], report["bytes_per_decode_step"]["total"]
     (line,) = [line for line in result.stdout.splitlines() if BOARDS["pi5"].label in line]
     roofline, expected = (float(v) for v in re.search(r"roofline ([\d.e-]+) ms/token.*expected ([\d.e-]+) ms", line)
                           .groups())
     assert roofline == pytest.approx(nbytes / 17.1e9 * 1e3, rel=5e-3)
     assert expected == pytest.approx(ratio * nbytes / 17.1e9 * 1e3, rel=5e-3)
-    assert f"x {ratio:.2f}, this machine's ratio to roofline (1 thread(s)" in result.stdout
+    assert f"x {ratio:.2f}, this machine's ratio to roofline (paired, 1 thread(s)" in result.stdout
 
 
 def test_an_unknown_board_is_a_one_line_error(exported):

@@ -58,8 +58,9 @@ class ThreadResult:
     prefill_tokens_per_s: float
     breakdown_ms: dict[str, float]  # median ms per token of each part (as the decode latency: the median)
     bandwidth_gb_s: float  # the fastest way's best read (`bandwidth.WAYS`): the roofline's
-    roofline_ms: float
+    roofline_ms: float  # the step's weights and KV cache (`bytes_per_decode_step`'s total) at that bandwidth
     ratio_to_roofline: float
+    ratio_to_weights_roofline: float  # against the weights' bytes alone (the roofline before session 15)
     python_overhead_fraction: float
     paired: dict[str, float | list[float]]  # the paired run (`paired_ratio`): its ratio, latencies and probe reads
     latencies_ms: list[float] = field(repr=False)  # every run's, one after the other
@@ -178,9 +179,17 @@ def capped_runs(bundle: Path, threads: int, prompt_tokens: int, new_tokens: int,
 
 
 def kv_step_bytes(spec, kv_dtype: str, prompt_tokens: int, new_tokens: int) -> int:
-    """Bytes of KV cache a decode step of the run reads on average (not in the roofline, which counts weights):
-    every layer's keys and values of the cached rows, prompt_tokens + new_tokens / 2 of them."""
+    """Bytes of KV cache a decode step of the run reads on average: every layer's keys and values of the cached
+    rows, prompt_tokens + new_tokens / 2 of them."""
     return int(token_bytes(spec, kv_dtype) * (prompt_tokens + new_tokens / 2))
+
+
+def read_per_step(weights: dict[str, int], kv_bytes: int) -> dict[str, int]:
+    """What a decode step reads: the weights (`storage.step_bytes`: dense, experts, and their sum as "weights")
+    and the KV cache's rows at the run's mean context; "total", the roofline's bytes, is both. Attention reads
+    every cached row each step, so at a long context the cache is as much a step's traffic as the weights."""
+    return {"dense": weights["dense"], "experts": weights["experts"], "weights": weights["total"],
+            "kv_cache": kv_bytes, "total": weights["total"] + kv_bytes}
 
 
 def bench(bundle: str | Path, threads: list[int], prompt_tokens: int = 128, new_tokens: int = 64,
@@ -194,7 +203,7 @@ def bench(bundle: str | Path, threads: list[int], prompt_tokens: int = 128, new_
     if prompt_tokens + new_tokens > manifest.spec.max_seq_len:
         raise InputError(f"--prompt-tokens {prompt_tokens} + --new-tokens {new_tokens} exceed the model's context "
                          f"of {manifest.spec.max_seq_len} tokens")
-    bytes_per_step = step_bytes(manifest)
+    weights = step_bytes(manifest)
     capped = {} if memory_limit is None else {  # first: a cgroup that cannot be made fails before the long part
         "memory_cap": capped_runs(bundle, threads[0], prompt_tokens, new_tokens, seed, memory_limit, kv_cache)}
     results = []
@@ -203,6 +212,7 @@ def bench(bundle: str | Path, threads: list[int], prompt_tokens: int = 128, new_
         for n in threads:
             model = Model.load(bundle, threads=n, kv_cache=kv_cache)
             kv_dtype = model.weights.kv_dtype
+            per_step = read_per_step(weights, kv_step_bytes(manifest.spec, kv_dtype, prompt_tokens, new_tokens))
             probe = BandwidthProbe(n, PAIRED_PROBE_BYTES)
             latencies, prefill_rates, parts, paired = measure_decode(model, prompt_tokens, new_tokens, repeat, seed,
                                                                      progress, probe.sample)
@@ -210,7 +220,7 @@ def bench(bundle: str | Path, threads: list[int], prompt_tokens: int = 128, new_
             ms = np.array(latencies) * 1e3
             ways = read_bandwidths(n)
             bandwidth = max(ways.values())
-            roofline_ms = bytes_per_step["total"] / (bandwidth * 1e9) * 1e3
+            roofline_ms = per_step["total"] / (bandwidth * 1e9) * 1e3
             breakdown = {k: v * 1e3 for k, v in parts.items()}
             inside = breakdown["dense"] + breakdown["head"] + breakdown["experts"]
             median = float(np.median(ms))
@@ -220,8 +230,10 @@ def bench(bundle: str | Path, threads: list[int], prompt_tokens: int = 128, new_
                 prefill_tokens_per_s=float(np.median(prefill_rates)), breakdown_ms=breakdown, bandwidth_gb_s=bandwidth,
                 bandwidth_ways_gb_s=ways,
                 roofline_ms=roofline_ms, ratio_to_roofline=median / roofline_ms,
+                ratio_to_weights_roofline=median / roofline_ms * per_step["total"] / per_step["weights"],
                 python_overhead_fraction=max(0.0, 1.0 - inside / sum(breakdown.values())),
-                paired={"ratio_to_roofline": paired_ratio(paired, bytes_per_step["total"]),
+                paired={"ratio_to_roofline": paired_ratio(paired, per_step["total"]),
+                        "ratio_to_weights_roofline": paired_ratio(paired, per_step["weights"]),
                         "latencies_ms": [latency * 1e3 for latency, _ in paired],
                         "bandwidth_gb_s": [bandwidth for _, bandwidth in paired]},
                 latencies_ms=ms.tolist(),
@@ -234,9 +246,8 @@ def bench(bundle: str | Path, threads: list[int], prompt_tokens: int = 128, new_
     return {**capped, "bundle": str(bundle), "model": manifest.spec.to_dict(), "quantization": manifest.quant_scheme,
             "bundle_bytes": sum(f["size"] for f in manifest.files.values()),
             "weights": sum(part.weights for part in storage(manifest)),  # stored: a tied head counts twice
-            "bytes_per_decode_step": bytes_per_step, "prompt_tokens": prompt_tokens, "new_tokens": new_tokens,
-            "kv_cache": {"dtype": kv_dtype, "bytes_per_decode_step": kv_step_bytes(manifest.spec, kv_dtype,
-                                                                                    prompt_tokens, new_tokens)},
+            "bytes_per_decode_step": per_step, "prompt_tokens": prompt_tokens, "new_tokens": new_tokens,
+            "kv_cache": {"dtype": kv_dtype, "bytes_per_decode_step": per_step["kv_cache"]},
             "repeat": repeat, "seed": seed, "token_stream": "seeded random",
             "row_dots": "avx512-vnni" if VNNI else "portable", "row_prefetch_bytes": list(ROW_PREFETCH),
             "results": [asdict(r) for r in results]}

@@ -76,7 +76,8 @@ def boards(name: str) -> list[str]:
 
 def format_estimates(step_bytes: int, ratio: float | None, ratio_label: str, names: list[str]) -> str:
     """The estimate table, labelled as one, with the ratio it scales by and where it comes from."""
-    lines = [f"ESTIMATE (not measured on these boards): {step_bytes / MB:.2f} MB of weights per decode step; "
+    lines = [f"ESTIMATE (not measured on these boards): {step_bytes / MB:.2f} MB read per decode step (weights and KV "
+             "cache); "
              + (f"expected = roofline x {ratio:.2f}, this machine's ratio to roofline ({ratio_label})"
                 if ratio is not None else "no ratio to roofline measured here, so no expected latency")]
     for name in names:
