@@ -203,7 +203,7 @@ def bench(bundle: str | Path, threads: list[int], prompt_tokens: int = 128, new_
     if prompt_tokens + new_tokens > manifest.spec.max_seq_len:
         raise InputError(f"--prompt-tokens {prompt_tokens} + --new-tokens {new_tokens} exceed the model's context "
                          f"of {manifest.spec.max_seq_len} tokens")
-    weights = step_bytes(manifest)
+    weight_bytes = step_bytes(manifest)
     capped = {} if memory_limit is None else {  # first: a cgroup that cannot be made fails before the long part
         "memory_cap": capped_runs(bundle, threads[0], prompt_tokens, new_tokens, seed, memory_limit, kv_cache)}
     results = []
@@ -212,7 +212,7 @@ def bench(bundle: str | Path, threads: list[int], prompt_tokens: int = 128, new_
         for n in threads:
             model = Model.load(bundle, threads=n, kv_cache=kv_cache)
             kv_dtype = model.weights.kv_dtype
-            per_step = read_per_step(weights, kv_step_bytes(manifest.spec, kv_dtype, prompt_tokens, new_tokens))
+            per_step = read_per_step(weight_bytes, kv_step_bytes(manifest.spec, kv_dtype, prompt_tokens, new_tokens))
             probe = BandwidthProbe(n, PAIRED_PROBE_BYTES)
             latencies, prefill_rates, parts, paired = measure_decode(model, prompt_tokens, new_tokens, repeat, seed,
                                                                      progress, probe.sample)
