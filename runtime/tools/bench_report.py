@@ -41,9 +41,8 @@ def _paired_lines(paired: dict | None) -> list[str]:
     return [f"    paired (one more run, a {PAIRED_PROBE_BYTES >> 20} MB probe read after every other token): decode "
             f"{np.median(paired['latencies_ms']):.2f} ms/token median, the probe {min(rates):.1f}-{max(rates):.1f} "
             f"GB/s (median {np.median(rates):.1f}) -> ratio to each token's own roofline "
-            f"{paired['ratio_to_roofline']:.2f} (median)"
-            + (f"; to the weights' alone {paired['ratio_to_weights_roofline']:.2f}"
-               if "ratio_to_weights_roofline" in paired else "")]
+            f"{paired['ratio_to_roofline']:.2f} (median); to the weights' alone "
+            f"{paired['ratio_to_weights_roofline']:.2f}"]
 
 
 def _prefetch_note(ahead: list[int] | None) -> str:
@@ -58,22 +57,11 @@ def _kv_note(kv: dict | None) -> str:
     return f"; {kv['dtype']} KV cache, {kv['bytes_per_decode_step'] / MB:.1f} MB of it read per step on average"
 
 
-def _roofline_line(r: dict, step: dict) -> str:
-    """The roofline (weights and KV cache; reports before session 15 counted the weights alone) and the ratio."""
-    line = f"    roofline {r['roofline_ms']:.2f} ms"
-    if "kv_cache" in step:
-        line += f" ({step['total'] / MB:.0f} MB: the weights and the KV cache)"
-    line += f" at {r['bandwidth_gb_s']:.1f} GB/s -> ratio to roofline {r['ratio_to_roofline']:.2f}"
-    if "ratio_to_weights_roofline" in r:
-        line += f" (to the weights' alone {r['ratio_to_weights_roofline']:.2f})"
-    return line + _ways_note(r.get("bandwidth_ways_gb_s"))
-
-
 def format_report(report: dict) -> str:
     """Several lines per thread count: latency, roofline ratio, breakdown, cold start, memory, peers; then the
     summary table."""
     step = report["bytes_per_decode_step"]
-    lines = [f"{report['bundle']}: {step.get('weights', step['total']) / MB:.0f} MB of weights per decode step "
+    lines = [f"{report['bundle']}: {step['weights'] / MB:.0f} MB of weights per decode step "
              f"(dense {step['dense'] / MB:.0f} MB, experts {step['experts'] / MB:.0f} MB); "
              f"prompt {report['prompt_tokens']}, {report['new_tokens']} new tokens x {report['repeat']}, "
              f"{report['token_stream']} tokens; integer row dots: {report.get('row_dots', 'portable')}"
@@ -84,7 +72,9 @@ def format_report(report: dict) -> str:
             f"  {r['threads']} thread(s): decode {r['decode_ms_median']:.2f} ms/token median "
             f"(p90 {r['decode_ms_p90']:.2f}, p99 {r['decode_ms_p99']:.2f}), {r['tokens_per_s']:.1f} tokens/s; "
             f"prefill {r['prefill_tokens_per_s']:.0f} tokens/s",
-            _roofline_line(r, step),
+            f"    roofline {r['roofline_ms']:.2f} ms ({step['total'] / MB:.0f} MB: the weights and the KV cache) at "
+            f"{r['bandwidth_gb_s']:.1f} GB/s -> ratio to roofline {r['ratio_to_roofline']:.2f} (to the weights' "
+            f"alone {r['ratio_to_weights_roofline']:.2f})" + _ways_note(r.get("bandwidth_ways_gb_s")),
             *_paired_lines(r.get("paired")),
             "    breakdown (one more run, part by part; median ms/token): "
             + ", ".join(f"{k} {v:.2f}" for k, v in b.items())
